@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers' pipeline loader looks up a component's base class in its module
 from diffusers.models.controlnets.controlnet import (
     ControlNetConditioningEmbedding,
     ControlNetModel,
@@ -234,11 +235,10 @@ class PromptDiffusionControlNetModel(ControlNetModel):
         does; both hint encoders start with a zero output conv, like every zero conv."""
         base = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_embedding_out_channels)
         config = {k: v for k, v in base.config.items() if not k.startswith("_")}
-        config["conditioning_channels"] = PAIR_CHANNELS
-        model = cls(**config)
-        own = model.state_dict()
-        for name, tensor in base.state_dict().items():
-            if not name.startswith("controlnet_cond_embedding.") and own[name].shape == tensor.shape:
-                own[name] = tensor
-        model.load_state_dict(own)
+        model = cls(**{**config, "conditioning_channels": PAIR_CHANNELS})
+        # Only the pair encoder's first conv differs in shape (6 input channels); both encoders
+        # keep their fresh initialisation, whose zero output conv leaves the UNet unchanged at first.
+        copied = {k: v for k, v in base.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
+        missing, unexpected = model.load_state_dict(copied, strict=False)
+        assert not unexpected and all("cond_embedding." in k for k in missing), (missing, unexpected)
         return model.to(dtype=unet.dtype)

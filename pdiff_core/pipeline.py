@@ -1,0 +1,266 @@
+"""`PromptDiffusionPipeline`: text prompt + example pair + query image -> image(s).
+
+A diffusers pipeline (vae, text_encoder, tokenizer, unet, controlnet, scheduler) that samples
+like the authors' code: classifier-free guidance whose unconditional branch drops only the text
+(the example pair and query stay), DDIM 50 steps and guidance 9.0 by default. It also takes the
+diffusers research port's argument names (`image_pair=[source, target]`, `image=query`).
+"""
+
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.controlnet.pipeline_controlnet import retrieve_timesteps
+from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .model import PromptDiffusionControlNetModel
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
+
+
+class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    # Prompt encoding, latent preparation and scheduler kwargs are Stable Diffusion's own.
+    encode_prompt = StableDiffusionPipeline.encode_prompt
+    prepare_latents = StableDiffusionPipeline.prepare_latents
+    prepare_extra_step_kwargs = StableDiffusionPipeline.prepare_extra_step_kwargs
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        controlnet: PromptDiffusionControlNetModel,
+        scheduler: KarrasDiffusionSchedulers,
+    ):
+        super().__init__()
+        if not isinstance(controlnet, PromptDiffusionControlNetModel):
+            raise TypeError(
+                f"controlnet must be a PromptDiffusionControlNetModel (two hint encoders), got {type(controlnet).__name__}"
+            )
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=scheduler
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ------------------------------------------------------------------ inputs
+
+    def prepare_hint(self, images: ImageInput, name: str, height: Optional[int] = None, width: Optional[int] = None) -> torch.Tensor:
+        """One hint input as a (B, 3, H, W) float tensor in [-1, 1], the range the published weights
+        were trained on (`2 * x / 255 - 1`). PIL images and uint8 arrays are read as 0..255; float
+        arrays and tensors must be in [0, 1] (diffusers' convention). With `height` and `width`
+        every image is resized to that size."""
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise ValueError(f"{name} is an empty list; expected at least one image")
+        tensors = [_to_unit_tensor(item, name) for item in items]
+        if height is not None and width is not None:
+            tensors = [
+                t if t.shape[-2:] == (height, width)
+                else torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", antialias=True)
+                for t in tensors
+            ]
+        sizes = sorted({tuple(t.shape[-2:]) for t in tensors})
+        if len(sizes) > 1:
+            raise ValueError(f"{name}: images of different sizes {sizes}; pass height and width to resize them")
+        return torch.cat(tensors) * 2.0 - 1.0
+
+    @staticmethod
+    def _batch_size(prompt: Union[str, List[str], None], prompt_embeds: Optional[torch.Tensor]) -> int:
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("pass a prompt (a string, or a list of strings) or prompt_embeds")
+        if isinstance(prompt, str):
+            return 1
+        if isinstance(prompt, list):
+            if not prompt:
+                raise ValueError("prompt is an empty list; expected at least one string (use '' for no text)")
+            if not all(isinstance(p, str) for p in prompt):
+                raise TypeError("prompt must be a string or a list of strings")
+            return len(prompt)
+        if prompt is not None:
+            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        return prompt_embeds.shape[0]
+
+    @staticmethod
+    def _broadcast(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+        if tensor.shape[0] == batch:
+            return tensor
+        if tensor.shape[0] == 1:
+            return tensor.expand(batch, *tensor.shape[1:])
+        raise ValueError(f"{name} has a batch of {tensor.shape[0]} but the batch is {batch}; pass 1 or {batch}")
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Union[str, List[str], None] = None,
+        example_pair: Optional[Tuple[ImageInput, ImageInput]] = None,
+        query: Optional[ImageInput] = None,
+        *,
+        image_pair: Optional[Sequence[ImageInput]] = None,
+        image: Optional[ImageInput] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_inference_steps: int = 50,
+        timesteps: Optional[List[int]] = None,
+        guidance_scale: float = 9.0,
+        negative_prompt: Union[str, List[str], None] = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: Union[torch.Generator, List[torch.Generator], None] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        controlnet_conditioning_scale: float = 1.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: Optional[Dict[str, Any]] = None,
+        callback_on_step_end: Optional[Callable[[Any, int, torch.Tensor, Dict], Dict]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ):
+        """Apply the task shown by `example_pair=(source, target)` to `query`.
+
+        Images: PIL, numpy (HxWx3, uint8 0..255 or float 0..1) or tensors (3xHxW / Bx3xHxW in 0..1),
+        or lists of them; every size a multiple of 8. A single prompt, pair or query is broadcast
+        over the batch of the others. `output_type`: "pil", "np", "pt" or "latent".
+        """
+        example_pair, query = self._resolve_aliases(example_pair, query, image_pair, image)
+        batch = self._batch_size(prompt, prompt_embeds)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} not in {self._callback_tensor_inputs}")
+
+        source = self.prepare_hint(example_pair[0], "example source", height, width)
+        target = self.prepare_hint(example_pair[1], "example target", height, width)
+        query_t = self.prepare_hint(query, "query", height, width)
+        sizes = {"example source": tuple(source.shape[-2:]), "example target": tuple(target.shape[-2:]), "query": tuple(query_t.shape[-2:])}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the example pair and the query must have one size, got {sizes}; pass height and width to resize")
+        height, width = query_t.shape[-2:]
+        multiple = self.vae_scale_factor
+        if height % multiple or width % multiple:
+            raise ValueError(f"image size {width}x{height} is not a multiple of {multiple}")
+        batch = max(batch, source.shape[0], target.shape[0], query_t.shape[0])
+        if isinstance(prompt, str):
+            prompt = [prompt] * batch
+        elif isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt * batch
+        elif isinstance(prompt, list) and len(prompt) != batch:
+            raise ValueError(f"{len(prompt)} prompts for a batch of {batch} images; pass 1 or {batch}")
+        if isinstance(negative_prompt, list) and len(negative_prompt) == 1:
+            negative_prompt = negative_prompt * batch
+        pair = torch.cat([self._broadcast(source, batch, "example source"), self._broadcast(target, batch, "example target")], dim=1)
+        query_t = self._broadcast(query_t, batch, "query")
+
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, num_images_per_prompt, do_cfg, negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+        )
+        total = batch * num_images_per_prompt
+        if prompt_embeds.shape[0] != total:
+            raise ValueError(f"prompt_embeds has a batch of {prompt_embeds.shape[0]}, expected {total}")
+
+        # The hint encoders do not see the timestep: run them once, reuse at every step.
+        cn_dtype = self.controlnet.dtype
+        hint = self.controlnet.encode_hints(pair.to(device, cn_dtype), query_t.to(device, cn_dtype))
+        hint = hint.repeat_interleave(num_images_per_prompt, dim=0)
+        text = prompt_embeds
+        if do_cfg:
+            # One batched pass; the unconditional half keeps the example pair and query.
+            text = torch.cat([negative_prompt_embeds, prompt_embeds])
+            hint = torch.cat([hint, hint])
+
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
+        latents = self.prepare_latents(
+            total, self.unet.config.in_channels, height, width, text.dtype, device, generator, latents
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+        with self.progress_bar(total=num_inference_steps) as progress:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                down, mid = self.controlnet(
+                    model_input, t, encoder_hidden_states=text, hint_embedding=hint,
+                    conditioning_scale=controlnet_conditioning_scale, return_dict=False,
+                )
+                noise = self.unet(
+                    model_input, t, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+                )[0]
+                if do_cfg:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = outputs.pop("latents", latents)
+                progress.update()
+
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images, None)
+        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)
+
+    @staticmethod
+    def _resolve_aliases(example_pair, query, image_pair, image) -> Tuple[Tuple[ImageInput, ImageInput], ImageInput]:
+        if image_pair is not None:
+            if example_pair is not None:
+                raise ValueError("pass example_pair or image_pair (the research port's name), not both")
+            example_pair = image_pair
+        if image is not None:
+            if query is not None:
+                raise ValueError("pass query or image (the research port's name), not both")
+            query = image
+        if example_pair is None or query is None:
+            raise ValueError("pass example_pair=(source, target) and query (or image_pair=[source, target], image=query)")
+        if not isinstance(example_pair, (list, tuple)) or len(example_pair) != 2:
+            raise ValueError("example_pair must be a (source, target) pair of images")
+        return (example_pair[0], example_pair[1]), query
+
+
+def _to_unit_tensor(item: Any, name: str) -> torch.Tensor:
+    """(B, 3, H, W) float32 in [0, 1] from a PIL image, numpy array or tensor."""
+    if isinstance(item, PIL.Image.Image):
+        item = np.asarray(item.convert("RGB"))
+    if isinstance(item, np.ndarray):
+        array = item.astype(np.float32) / 255.0 if item.dtype == np.uint8 else item.astype(np.float32)
+        array = array[None] if array.ndim == 3 else array
+        if array.ndim != 4 or array.shape[-1] != 3:
+            raise ValueError(f"{name}: a numpy image must be HxWx3 or BxHxWx3 (RGB), got shape {item.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+    elif isinstance(item, torch.Tensor):
+        tensor = item[None] if item.ndim == 3 else item
+        if tensor.ndim != 4 or tensor.shape[1] != 3:
+            raise ValueError(f"{name}: a tensor image must be 3xHxW or Bx3xHxW (RGB), got shape {tuple(item.shape)}")
+        tensor = tensor.float()
+    else:
+        raise TypeError(f"{name}: expected PIL images, numpy arrays or torch tensors, got {type(item).__name__}")
+    low, high = float(tensor.min()), float(tensor.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(f"{name}: float images must be in [0, 1], got values in [{low:.3f}, {high:.3f}]")
+    return tensor.clamp(0, 1)
