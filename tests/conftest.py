@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random-weight Prompt Diffusion pipeline saved as a diffusers folder."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pdiff_core.configs import build_components  # noqa: E402
+from pdiff_core.pipeline import PromptDiffusionPipeline  # noqa: E402
+from pdiff_core.tokenizer import train_clip_tokenizer  # noqa: E402
+
+CAPTIONS = [
+    "a red sphere and a blue cube on a checkered floor",
+    "a green cone on a striped floor",
+    "a yellow cylinder beside a purple sphere on a plain floor",
+    "two shiny white boxes on a noisy ground",
+]
+
+
+def randomize_zero_parameters(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> None:
+    """Give zero-initialised layers (ControlNet zero convs) random values, so that the control
+    actually changes the output in tests."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def make_tiny_pipeline(tokenizer_dir: Path, seed: int = 0) -> PromptDiffusionPipeline:
+    from transformers import CLIPTokenizer
+
+    components = build_components("tiny", CLIPTokenizer.from_pretrained(str(tokenizer_dir)), seed=seed)
+    randomize_zero_parameters(components["controlnet"], seed)
+    pipe = PromptDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_clip_tokenizer(CAPTIONS * 20, out, vocab_size=600)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny random-weight pipeline folder (model_index.json, unet/, vae/, controlnet/, ...)."""
+    out = tmp_path_factory.mktemp("pipelines") / "tiny-pdiff"
+    make_tiny_pipeline(tiny_tokenizer_dir).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture
+def tiny_pipeline(tiny_pipeline_dir) -> PromptDiffusionPipeline:
+    pipe = PromptDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
