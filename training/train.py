@@ -1,0 +1,561 @@
+"""Train a Prompt Diffusion ControlNet (or the VAE of a model without a pretrained one) with accelerate.
+
+    python -m training.train --config training/configs/X.yaml [--override section.key=value ...] [--resume latest|PATH]
+    accelerate launch --config_file training/configs/accelerate/<setup>.yaml -m training.train --config ...
+
+The recipe is the authors' (`cldm.py`, `train.py`): epsilon prediction on SD1.5's DDPM schedule,
+AdamW, the control branch initialised from the UNet, only the control branch trained by default,
+and per-sample classifier-free dropout exactly as `ControlLDM.get_input` draws it.
+
+Outputs in `train.output_dir`: `checkpoints/checkpoint-NNNNNN/` (accelerate state + step, for
+`--resume`), `metrics.jsonl`, TensorBoard logs in `logs/`, validation grids in `validation/`, and
+at the end `pipeline/` (PromptDiffusionPipeline.save_pretrained) + `controlnet.safetensors`,
+or `vae/` for `train.stage: vae`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from pdiff_core import configs as presets
+from pdiff_core.checkpoints import load_controlnet, save_controlnet
+from pdiff_core.data import DatasetFormatError
+from pdiff_core.model import PromptDiffusionControlNetModel
+from pdiff_core.pipeline import PromptDiffusionPipeline
+from pdiff_core.tokenizer import train_clip_tokenizer
+
+from .config import Config, ConfigError, load_config
+from .dataset import PromptDiffusionDataset, ResumableSampler, collate
+
+logger = get_logger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def dropout_masks(r: torch.Tensor, drop_rate: float = 0.05) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`ControlLDM.get_input`'s classifier-free dropout for per-sample draws r ~ U(0, 1):
+    the text is dropped where r < 2p and the example pair zeroed where p <= r < 3p, so text only,
+    both, and pair only are each dropped with probability p. Returns (text_dropped, pair_dropped)."""
+    text = r < 2 * drop_rate
+    pair = (r >= drop_rate) & (r < 3 * drop_rate)
+    return text, pair
+
+
+class DiffusionModel(nn.Module):
+    """Text encoder, control branch and UNet as one module, so DDP/DeepSpeed/FSDP wrap a single
+    forward whatever subset of them trains. Returns the predicted noise."""
+
+    def __init__(self, text_encoder: CLIPTextModel, controlnet: PromptDiffusionControlNetModel, unet: UNet2DConditionModel) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.controlnet = controlnet
+        self.unet = unet
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor,
+                example_pair: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        text = self.text_encoder(input_ids)[0]
+        down, mid = self.controlnet(noisy, timesteps, text, controlnet_cond=example_pair,
+                                    controlnet_query_cond=query, return_dict=False)
+        return self.unet(noisy, timesteps, text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid, return_dict=False)[0]
+
+
+class VAEModel(nn.Module):
+    """The AutoencoderKL behind one forward (for DDP): returns (reconstruction, per-sample KL)."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(images).latent_dist
+        return self.vae.decode(posterior.sample()).sample, posterior.kl()
+
+
+def set_trainable(model: DiffusionModel, modules: Sequence[str]) -> List[nn.Parameter]:
+    """Freeze everything but `modules` (see TrainConfig.train_modules); returns the trained parameters."""
+    model.requires_grad_(False)
+    parts = {
+        "controlnet": [model.controlnet],
+        "unet": [model.unet],
+        "unet_decoder": [model.unet.up_blocks, model.unet.conv_norm_out, model.unet.conv_out],
+        "text_encoder": [model.text_encoder],
+    }
+    for name in modules:
+        for part in parts[name]:
+            part.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_components(config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator) -> Dict[str, Any]:
+    """unet, vae, text_encoder, tokenizer, controlnet, scheduler (the sampling scheduler) from a
+    local pretrained SD folder or a preset; `model.vae` and `model.controlnet` replace theirs."""
+    m = config.model
+    if m.pretrained is not None:
+        root = Path(m.pretrained)
+        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (root / s).is_dir()]
+        if missing:
+            raise ConfigError(f"model.pretrained: {root} lacks the diffusers subfolder(s) {missing}")
+        unet = UNet2DConditionModel.from_pretrained(root / "unet")
+        components = dict(
+            unet=unet,
+            vae=AutoencoderKL.from_pretrained(root / "vae"),
+            text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
+            controlnet=PromptDiffusionControlNetModel.from_unet(unet),
+            scheduler=DDIMScheduler(**presets.SD15_SCHEDULER),
+        )
+    else:
+        try:
+            presets.get_preset(m.preset)
+        except ValueError as err:
+            raise ConfigError(f"model.preset: {err}") from None
+        components = presets.build_components(m.preset, _tokenizer(config, dataset, accelerator), seed=m.seed)
+    if m.vae is not None:
+        if not (Path(m.vae) / "config.json").is_file():
+            raise ConfigError(f"model.vae: {m.vae} is not an AutoencoderKL folder (no config.json)")
+        components["vae"] = AutoencoderKL.from_pretrained(m.vae)
+    if m.controlnet is not None:
+        components["controlnet"] = load_controlnet(m.controlnet)
+    _check_resolution(config, components)
+    return components
+
+
+def _tokenizer(config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator) -> CLIPTokenizer:
+    if config.model.tokenizer is not None:
+        folder = Path(config.model.tokenizer)
+        if not (folder / "vocab.json").is_file():
+            raise ConfigError(f"model.tokenizer: {folder} has no vocab.json (a CLIP tokenizer folder)")
+        return CLIPTokenizer.from_pretrained(folder)
+    # Trained once on the dataset's texts by the main process; the others read its files.
+    folder = Path(config.train.output_dir) / "tokenizer"
+    with accelerator.main_process_first():
+        if (folder / "vocab.json").is_file():
+            return CLIPTokenizer.from_pretrained(folder)
+        logger.info("training a %d-token tokenizer on the captions into %s", config.model.tokenizer_vocab_size, folder)
+        return train_clip_tokenizer(dataset.captions() + [""], folder, config.model.tokenizer_vocab_size)
+
+
+def _check_resolution(config: Config, components: Dict[str, Any]) -> None:
+    vae_scale = 2 ** (len(components["vae"].config.block_out_channels) - 1)
+    unet_scale = 2 ** (len(components["unet"].config.block_out_channels) - 1)
+    if config.data.resolution % (vae_scale * unet_scale):
+        raise ConfigError(
+            f"data.resolution: {config.data.resolution} must be a multiple of {vae_scale * unet_scale} "
+            f"(VAE downscale {vae_scale} x UNet downscale {unet_scale})"
+        )
+
+
+def _dataset(config: Config) -> PromptDiffusionDataset:
+    d = config.data
+    if not Path(d.root).is_dir():
+        raise ConfigError(f"data.root: dataset folder not found: {d.root}")
+    return PromptDiffusionDataset(d.root, d.tasks, d.resolution, d.flip_prob, d.min_crop_scale,
+                                  d.forward_prompt, seed=config.train.seed)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path:
+    """`latest` (the highest step in output_dir/checkpoints) or a checkpoint folder."""
+    if resume == "latest":
+        found = sorted((output_dir / CHECKPOINT_DIR).glob(CHECKPOINT_PREFIX + "*"))
+        found = [p for p in found if (p / TRAINER_STATE).is_file()]
+        if not found:
+            raise FileNotFoundError(f"--resume latest: no checkpoint in {output_dir / CHECKPOINT_DIR}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {TRAINER_STATE})")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, config: Config, step: int, samples: int) -> None:
+    folder = Path(config.train.output_dir) / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{step:06d}"
+    accelerator.save_state(str(folder))  # model, optimizer, LR scheduler, RNG of every process, EMA
+    if accelerator.is_main_process:
+        state = {"step": step, "samples": samples, "stage": config.train.stage, "config": config.to_dict()}
+        (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+        older = sorted((folder.parent).glob(CHECKPOINT_PREFIX + "*"))[:-config.train.checkpoints_keep]
+        for old in older:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    logger.info("saved %s", folder)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(rows: List[List[torch.Tensor]], path: Path, accelerator: Accelerator, tag: str, step: int) -> None:
+    """One PNG row per sample, tiles side by side; also logged to TensorBoard."""
+    grid = np.concatenate([np.concatenate([_to_uint8(t[None])[0] for t in row], axis=1) for row in rows], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    accelerator.get_tracker("tensorboard").writer.add_image(tag, grid, step, dataformats="HWC")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Trainer:
+    """One training run; `run()` trains from scratch or from `resume` and writes the outputs."""
+
+    def __init__(self, config: Config, resume: Optional[str] = None) -> None:
+        self.config = config
+        t = config.train
+        self.output_dir = Path(t.output_dir)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            mixed_precision=t.mixed_precision,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            cpu=t.cpu,
+        )
+        self.resume_from = find_checkpoint(self.output_dir, resume) if resume else None
+        self.dataset = _dataset(config)
+        set_seed(t.seed)  # identical weights on every process
+        self.components = build_components(config, self.dataset, self.accelerator)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup_diffusion(self) -> None:
+        c, t = self.components, self.config.train
+        self.model = DiffusionModel(c["text_encoder"], c["controlnet"], c["unet"])
+        self.params = set_trainable(self.model, t.train_modules)
+        # Frozen modules run in the mixed-precision dtype, as in diffusers' ControlNet example.
+        for module in (self.model.text_encoder, self.model.unet, self.model.controlnet):
+            if not any(p.requires_grad for p in module.parameters()):
+                module.to(self.weight_dtype)
+        if t.gradient_checkpointing:
+            self.model.unet.enable_gradient_checkpointing()
+            self.model.controlnet.enable_gradient_checkpointing()
+            if "text_encoder" in t.train_modules:
+                self.model.text_encoder.gradient_checkpointing_enable()
+        self.vae = c["vae"].requires_grad_(False).to(self.accelerator.device, self.weight_dtype)
+        self.tokenizer = c["tokenizer"]
+        self.noise_scheduler = DDPMScheduler.from_config(c["scheduler"].config)
+        self.empty_ids = self._tokenize([""])
+
+    def _setup_vae(self) -> None:
+        self.model = VAEModel(self.components["vae"])
+        self.model.requires_grad_(True)
+        self.params = list(self.model.parameters())
+        if self.config.train.gradient_checkpointing:
+            self.model.vae.enable_gradient_checkpointing()
+
+    def _tokenize(self, captions: List[str]) -> torch.Tensor:
+        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids.to(self.accelerator.device)
+
+    # ------------------------------------------------------------------ losses
+
+    def _diffusion_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
+        target = batch["target"].to(self.weight_dtype)
+        with torch.no_grad():
+            latents = self.vae.encode(target).latent_dist.sample() * self.vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        text_dropped, pair_dropped = dropout_masks(torch.rand(latents.shape[0], device=latents.device), self.config.train.drop_rate)
+        input_ids = torch.where(text_dropped[:, None], self.empty_ids, self._tokenize(batch["caption"]))
+        pair = batch["example_pair"] * (~pair_dropped).to(batch["example_pair"].dtype)[:, None, None, None]
+        prediction = self.model(noisy.float(), timesteps, input_ids, pair, batch["query"])
+        return F.mse_loss(prediction.float(), noise.float())
+
+    def _vae_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
+        images = batch["target"]
+        reconstruction, kl = self.model(images)
+        distance = F.l1_loss if self.config.vae.reconstruction_loss == "l1" else F.mse_loss
+        return distance(reconstruction.float(), images.float()) + self.config.vae.kl_weight * kl.mean()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> Path:
+        config, t, acc = self.config, self.config.train, self.accelerator
+        diffusion = t.stage == "diffusion"
+        self._setup_diffusion() if diffusion else self._setup_vae()
+        o = config.optim
+        optimizer = torch.optim.AdamW(self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
+                                      weight_decay=o.weight_decay, eps=o.adam_epsilon)
+        # The prepared scheduler steps once per process per optimizer step.
+        lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * acc.num_processes,
+                                     num_training_steps=t.max_steps * acc.num_processes)
+        self.ema = EMAModel(self.params, decay=t.ema_decay) if t.ema else None
+        if self.ema is not None:
+            if acc.distributed_type == DistributedType.FSDP:
+                raise ConfigError("train.ema: EMA is not supported with FSDP (parameters are sharded)")
+            self.ema.to(acc.device)
+            acc.register_for_checkpointing(self.ema)
+        self.model, optimizer, lr_scheduler = acc.prepare(self.model, optimizer, lr_scheduler)
+
+        step, samples = 0, 0
+        if self.resume_from is not None:
+            state = json.loads((self.resume_from / TRAINER_STATE).read_text())
+            if state["stage"] != t.stage:
+                raise ConfigError(f"--resume {self.resume_from}: a {state['stage']!r} checkpoint, but train.stage is {t.stage!r}")
+            acc.load_state(str(self.resume_from))
+            step, samples = state["step"], state["samples"]
+            logger.info("resumed from %s at step %d", self.resume_from, step)
+        else:
+            set_seed(t.seed, device_specific=True)  # different noise on every process
+        if acc.is_main_process:
+            acc.init_trackers("train", config={k: str(v) for k, v in _flat(config.to_dict()).items()})
+
+        per_step = t.batch_size * t.gradient_accumulation_steps * acc.num_processes
+        loader = DataLoader(
+            self.dataset,
+            batch_size=t.batch_size,
+            sampler=ResumableSampler(len(self.dataset), t.seed, samples, (t.max_steps - step) * per_step),
+            collate_fn=collate,
+            num_workers=config.data.num_workers,
+            drop_last=True,
+            # The loader's own generator keeps its seed draw off the global RNG that resume restores.
+            generator=torch.Generator().manual_seed(t.seed),
+        )
+        batches = iter(acc.prepare(loader))
+        loss_fn = self._diffusion_loss if diffusion else self._vae_loss
+        validation = self._validate_diffusion if diffusion else self._validate_vae
+
+        self.model.train()
+        progress = tqdm(total=t.max_steps, initial=step, desc=t.stage, disable=not acc.is_local_main_process)
+        started = time.perf_counter()
+        first_step = step
+        while step < t.max_steps:
+            total = torch.zeros((), device=acc.device)
+            for _ in range(t.gradient_accumulation_steps):
+                batch = next(batches)
+                with acc.accumulate(self.model):
+                    loss = loss_fn(batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients and o.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.params, o.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                total += loss.detach() / t.gradient_accumulation_steps
+            step += 1
+            samples += per_step
+            if self.ema is not None:
+                self.ema.step(self.params)
+            mean_loss = acc.gather(total[None]).mean().item()
+            progress.update()
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            if step % t.log_every == 0 or step == t.max_steps:
+                step_time = (time.perf_counter() - started) / (step - first_step)
+                metrics = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time": step_time}
+                acc.log(metrics, step=step)
+                self._append_metrics(step, metrics)
+            else:
+                self._append_metrics(step, {"loss": mean_loss})
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                save_checkpoint(acc, config, step, samples)
+            if config.validation.every and step % config.validation.every == 0 and step != t.max_steps:
+                self._with_ema(validation, step)
+        progress.close()
+        self._with_ema(validation, step)
+        out = self._with_ema(self._save_outputs if diffusion else self._save_vae, step)
+        acc.end_training()
+        return out
+
+    def _append_metrics(self, step: int, metrics: Dict[str, float]) -> None:
+        if self.accelerator.is_main_process:
+            with (self.output_dir / METRICS_FILE).open("a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def _with_ema(self, fn, step: int) -> Any:
+        """Run `fn(step)` on the EMA weights when EMA is on (then restore the trained ones)."""
+        if self.ema is None:
+            return fn(step)
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            return fn(step)
+        finally:
+            self.ema.restore(self.params)
+
+    def _unwrapped(self) -> nn.Module:
+        acc = self.accelerator
+        if acc.distributed_type != DistributedType.FSDP:
+            return acc.unwrap_model(self.model)
+        # FSDP shards the weights: gather them into a fresh copy of the original modules.
+        state = acc.get_state_dict(self.model)
+        fresh = build_components(self.config, self.dataset, acc)
+        model = (DiffusionModel(fresh["text_encoder"], fresh["controlnet"], fresh["unet"])
+                 if self.config.train.stage == "diffusion" else VAEModel(fresh["vae"]))
+        if acc.is_main_process:
+            model.load_state_dict(state)
+        return model
+
+    # ------------------------------------------------------------------ validation and outputs
+
+    def _validation_samples(self) -> Dict[str, Any]:
+        dataset = copy.copy(self.dataset)
+        dataset.seed = self.config.validation.seed  # fixed draws, apart from the training stream
+        dataset.flip_prob = 0.0
+        return collate([dataset[k] for k in range(self.config.validation.samples)])
+
+    @torch.no_grad()
+    def _pipeline(self, model: DiffusionModel) -> PromptDiffusionPipeline:
+        return PromptDiffusionPipeline(vae=self.vae, text_encoder=model.text_encoder, tokenizer=self.tokenizer,
+                                       unet=model.unet, controlnet=model.controlnet, scheduler=self.components["scheduler"])
+
+    @torch.no_grad()
+    def _validate_diffusion(self, step: int) -> None:
+        acc = self.accelerator
+        model = self._unwrapped()
+        if acc.is_main_process and self.config.validation.samples > 0:
+            v = self.config.validation
+            batch = self._validation_samples()
+            pipe = self._pipeline(model)
+            pipe.set_progress_bar_config(disable=True)
+            generator = torch.Generator(device=acc.device).manual_seed(v.seed)
+            was_training = model.training
+            model.eval()
+            with acc.autocast():
+                images = pipe(batch["caption"], example_pair=((batch["example_pair"][:, :3] + 1) / 2, (batch["example_pair"][:, 3:] + 1) / 2),
+                              query=(batch["query"] + 1) / 2, num_inference_steps=v.inference_steps,
+                              guidance_scale=v.guidance_scale, generator=generator, output_type="pt").images
+            model.train(was_training)
+            rows = [[batch["example_pair"][i, :3], batch["example_pair"][i, 3:], batch["query"][i], images[i].cpu() * 2 - 1, batch["target"][i]]
+                    for i in range(len(batch["caption"]))]
+            path = self.output_dir / "validation" / f"step-{step:06d}.png"
+            save_grid(rows, path, acc, "validation/example_src|example_tgt|query|generated|target", step)
+            logger.info("validation grid %s (tasks %s)", path, ", ".join(batch["task"]))
+        acc.wait_for_everyone()
+
+    @torch.no_grad()
+    def _validate_vae(self, step: int) -> None:
+        acc = self.accelerator
+        model = self._unwrapped()
+        if acc.is_main_process and self.config.validation.samples > 0:
+            images = self._validation_samples()["target"].to(acc.device)
+            with acc.autocast():
+                reconstruction = model.vae.decode(model.vae.encode(images).latent_dist.mode()).sample
+            rows = [[images[i], reconstruction[i]] for i in range(images.shape[0])]
+            path = self.output_dir / "validation" / f"step-{step:06d}.png"
+            save_grid(rows, path, acc, "validation/input|reconstruction", step)
+            logger.info("validation grid %s", path)
+        acc.wait_for_everyone()
+
+    def _write_checksum(self, state: Dict[str, torch.Tensor]) -> str:
+        """sha256 of the trained weights, one file per process, so a run can show its ranks agree."""
+        digest = hashlib.sha256()
+        for name in sorted(state):
+            digest.update(name.encode())
+            digest.update(state[name].detach().float().cpu().contiguous().numpy().tobytes())
+        folder = self.output_dir / "checksums"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"rank-{self.accelerator.process_index}.txt").write_text(digest.hexdigest() + "\n")
+        return digest.hexdigest()
+
+    def _save_outputs(self, step: int) -> Path:
+        acc = self.accelerator
+        model = self._unwrapped()
+        if acc.distributed_type != DistributedType.FSDP:
+            self._write_checksum({k: v for k, v in model.state_dict().items()})
+        if acc.is_main_process:
+            model = model.to(torch.float32)
+            pipeline_dir = self.output_dir / "pipeline"
+            self._pipeline(model).save_pretrained(str(pipeline_dir))
+            save_controlnet(model.controlnet, self.output_dir / "controlnet.safetensors", overwrite=True)
+            logger.info("step %d: wrote %s and %s", step, pipeline_dir, self.output_dir / "controlnet.safetensors")
+        acc.wait_for_everyone()
+        return self.output_dir / "pipeline"
+
+    @torch.no_grad()
+    def _save_vae(self, step: int) -> Path:
+        acc = self.accelerator
+        model = self._unwrapped()
+        if acc.distributed_type != DistributedType.FSDP:
+            self._write_checksum(model.state_dict())
+        out = self.output_dir / "vae"
+        if acc.is_main_process:
+            vae = model.vae.to(torch.float32)
+            if self.config.vae.fit_scaling_factor:
+                vae.register_to_config(scaling_factor=self._fit_scaling_factor(vae))
+            vae.save_pretrained(str(out))
+            logger.info("step %d: wrote %s (scaling_factor %.5f)", step, out, vae.config.scaling_factor)
+        acc.wait_for_everyone()
+        return out
+
+    def _fit_scaling_factor(self, vae: AutoencoderKL) -> float:
+        """1 / std of the latents of a few batches, so the diffusion model sees unit-variance latents."""
+        generator = torch.Generator().manual_seed(self.config.validation.seed)
+        n = self.config.train.batch_size * self.config.vae.scaling_batches
+        keys = torch.randint(0, 1 << 30, (n,), generator=generator).tolist()
+        latents = []
+        for start in range(0, n, self.config.train.batch_size):
+            images = collate([self.dataset[k] for k in keys[start:start + self.config.train.batch_size]])["target"]
+            latents.append(vae.encode(images.to(self.accelerator.device)).latent_dist.sample().float().cpu())
+        return float(1.0 / torch.cat(latents).std())
+
+
+def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML or JSON config (sections data, model, optim, train, validation, vae)")
+    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="set a config value, e.g. train.max_steps=100 data.root=/data/toy")
+    parser.add_argument("--resume", metavar="latest|PATH", help="continue from the latest or a given checkpoint folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.override)
+        Trainer(config, args.resume).run()
+    except (ConfigError, DatasetFormatError, FileNotFoundError) as err:
+        logging.getLogger("training.train").error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
