@@ -163,7 +163,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             prompt = prompt * batch
         elif isinstance(prompt, list) and len(prompt) != batch:
             raise ValueError(f"{len(prompt)} prompts for a batch of {batch} images; pass 1 or {batch}")
-        if isinstance(negative_prompt, list) and len(negative_prompt) == 1:
+        if isinstance(negative_prompt, str):
+            negative_prompt = [negative_prompt] * batch
+        elif isinstance(negative_prompt, list) and len(negative_prompt) == 1:
             negative_prompt = negative_prompt * batch
         pair = torch.cat([self._broadcast(source, batch, "example source"), self._broadcast(target, batch, "example target")], dim=1)
         query_t = self._broadcast(query_t, batch, "query")

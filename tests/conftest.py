@@ -7,7 +7,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The repo root is also the ComfyUI pack (it has an __init__.py), so tests run in pytest's
+# importlib mode and put the root (pdiff_core, training) and this folder (helpers) on the path.
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from pdiff_core.configs import build_components  # noqa: E402
 from pdiff_core.pipeline import PromptDiffusionPipeline  # noqa: E402
@@ -21,7 +23,7 @@ CAPTIONS = [
 ]
 
 
-def randomize_zero_parameters(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> None:
+def randomize_zero_parameters(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
     """Give zero-initialised layers (ControlNet zero convs) random values, so that the control
     actually changes the output in tests."""
     generator = torch.Generator().manual_seed(seed)
