@@ -1,0 +1,24 @@
+"""The ComfyUI node pack: ComfyUI glue over `pdiff_core`. Import only inside ComfyUI (it imports
+ComfyUI's modules); the repository's root `__init__.py` is the entry point ComfyUI loads."""
+
+from __future__ import annotations
+
+from typing import List, Type
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .apply import APPLY_NODES
+from .loaders import LOADER_NODES, register_model_folders
+
+
+class PromptDiffusionExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> List[Type[io.ComfyNode]]:
+        return [*LOADER_NODES, *APPLY_NODES]
+
+
+async def comfy_entrypoint() -> PromptDiffusionExtension:
+    register_model_folders()
+    return PromptDiffusionExtension()

@@ -1,0 +1,141 @@
+"""Apply Prompt Diffusion to conditioning, and image helpers around it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+import comfy.utils
+import nodes as comfy_nodes  # ComfyUI's nodes.py (this package is loaded as `<pack>.nodes`)
+from comfy_api.latest import io, ui
+
+from .control import PromptDiffusionControl, build_hint
+
+
+class ApplyPromptDiffusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PDiff_ApplyPromptDiffusion",
+            display_name="Apply Prompt Diffusion",
+            category="conditioning/controlnet",
+            description="Shows the model a task by example (example_source -> example_target) and applies it to the query. "
+                        "Works like Apply ControlNet (Advanced): chains with other ControlNets, applies to positive and "
+                        "negative, broadcasts a single pair or query over a batch.",
+            inputs=[
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.ControlNet.Input("control_net"),
+                io.Image.Input("example_source"),
+                io.Image.Input("example_target"),
+                io.Image.Input("query"),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001),
+                io.Vae.Input("vae", optional=True),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Where the control applies (1) or not (0), aligned with the query image."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, control_net, example_source: torch.Tensor, example_target: torch.Tensor,
+                query: torch.Tensor, strength: float, start_percent: float, end_percent: float, vae=None,
+                mask: Optional[torch.Tensor] = None) -> io.NodeOutput:
+        if not isinstance(control_net, PromptDiffusionControl):
+            raise ValueError(
+                f"control_net is a {type(control_net).__name__}, not a Prompt Diffusion ControlNet: load it with "
+                "'Load Prompt Diffusion ControlNet' or 'Load Prompt Diffusion Model (pipeline folder)'")
+        hint = build_hint(example_source, example_target, query, mask)
+        # ComfyUI's own apply: copies the control, chains the previous one, shares it between
+        # positive and negative. It takes channels-last images.
+        positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+            positive, negative, control_net, hint.movedim(1, -1), strength, start_percent, end_percent, vae=vae)
+        return io.NodeOutput(positive, negative)
+
+
+class MakeExamplePair(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PDiff_MakeExamplePair",
+            display_name="Make Prompt Diffusion Example Pair",
+            category="image/prompt diffusion",
+            description="Makes an example pair from two images: both resized (bilinear, centre crop) to the size of "
+                        "size_like (e.g. the query) or else of the source, with matching batches.",
+            inputs=[
+                io.Image.Input("source"),
+                io.Image.Input("target"),
+                io.Image.Input("size_like", optional=True),
+            ],
+            outputs=[io.Image.Output(display_name="example_source"), io.Image.Output(display_name="example_target")],
+        )
+
+    @classmethod
+    def execute(cls, source: torch.Tensor, target: torch.Tensor, size_like: Optional[torch.Tensor] = None) -> io.NodeOutput:
+        height, width = (size_like if size_like is not None else source).shape[1:3]
+        batch = max(source.shape[0], target.shape[0])
+        pair = []
+        for name, image in (("source", source), ("target", target)):
+            if image.shape[0] not in (1, batch):
+                raise ValueError(f"{name} has a batch of {image.shape[0]} but the other image has {batch}; pass 1 or {batch}")
+            resized = comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+            pair.append(resized.expand(batch, *resized.shape[1:]).contiguous())
+        return io.NodeOutput(*pair)
+
+
+PANEL_GAP = 4
+ARROW_WIDTH = 16
+
+
+def _arrow(height: int) -> torch.Tensor:
+    canvas = Image.new("RGB", (ARROW_WIDTH, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    middle = height // 2
+    draw.line([(2, middle), (ARROW_WIDTH - 4, middle)], fill="black", width=2)
+    draw.polygon([(ARROW_WIDTH - 2, middle), (ARROW_WIDTH - 7, middle - 4), (ARROW_WIDTH - 7, middle + 4)], fill="black")
+    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)
+
+
+def side_by_side(source: torch.Tensor, target: torch.Tensor, query: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """(B, H, W', 3): source -> target | query -> result, every panel at the result's size."""
+    height, width = result.shape[1:3]
+    panels = [comfy.utils.common_upscale(p[..., :3].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+              for p in (source, target, query, result)]
+    batch = max(p.shape[0] for p in panels)
+    panels = [p.expand(batch, -1, -1, -1) if p.shape[0] == 1 else p for p in panels]
+    if any(p.shape[0] != batch for p in panels):
+        raise ValueError(f"batches {[p.shape[0] for p in panels]} do not match; each must be 1 or the largest")
+    arrow = _arrow(height).expand(batch, -1, -1, -1).to(result)
+    gap = torch.ones(batch, height, PANEL_GAP, 3).to(result)
+    divider = torch.zeros(batch, height, PANEL_GAP // 2, 3).to(result)
+    row = [panels[0], arrow, panels[1], gap, divider, gap, panels[2], arrow, panels[3]]
+    return torch.cat(row, dim=2)
+
+
+class PromptDiffusionPreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PDiff_PromptDiffusionPreview",
+            display_name="Prompt Diffusion Side-by-Side Preview",
+            category="image/prompt diffusion",
+            description="example source -> example target | query -> result, side by side.",
+            inputs=[io.Image.Input("example_source"), io.Image.Input("example_target"), io.Image.Input("query"),
+                    io.Image.Input("result")],
+            outputs=[io.Image.Output()],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, example_source: torch.Tensor, example_target: torch.Tensor, query: torch.Tensor,
+                result: torch.Tensor) -> io.NodeOutput:
+        image = side_by_side(example_source, example_target, query, result)
+        return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))
+
+
+APPLY_NODES = [ApplyPromptDiffusion, MakeExamplePair, PromptDiffusionPreview]

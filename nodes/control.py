@@ -1,0 +1,232 @@
+"""Prompt Diffusion's control on ComfyUI's own ControlNet machinery.
+
+`PromptDiffusionControlModel` is ComfyUI's `comfy.cldm.cldm.ControlNet` (ComfyUI ops, so fp16,
+manual casting and memory management work as for any ControlNet) with the published model's two
+hint encoders: `input_hint_block` (example pair, 6 channels) and `input_cond_block` (query,
+3 channels), summed and added after the first input block, as in the authors' `cldm.py`.
+
+ComfyUI receives one 9-channel hint, source | target | query, each in [-1, 1] (plus an optional
+10th channel, a mask in [0, 1]), as `cond_hint_original`. Its own code then resizes the hint to the
+latent size x 8 and broadcasts it over the batch and over cond/uncond chunks (`batched_number`);
+the model splits the channels back into the two encoders.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+
+import comfy.cldm.cldm
+import comfy.controlnet
+import comfy.model_management
+import comfy.ops
+import comfy.supported_models
+import comfy.utils
+from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential
+from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
+from pdiff_core.checkpoints import CheckpointError, ControlCheckpoint, diffusers_to_ldm
+from pdiff_core.model import PAIR_CHANNELS, QUERY_CHANNELS
+
+logger = logging.getLogger(__name__)
+
+HINT_CHANNELS = PAIR_CHANNELS + QUERY_CHANNELS
+MASKED_HINT_CHANNELS = HINT_CHANNELS + 1
+COMFY_GROUP_NORM_GROUPS = 32  # what ComfyUI's SD blocks hard-code
+
+
+@functools.lru_cache(maxsize=None)
+def group_norm_operations(base: type, groups: int) -> type:
+    """ComfyUI operations `base` whose GroupNorm uses `groups` groups. ComfyUI's SD blocks ask for
+    32 groups; small models are trained with fewer."""
+    if groups == COMFY_GROUP_NORM_GROUPS:
+        return base
+
+    class GroupNorm(base.GroupNorm):
+        def __init__(self, num_groups: int, num_channels: int, *args: Any, **kwargs: Any) -> None:
+            super().__init__(groups, num_channels, *args, **kwargs)
+
+    return type(f"{base.__name__}_groups{groups}", (base,), {"GroupNorm": GroupNorm})
+
+
+def _heads(config: Mapping[str, Any]) -> int:
+    # diffusers' SD1.5 configs store the head count in `attention_head_dim`.
+    heads = config.get("num_attention_heads") or config["attention_head_dim"]
+    if isinstance(heads, (list, tuple)):
+        if len(set(heads)) != 1:
+            raise CheckpointError(f"per-level attention head counts {list(heads)} are not supported; expected one count")
+        heads = heads[0]
+    return int(heads)
+
+
+def ldm_unet_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """ComfyUI's LDM UNet/ControlNet arguments for a diffusers SD1.5-family UNet or ControlNet config."""
+    unsupported = {
+        "only_cross_attention": False, "resnet_time_scale_shift": "default", "class_embed_type": None,
+        "addition_embed_type": None, "encoder_hid_dim_type": None, "norm_eps": 1e-5,
+        "mid_block_type": "UNetMidBlock2DCrossAttn", "controlnet_conditioning_channel_order": "rgb",
+        "flip_sin_to_cos": True, "freq_shift": 0, "time_embedding_type": "positional", "conv_in_kernel": 3,
+        "conv_out_kernel": 3, "dual_cross_attention": False, "num_class_embeds": None, "time_cond_proj_dim": None,
+    }
+    for key, expected in unsupported.items():
+        if config.get(key, expected) != expected:
+            raise CheckpointError(f"unsupported config: {key}={config[key]!r} (this loader supports {expected!r})")
+    channels = list(config["block_out_channels"])
+    if any(c % channels[0] for c in channels):
+        raise CheckpointError(f"block_out_channels {channels} are not multiples of the first width")
+    layers = int(config["layers_per_block"])
+    down_types = list(config["down_block_types"])
+    depth = config.get("transformer_layers_per_block", 1)
+    depths = list(depth) if isinstance(depth, (list, tuple)) else [depth] * len(channels)
+    per_level = [d if kind.startswith("CrossAttn") else 0 for kind, d in zip(down_types, depths)]
+    return {
+        "image_size": 32,  # unused by the model
+        "in_channels": int(config["in_channels"]),
+        "model_channels": channels[0],
+        "num_res_blocks": [layers] * len(channels),
+        "channel_mult": [c // channels[0] for c in channels],
+        "transformer_depth": [d for d in per_level for _ in range(layers)],
+        "transformer_depth_output": [d for d in per_level for _ in range(layers + 1)],
+        "transformer_depth_middle": int(depths[-1]),
+        "context_dim": int(config["cross_attention_dim"]),
+        "num_heads": _heads(config),
+        "num_head_channels": -1,
+        "use_linear_in_transformer": bool(config.get("use_linear_projection", False)),
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "use_checkpoint": False,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+        "attn_precision": torch.float32 if config.get("upcast_attention") else None,
+    }
+
+
+def _hint_encoder(in_channels: int, widths: Sequence[int], out_channels: int, operations: type,
+                  dtype: Optional[torch.dtype], device: Optional[torch.device]) -> TimestepEmbedSequential:
+    """The LDM hint encoder (convs at even indices, SiLU between, strided convs between widths)
+    for any widths; ComfyUI's own hard-codes SD1.5's 16, 32, 96, 256."""
+    def conv(c_in: int, c_out: int, stride: int = 1) -> torch.nn.Module:
+        return operations.conv_nd(2, c_in, c_out, 3, padding=1, stride=stride, dtype=dtype, device=device)
+
+    layers: List[torch.nn.Module] = [conv(in_channels, widths[0]), torch.nn.SiLU()]
+    for c_in, c_out in zip(widths[:-1], widths[1:]):
+        layers += [conv(c_in, c_in), torch.nn.SiLU(), conv(c_in, c_out, stride=2), torch.nn.SiLU()]
+    layers.append(conv(widths[-1], out_channels))
+    return TimestepEmbedSequential(*layers)
+
+
+class PromptDiffusionControlModel(comfy.cldm.cldm.ControlNet):
+    """ComfyUI's ControlNet with an example-pair encoder and a query encoder.
+
+    `hint` is (B, 9, H, W): source, target, query in [-1, 1]; or (B, 10, H, W) with a mask in
+    [0, 1] last, which scales every control output where it is below 1.
+    """
+
+    def __init__(self, hint_widths: Sequence[int], operations: type, dtype: Optional[torch.dtype] = None,
+                 device: Optional[torch.device] = None, **unet_config: Any) -> None:
+        super().__init__(hint_channels=PAIR_CHANNELS, operations=operations, dtype=dtype, device=device, **unet_config)
+        self.input_hint_block = _hint_encoder(PAIR_CHANNELS, hint_widths, self.model_channels, operations, dtype, device)
+        self.input_cond_block = _hint_encoder(QUERY_CHANNELS, hint_widths, self.model_channels, operations, dtype, device)
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: Optional[torch.Tensor] = None, **kwargs: Any) -> Dict[str, List[torch.Tensor]]:
+        if hint.shape[1] not in (HINT_CHANNELS, MASKED_HINT_CHANNELS):
+            raise ValueError(
+                f"the Prompt Diffusion ControlNet got a {hint.shape[1]}-channel hint; it needs the example pair and "
+                "the query: apply it with the 'Apply Prompt Diffusion' node (PDiff_ApplyPromptDiffusion), not the "
+                "stock ControlNet apply nodes"
+            )
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
+        guided_hint = (self.input_hint_block(hint[:, :PAIR_CHANNELS], emb, context)
+                       + self.input_cond_block(hint[:, PAIR_CHANNELS:HINT_CHANNELS], emb, context))
+        outputs = []
+        h = x
+        for index, (module, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
+            h = module(h, emb, context)
+            if index == 0:
+                h = h + guided_hint
+            outputs.append(zero_conv(h, emb, context))
+        h = self.middle_block(h, emb, context)
+        middle = [self.middle_block_out(h, emb, context)]
+        if hint.shape[1] == MASKED_HINT_CHANNELS:
+            mask = hint[:, HINT_CHANNELS:]
+            outputs = [out * torch.nn.functional.adaptive_avg_pool2d(mask, out.shape[-2:]) for out in outputs]
+            middle = [out * torch.nn.functional.adaptive_avg_pool2d(mask, out.shape[-2:]) for out in middle]
+        return {"middle": middle, "output": outputs}
+
+
+class PromptDiffusionControl(comfy.controlnet.ControlNet):
+    """A ComfyUI CONTROL_NET whose hint is the 9/10-channel Prompt Diffusion hint (see `build_hint`)."""
+
+    def copy(self) -> "PromptDiffusionControl":
+        c = PromptDiffusionControl(None, global_average_pooling=self.global_average_pooling,
+                                   load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype)
+        c.control_model = self.control_model
+        c.control_model_wrapped = self.control_model_wrapped
+        self.copy_to(c)
+        return c
+
+
+def build_control(checkpoint: ControlCheckpoint, dtype: Optional[torch.dtype] = None) -> PromptDiffusionControl:
+    """A ComfyUI control object from a Prompt Diffusion checkpoint read by `pdiff_core`; weights go
+    in through their LDM names (`diffusers_to_ldm`). `dtype` None lets ComfyUI pick, as its own
+    ControlNet loader does."""
+    config = checkpoint.config
+    unet_config = ldm_unet_config(config)
+    unet_config.pop("transformer_depth_output")
+    state_dict = diffusers_to_ldm(checkpoint.state_dict, int(config["layers_per_block"]), prefix="")
+    load_device = comfy.model_management.get_torch_device()
+    if dtype is None:
+        dtype = comfy.model_management.unet_dtype(
+            model_params=-1, supported_dtypes=comfy.supported_models.SD15.supported_inference_dtypes,
+            weight_dtype=comfy.utils.weight_dtype(state_dict))
+    manual_cast_dtype = comfy.model_management.unet_manual_cast(dtype, load_device)
+    operations = group_norm_operations(comfy.ops.pick_operations(dtype, manual_cast_dtype, disable_fast_fp8=True),
+                                       int(config.get("norm_num_groups", COMFY_GROUP_NORM_GROUPS)))
+    model = PromptDiffusionControlModel(
+        list(config["conditioning_embedding_out_channels"]), operations=operations, dtype=dtype,
+        device=comfy.model_management.unet_offload_device(), **unet_config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint.source}: weights do not fit the Prompt Diffusion ControlNet built from its config: "
+            f"missing {sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}")
+    logger.info("Prompt Diffusion ControlNet from %s (%s layout), dtype %s", checkpoint.source, checkpoint.layout, dtype)
+    return PromptDiffusionControl(model, global_average_pooling=bool(config.get("global_pool_conditions", False)),
+                                  load_device=load_device, manual_cast_dtype=manual_cast_dtype)
+
+
+def _to_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if tensor.shape[0] == batch:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    raise ValueError(f"{name} has a batch of {tensor.shape[0]} images but another input has {batch}; pass 1 or {batch}")
+
+
+def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if images.shape[-2:] == (height, width):
+        return images
+    return comfy.utils.common_upscale(images, width, height, "bilinear", "center")
+
+
+def build_hint(source: torch.Tensor, target: torch.Tensor, query: torch.Tensor,
+               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The Prompt Diffusion hint (B, 9 or 10, H, W) from ComfyUI IMAGEs (B, H, W, 3) in [0, 1] and an
+    optional MASK ((B,) H, W). Everything is resized (bilinear, centre crop) to the query's size; a
+    batch of 1 is broadcast over the others' batch."""
+    images = {"example_source": source, "example_target": target, "query": query}
+    for name, image in images.items():
+        if image.ndim != 4 or image.shape[-1] < 3:
+            raise ValueError(f"{name} must be an IMAGE (batch, height, width, 3), got shape {tuple(image.shape)}")
+    height, width = query.shape[1:3]
+    parts = {name: _resize(image[..., :3].movedim(-1, 1).float(), height, width) * 2.0 - 1.0
+             for name, image in images.items()}
+    if mask is not None:
+        mask = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+        parts["mask"] = _resize(mask, height, width).clamp(0.0, 1.0)
+    batch = max(p.shape[0] for p in parts.values())
+    return torch.cat([_to_batch(p, batch, name) for name, p in parts.items()], dim=1)

@@ -1,0 +1,156 @@
+"""Test helpers around a real ComfyUI 0.3.64: a writable copy of the read-only snapshot with this pack
+linked into its custom_nodes/, imported in-process once per session, or started as a server."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT = Path(os.environ.get("COMFYUI_PATH", ROOT.parent / "shared" / "comfyui"))
+PACK_NAME = "ComfyUI-PromptDiffusion"
+DEFAULT_MODEL = "pdiff-toyworld"
+
+_copy: Optional[Path] = None
+_inprocess: Optional[Dict[str, ModuleType]] = None
+
+
+def comfyui_copy(base: Path, tiny_pipeline_dir: Path) -> Path:
+    """A writable ComfyUI copy under `base` (made once per session): this pack linked into custom_nodes/,
+    the tiny test pipeline as models/prompt_diffusion/pdiff-toyworld, the workflow inputs in input/."""
+    global _copy
+    if _copy is None:
+        if not (SNAPSHOT / "main.py").is_file():
+            raise FileNotFoundError(f"no ComfyUI at {SNAPSHOT}: set COMFYUI_PATH to a ComfyUI 0.3.64 checkout")
+        target = base / "ComfyUI"
+        shutil.copytree(SNAPSHOT, target, ignore=shutil.ignore_patterns("__pycache__", ".git"))
+        (target / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
+        shutil.copytree(tiny_pipeline_dir, target / "models" / "prompt_diffusion" / DEFAULT_MODEL)
+        for image in (ROOT / "workflows" / "inputs").glob("*.png"):
+            shutil.copy(image, target / "input" / image.name)
+        _copy = target
+    return _copy
+
+
+def import_comfyui(comfy_dir: Path) -> Dict[str, ModuleType]:
+    """Import ComfyUI from `comfy_dir` into this process (once) on the CPU, with its built-in extra nodes
+    and custom nodes, as the headless runner does. The text encoder runs in fp32 so that its numbers can
+    be compared with the diffusers pipeline's (ComfyUI's CPU default stores it in fp16)."""
+    global _inprocess
+    if _inprocess is None:
+        sys.path.insert(0, str(comfy_dir))
+        from comfy.cli_args import args
+
+        args.cpu = True
+        args.fp32_text_enc = True
+        import utils.extra_config  # noqa: F401  ComfyUI's utils package, imported before nodes.py as main.py does
+        import execution
+        import folder_paths
+        import nodes
+
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        _inprocess = {"nodes": nodes, "execution": execution, "folder_paths": folder_paths}
+    return _inprocess
+
+
+def pack_module(nodes_module: ModuleType, name: str) -> ModuleType:
+    """A submodule of this pack as ComfyUI loaded it (e.g. 'control' -> <pack>.nodes.control)."""
+    loaded = nodes_module.NODE_CLASS_MAPPINGS["PDiff_ApplyPromptDiffusion"].__module__
+    return sys.modules[loaded.rsplit(".", 1)[0] + "." + name]
+
+
+def load_runner() -> ModuleType:
+    """scripts/run_workflow.py as a module."""
+    spec = importlib.util.spec_from_file_location("pdiff_run_workflow", ROOT / "scripts" / "run_workflow.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """`main.py --cpu` on a free port; `stop()` always ends it (terminate, then kill)."""
+
+    def __init__(self, comfy_dir: Path, log_file: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_file = log_file
+        self._log = open(log_file, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--disable-auto-launch", "--dont-print-server"],
+            cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_file.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI did not answer within {timeout} s:\n{self.log()[-3000:]}")
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return response.read()
+
+    def post(self, path: str, payload: Any) -> Any:
+        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"POST {path} -> {err.code}: {err.read().decode(errors='replace')}") from err
+
+    def wait_history(self, prompt_id: str, timeout: float = 120.0) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"]["status_str"] in ("success", "error"):
+                    return entry
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited while running {prompt_id}:\n{self.log()[-3000:]}")
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+        self._log.close()
