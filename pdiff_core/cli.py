@@ -1,0 +1,156 @@
+"""`pdiff`: generate with a Prompt Diffusion model, convert and inspect checkpoints."""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from .checkpoints import (
+    CheckpointError,
+    describe_state_dict,
+    read_controlnet,
+    read_state_dict,
+    save_controlnet,
+)
+
+logger = logging.getLogger("pdiff")
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "pdiff-toyworld"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SCHEDULERS = {"ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler", "dpm": "DPMSolverMultistepScheduler",
+              "euler": "EulerDiscreteScheduler"}
+
+
+def load_pipeline(model: Path, controlnet: Optional[Path] = None, dtype: torch.dtype = torch.float32, device: str = "cpu", scheduler: Optional[str] = None):
+    """A `PromptDiffusionPipeline` from a local pipeline folder (or, where a network exists, a hub
+    id), optionally with another Prompt Diffusion ControlNet (any supported checkpoint)."""
+    import diffusers
+
+    from .pipeline import PromptDiffusionPipeline
+
+    model = Path(model)
+    if model.exists() and not (model / "model_index.json").is_file():
+        raise FileNotFoundError(f"{model} is not a pipeline folder: model_index.json is missing")
+    kwargs = {"torch_dtype": dtype}
+    if controlnet is not None:
+        kwargs["controlnet"] = read_controlnet(controlnet).build(dtype)
+    pipe = PromptDiffusionPipeline.from_pretrained(str(model), **kwargs)
+    if scheduler is not None:
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    return pipe.to(device)
+
+
+def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    out = Path(args.out)
+    _refuse_overwrite(out, args.overwrite)
+    images = {}
+    for name in ("example_source", "example_target", "query"):
+        path = Path(getattr(args, name))
+        if not path.is_file():
+            raise FileNotFoundError(f"--{name.replace('_', '-')}: no such image file: {path}")
+        images[name] = Image.open(path).convert("RGB")
+    pipe = load_pipeline(args.model, args.controlnet, DTYPES[args.dtype], args.device, args.scheduler)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    result = pipe(
+        args.prompt,
+        example_pair=(images["example_source"], images["example_target"]),
+        query=images["query"],
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        negative_prompt=args.negative_prompt,
+        generator=generator,
+    ).images[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.save(out)
+    logger.info("wrote %s", out)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    config = {"attention_head_dim": args.attention_head_dim} if args.attention_head_dim else None
+    checkpoint = read_controlnet(args.input, config)
+    model = checkpoint.build()
+    out = save_controlnet(model, args.output, layout=args.to, overwrite=args.overwrite)
+    logger.info("converted %s (%s layout) to %s (%s layout)", checkpoint.source, checkpoint.layout, out, args.to)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    path = Path(args.checkpoint)
+    if path.is_dir() and (path / "model_index.json").is_file() and not (path / "controlnet").is_dir():
+        raise CheckpointError(f"{path} is a pipeline folder without a controlnet/ subfolder")
+    try:
+        checkpoint = read_controlnet(path)
+    except CheckpointError:
+        if path.is_file():
+            print(json.dumps({"path": str(path), "kind": describe_state_dict(read_state_dict(path))}, indent=2))
+            return
+        raise
+    params = sum(v.numel() for v in checkpoint.state_dict.values())
+    print(json.dumps({"path": checkpoint.source, "kind": "prompt-diffusion-controlnet", "layout": checkpoint.layout,
+                      "parameters": params, "config": checkpoint.config}, indent=2, default=list))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdiff", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="apply the task shown by an example pair to a query image")
+    gen.add_argument("--example-source", required=True, help="example input image (e.g. a photo)")
+    gen.add_argument("--example-target", required=True, help="what was done to it (e.g. its depth map)")
+    gen.add_argument("--query", required=True, help="the image to apply the same task to")
+    gen.add_argument("--prompt", default="", help="text prompt (the caption of the wanted output)")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--out", required=True, help="output PNG path")
+    gen.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
+    gen.add_argument("--controlnet", type=Path, default=None, help="another Prompt Diffusion ControlNet (LDM .ckpt/.safetensors or diffusers)")
+    gen.add_argument("--steps", type=int, default=50)
+    gen.add_argument("--guidance", type=float, default=9.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's (DDIM)")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    gen.set_defaults(func=cmd_generate)
+
+    conv = sub.add_parser("convert", help="convert a Prompt Diffusion ControlNet between LDM and diffusers layouts")
+    conv.add_argument("input", type=Path, help="LDM checkpoint (.ckpt/.safetensors), diffusers folder or file")
+    conv.add_argument("output", type=Path, help="a folder (diffusers) or a .safetensors file")
+    conv.add_argument("--to", choices=["diffusers", "ldm"], default="diffusers")
+    conv.add_argument("--attention-head-dim", type=int, default=None, help="head count, if not SD1.5's 8 (not in the weights)")
+    conv.add_argument("--overwrite", action="store_true")
+    conv.set_defaults(func=cmd_convert)
+
+    info = sub.add_parser("info", help="what kind of file a checkpoint is, and its config")
+    info.add_argument("checkpoint", type=Path)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
+        parser.exit(2, f"pdiff {args.command}: error: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pdiff_core.checkpoints import read_state_dict
+from pdiff_core.cli import main
+from test_checkpoints import HEADS, ldm_checkpoint
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("source", "target", "query"):
+        paths[name] = tmp_path / f"{name}.png"
+        PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(paths[name])
+    return paths
+
+
+def generate(model, inputs, out, *extra):
+    return main(["generate", "--example-source", str(inputs["source"]), "--example-target", str(inputs["target"]),
+                 "--query", str(inputs["query"]), "--prompt", "a red sphere", "--out", str(out),
+                 "--model", str(model), "--steps", "3", *extra])
+
+
+def test_generate_writes_an_image_and_is_seeded(tiny_pipeline_dir, inputs, tmp_path):
+    generate(tiny_pipeline_dir, inputs, tmp_path / "a.png", "--seed", "1")
+    generate(tiny_pipeline_dir, inputs, tmp_path / "b.png", "--seed", "1")
+    generate(tiny_pipeline_dir, inputs, tmp_path / "c.png", "--seed", "2", "--scheduler", "unipc")
+    a, b, c = (np.asarray(PIL.Image.open(tmp_path / f"{n}.png")) for n in "abc")
+    assert a.shape == (64, 64, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_generate_never_overwrites_without_asking(tiny_pipeline_dir, inputs, tmp_path, capsys):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"a user's file")
+    with pytest.raises(SystemExit) as exit_info:
+        generate(tiny_pipeline_dir, inputs, out)
+    assert exit_info.value.code == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"a user's file"
+    generate(tiny_pipeline_dir, inputs, out, "--overwrite")
+    assert PIL.Image.open(out).size == (64, 64)
+
+
+def test_generate_names_a_missing_input(tiny_pipeline_dir, inputs, tmp_path, capsys):
+    inputs["query"] = tmp_path / "nope.png"
+    with pytest.raises(SystemExit):
+        generate(tiny_pipeline_dir, inputs, tmp_path / "x.png")
+    assert "--query: no such image file" in capsys.readouterr().err
+
+
+def test_generate_with_a_controlnet_from_an_ldm_checkpoint(tiny_pipeline_dir, inputs, tmp_path):
+    converted = tmp_path / "converted.safetensors"
+    main(["convert", str(tiny_pipeline_dir / "controlnet"), str(converted), "--to", "ldm"])
+    generate(tiny_pipeline_dir, inputs, tmp_path / "a.png", "--controlnet", str(converted))
+    generate(tiny_pipeline_dir, inputs, tmp_path / "b.png")
+    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "a.png")), np.asarray(PIL.Image.open(tmp_path / "b.png")))
+
+
+def test_convert_round_trip_and_info(tmp_path, capsys):
+    ldm = tmp_path / "official.safetensors"
+    save_file(ldm_checkpoint(), str(ldm))
+    main(["convert", str(ldm), str(tmp_path / "diffusers"), "--attention-head-dim", str(HEADS)])
+    assert (tmp_path / "diffusers" / "config.json").is_file()
+    main(["convert", str(tmp_path / "diffusers"), str(tmp_path / "back.safetensors"), "--to", "ldm"])
+    original = {k: v for k, v in read_state_dict(ldm).items() if k.startswith("control_model.")}
+    back = read_state_dict(tmp_path / "back.safetensors")
+    assert set(back) == set(original) and all(torch.equal(back[k], original[k]) for k in original)
+    capsys.readouterr()
+    main(["info", str(ldm)])
+    info = json.loads(capsys.readouterr().out)
+    assert info["layout"] == "ldm" and info["config"]["block_out_channels"] == [32, 64]
+
+
+def test_info_describes_a_file_that_is_not_prompt_diffusion(tmp_path, capsys):
+    sd = {k: v for k, v in ldm_checkpoint().items() if not k.startswith("control_model.")}
+    save_file(sd, str(tmp_path / "sd.safetensors"))
+    main(["info", str(tmp_path / "sd.safetensors")])
+    assert "Stable Diffusion checkpoint without a control model" in json.loads(capsys.readouterr().out)["kind"]
