@@ -1,0 +1,409 @@
+"""Turn captioned images into a pdiff-groups dataset by running condition-map annotators.
+
+    python -m training.annotate --input DIR --out DIR [--layout folder|ip2p] [--maps depth,hed,seg]
+        [--annotator-weights DIR] [--fallback] [--resolution 256] [--batch-size 16] [--device cpu]
+
+Input layouts:
+- `folder`: either `metadata.jsonl` lines `{"file_name": ..., "text": ...}` (the Hugging Face
+  imagefolder convention), or one subfolder per group holding its images and a `caption.txt`, or
+  images each with a sidecar `<name>.txt` caption. Images with the same caption form one group.
+- `ip2p`: the InstructPix2Pix layout the paper used: `seeds.json` (`[[name, [seed, ...]], ...]`)
+  and per prompt folder `prompt.json` (its `output` caption) with `<seed>_0.jpg` / `<seed>_1.jpg`;
+  every image of a prompt folder joins its group (the authors draw the example from the `_0`
+  images and the query from the `_1` ones).
+
+Maps: `depth` (MiDaS DPT-Hybrid), `hed` (ControlNet HED), `seg` (Segment Anything) load their
+weights from `--annotator-weights` only (nothing is downloaded). `--fallback` replaces missing
+ones with classical OpenCV maps where one exists (hed: Sobel soft edges, seg: k-means colour
+regions; depth has none); `canny` and `sobel` are always classical. dataset.json records which
+annotator made each map. Groups are committed one by one, so an interrupted run resumes where it
+stopped when started again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pdiff_core.data import DatasetFormatError, FORMAT_NAME, FORMAT_VERSION
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SETTINGS_FILE = "annotate.json"
+GROUPS_FILE = "groups.jsonl"
+# Map name -> (annotator, weight file in --annotator-weights) for the learned annotators.
+WEIGHTS = {
+    "depth": ("midas-dpt-hybrid", "dpt_hybrid-midas-501f0c75.pt"),
+    "hed": ("controlnet-hed", "ControlNetHED.pth"),
+    "seg": ("segment-anything-vit-h", "sam_vit_h_4b8939.pth"),
+}
+SEG_PALETTE = np.array(  # distinct colours for the k-means regions, darkest region first
+    [[120, 120, 120], [180, 120, 120], [6, 230, 230], [80, 50, 50], [4, 200, 3], [120, 120, 80],
+     [140, 140, 140], [204, 5, 255], [230, 230, 230], [4, 250, 7], [224, 5, 255], [235, 255, 7]],
+    dtype=np.uint8,
+)
+
+# One image (uint8 HxWx3 at the output resolution) in, one map (uint8 HxW or HxWx3) out; a batch at a time.
+BatchFn = Callable[[List[np.ndarray]], List[np.ndarray]]
+
+
+class AnnotatorWeightsError(FileNotFoundError):
+    """Annotator weights are missing; the message lists the files expected."""
+
+
+@dataclass
+class Annotator:
+    map: str
+    kind: str  # recorded in dataset.json
+    classical: bool
+    run: BatchFn
+
+
+# --------------------------------------------------------------------------- classical maps
+
+
+def sobel_edges(image: np.ndarray) -> np.ndarray:
+    """Soft edges (a classical stand-in for HED): Sobel gradient magnitude of the blurred grey image."""
+    gray = cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
+    magnitude = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3))
+    return (255.0 * np.sqrt(magnitude / max(float(magnitude.max()), 1e-6))).clip(0, 255).astype(np.uint8)
+
+
+def canny_edges(image: np.ndarray) -> np.ndarray:
+    return cv2.Canny(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 100, 200)
+
+
+def kmeans_regions(image: np.ndarray, clusters: int = 6) -> np.ndarray:
+    """Colour regions (a classical stand-in for a segmenter): k-means on smoothed colours, each
+    cluster painted with a palette colour in order of brightness so the map is deterministic."""
+    smooth = cv2.bilateralFilter(image, 5, 50, 50).reshape(-1, 3).astype(np.float32)
+    clusters = min(clusters, len(np.unique(smooth, axis=0)))
+    cv2.setRNGSeed(0)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
+    _, labels, centers = cv2.kmeans(smooth, clusters, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
+    rank = np.argsort(np.argsort(centers.sum(axis=1)))
+    return SEG_PALETTE[rank[labels.ravel()] % len(SEG_PALETTE)].reshape(image.shape)
+
+
+CLASSICAL: Dict[str, Tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    "canny": ("opencv-canny", canny_edges),
+    "sobel": ("opencv-sobel", sobel_edges),
+}
+FALLBACKS: Dict[str, Tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    "hed": ("opencv-sobel (classical fallback for hed)", sobel_edges),
+    "seg": ("opencv-kmeans (classical fallback for seg)", kmeans_regions),
+}
+
+
+def _per_image(fn: Callable[[np.ndarray], np.ndarray]) -> BatchFn:
+    return lambda images: [fn(image) for image in images]
+
+
+# --------------------------------------------------------------------------- learned maps, batched
+
+
+def _square(images: List[np.ndarray], size: int) -> torch.Tensor:
+    resized = [cv2.resize(im, (size, size), interpolation=cv2.INTER_LANCZOS4 if size > im.shape[0] else cv2.INTER_AREA)
+               for im in images]
+    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float()
+
+
+def midas_batch(model: torch.nn.Module, detect_resolution: int, device: str) -> BatchFn:
+    """controlnet-aux MidasDetector's depth (min-max normalised, near = bright), on a whole batch."""
+    @torch.no_grad()
+    def run(images: List[np.ndarray]) -> List[np.ndarray]:
+        depth = model(_square(images, detect_resolution).to(device) / 127.5 - 1.0)
+        low = depth.flatten(1).min(1).values[:, None, None]
+        high = depth.flatten(1).max(1).values[:, None, None]
+        depth = ((depth - low) / (high - low).clamp_min(1e-8) * 255.0).clip(0, 255).byte().cpu().numpy()
+        return [cv2.resize(d, im.shape[1::-1], interpolation=cv2.INTER_LINEAR) for d, im in zip(depth, images)]
+    return run
+
+
+def hed_batch(network: torch.nn.Module, detect_resolution: int, device: str) -> BatchFn:
+    """controlnet-aux HEDdetector's soft edges (mean of the side outputs, sigmoid), on a whole batch."""
+    @torch.no_grad()
+    def run(images: List[np.ndarray]) -> List[np.ndarray]:
+        sides = network(_square(images, detect_resolution).to(device))
+        out = []
+        for i, image in enumerate(images):
+            edges = np.stack([cv2.resize(s[i, 0].float().cpu().numpy(), (detect_resolution,) * 2, interpolation=cv2.INTER_LINEAR)
+                              for s in sides], axis=2)
+            edge = (255.0 / (1.0 + np.exp(-edges.mean(axis=2).astype(np.float64)))).clip(0, 255).astype(np.uint8)
+            out.append(cv2.resize(edge, image.shape[1::-1], interpolation=cv2.INTER_LINEAR))
+        return out
+    return run
+
+
+def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback: bool,
+                     device: str = "cpu", detect_resolution: int = 512) -> List[Annotator]:
+    """One annotator per map; raises AnnotatorWeightsError listing every missing weight file."""
+    annotators: List[Annotator] = []
+    missing: List[str] = []
+    for name in maps:
+        if name in CLASSICAL:
+            kind, fn = CLASSICAL[name]
+            annotators.append(Annotator(name, kind, True, _per_image(fn)))
+            continue
+        if name not in WEIGHTS:
+            raise ValueError(f"--maps: no annotator for map {name!r}; known maps: {sorted(set(WEIGHTS) | set(CLASSICAL))}")
+        kind, filename = WEIGHTS[name]
+        path = weights_dir / filename if weights_dir is not None else None
+        if path is not None and path.is_file():
+            annotators.append(Annotator(name, kind, False, _load_learned(name, weights_dir, device, detect_resolution)))
+        elif fallback and name in FALLBACKS:
+            logger.warning("map %s: no %s, using the classical fallback %s", name, path or filename, FALLBACKS[name][0])
+            annotators.append(Annotator(name, FALLBACKS[name][0], True, _per_image(FALLBACKS[name][1])))
+        else:
+            missing.append(f"{name}: {path or filename}" + ("" if name in FALLBACKS else " (no classical fallback exists)"))
+    if missing:
+        raise AnnotatorWeightsError(
+            "missing annotator weights (nothing is downloaded):\n  " + "\n  ".join(missing)
+            + f"\nPut the files in the folder given to --annotator-weights ({weights_dir or 'not given'}), "
+            "pass --fallback to use classical OpenCV maps where they exist, or drop the map from --maps."
+        )
+    return annotators
+
+
+def _load_learned(name: str, weights_dir: Path, device: str, detect_resolution: int) -> BatchFn:
+    # Imported here: controlnet-aux is a training extra, and the classical path must not need it.
+    from controlnet_aux import HEDdetector, MidasDetector, SamDetector
+
+    if name == "depth":
+        detector = MidasDetector.from_pretrained(str(weights_dir)).to(device)
+        return midas_batch(detector.model, detect_resolution, device)
+    if name == "hed":
+        detector = HEDdetector.from_pretrained(str(weights_dir)).to(device)
+        return hed_batch(detector.netNetwork, detect_resolution, device)
+    detector = SamDetector.from_pretrained(str(weights_dir), model_type="vit_h", filename=WEIGHTS["seg"][1])
+    detector.mask_generator.predictor.model.to(device)
+    # Segment Anything generates masks one image at a time.
+    return _per_image(lambda im: np.asarray(detector(im, detect_resolution=im.shape[0], image_resolution=im.shape[0], output_type="np")))
+
+
+# --------------------------------------------------------------------------- input layouts
+
+
+@dataclass
+class SourceGroup:
+    key: str  # stable name of the group in the input, checked on resume
+    caption: str
+    images: List[Path]
+
+
+def _images_in(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _by_caption(pairs: Sequence[Tuple[Path, str]]) -> List[SourceGroup]:
+    groups: Dict[str, List[Path]] = {}
+    for path, caption in pairs:
+        groups.setdefault(caption.strip(), []).append(path)
+    return [SourceGroup(caption, caption, sorted(paths)) for caption, paths in sorted(groups.items())]
+
+
+def folder_groups(root: Path) -> List[SourceGroup]:
+    """Groups of the `folder` layout (see the module docstring)."""
+    metadata = root / "metadata.jsonl"
+    if metadata.is_file():
+        pairs = []
+        for n, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                pairs.append((root / record["file_name"], str(record["text"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise DatasetFormatError(f"{metadata}:{n}: expected {{\"file_name\": ..., \"text\": ...}} ({err})") from None
+        return _by_caption(pairs)
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "caption.txt").is_file())
+    if subfolders:
+        return [SourceGroup(p.name, (p / "caption.txt").read_text(encoding="utf-8").strip(), _images_in(p)) for p in subfolders]
+    pairs = [(p, p.with_suffix(".txt").read_text(encoding="utf-8")) for p in _images_in(root) if p.with_suffix(".txt").is_file()]
+    if not pairs:
+        raise DatasetFormatError(
+            f"{root}: no captioned images found; expected metadata.jsonl, subfolders with caption.txt, "
+            "or images with sidecar .txt captions"
+        )
+    return _by_caption(pairs)
+
+
+def ip2p_groups(root: Path) -> List[SourceGroup]:
+    """Groups of the InstructPix2Pix layout: one per prompt folder, captioned with its output prompt."""
+    seeds_file = root / "seeds.json"
+    if not seeds_file.is_file():
+        raise DatasetFormatError(f"{seeds_file}: not found; the ip2p layout needs seeds.json")
+    groups = []
+    for name, seeds in json.loads(seeds_file.read_text()):
+        folder = root / name
+        prompt_file = folder / "prompt.json"
+        try:
+            caption = json.loads(prompt_file.read_text(encoding="utf-8"))["output"]
+        except (OSError, json.JSONDecodeError, KeyError) as err:
+            raise DatasetFormatError(f"{prompt_file}: cannot read its \"output\" caption ({err})") from None
+        images = [folder / f"{seed}_{k}.jpg" for seed in seeds for k in (0, 1)]
+        groups.append(SourceGroup(name, caption, images))
+    return groups
+
+
+def load_square(path: Path, resolution: int) -> np.ndarray:
+    """Centre square crop resized to `resolution`, uint8 RGB; names the file when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            side = min(im.size)
+            left, top = (im.width - side) // 2, (im.height - side) // 2
+            im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.LANCZOS)
+            return np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DatasetFormatError(f"{path}: cannot read as an image ({err})") from None
+
+
+# --------------------------------------------------------------------------- the resumable writer
+
+
+def _done_groups(out: Path) -> Dict[str, dict]:
+    """Records of completed groups; a torn last line from an interrupted run is dropped."""
+    path = out / GROUPS_FILE
+    if not path.is_file():
+        return {}
+    records, good = {}, 0
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            records[record["id"]] = record
+            good += len(line)
+    if good != path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(good)
+    return records
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        if changed:
+            raise ValueError(
+                f"{path}: this folder was annotated with other settings ({', '.join(f'{k}: {previous.get(k)!r}' for k in changed)}); "
+                "use the same arguments to resume, or a new --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out}: folder is not empty and holds no {SETTINGS_FILE}; choose an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    if array.ndim == 3 and array.shape[2] == 3 and (array[..., :1] == array).all():
+        array = array[..., 0]  # grey maps are stored single-channel, as the format asks
+    Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB").save(path, format="PNG")
+
+
+def _batches(groups: List[Tuple[str, SourceGroup]], batch_size: int) -> Iterator[List[Tuple[str, SourceGroup]]]:
+    """Whole groups, about `batch_size` images at a time."""
+    batch: List[Tuple[str, SourceGroup]] = []
+    count = 0
+    for item in groups:
+        batch.append(item)
+        count += len(item[1].images)
+        if count >= batch_size:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
+
+
+def annotate(groups: List[SourceGroup], out: Path, annotators: List[Annotator], resolution: int,
+             batch_size: int = 16, source: str = "annotate", progress: bool = True) -> int:
+    """Write (or complete) the dataset in `out`; returns the number of groups annotated in this run."""
+    usable = [g for g in groups if len(g.images) >= 2]
+    if len(usable) < len(groups):
+        logger.warning("%d group(s) with fewer than 2 images skipped (a group needs an example and a query)",
+                       len(groups) - len(usable))
+    if not usable:
+        raise DatasetFormatError(f"no group with at least 2 images to write into {out}")
+    maps = [a.map for a in annotators]
+    settings = {"format": FORMAT_NAME, "maps": maps, "resolution": resolution,
+                "annotators": {a.map: a.kind for a in annotators}, "groups": [g.key for g in usable]}
+    _check_settings(out, settings)
+    done = _done_groups(out)
+    todo = [(f"{i:06d}", g) for i, g in enumerate(usable) if f"{i:06d}" not in done]
+    if done:
+        logger.info("resuming: %d of %d groups already done", len(done), len(usable))
+    bar = tqdm(total=sum(len(g.images) for _, g in todo), unit="image", disable=not progress, desc="annotate")
+    with (out / GROUPS_FILE).open("a", encoding="utf-8") as index:
+        for batch in _batches(todo, batch_size):
+            images = [load_square(p, resolution) for _, g in batch for p in g.images]
+            results = {a.map: a.run(images) for a in annotators}
+            k = 0
+            for gid, group in batch:
+                (out / gid).mkdir(exist_ok=True)
+                items = []
+                for n in range(len(group.images)):
+                    _save_png(images[k], out / gid / f"{n}.png")
+                    item_maps = {}
+                    for name in maps:
+                        _save_png(results[name][k], out / gid / f"{n}_{name}.png")
+                        item_maps[name] = f"{gid}/{n}_{name}.png"
+                    items.append({"image": f"{gid}/{n}.png", "maps": item_maps})
+                    k += 1
+                # The line goes in only once every file of the group is on disk: it marks the group done.
+                index.write(json.dumps({"id": gid, "caption": group.caption, "items": items, "source": group.key}) + "\n")
+                index.flush()
+                os.fsync(index.fileno())
+            bar.update(k)
+    bar.close()
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "maps": maps, "resolution": resolution, "source": source,
+            "annotators": settings["annotators"], "classical_maps": [a.map for a in annotators if a.classical],
+            "groups": len(usable)}
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("%s: %d groups (%d annotated now, %d already done)", out, len(usable), len(todo), len(usable) - len(todo))
+    return len(todo)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.annotate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, type=Path, help="folder of captioned images (see --layout)")
+    parser.add_argument("--out", required=True, type=Path, help="dataset folder to write or resume")
+    parser.add_argument("--layout", choices=("folder", "ip2p"), default="folder")
+    parser.add_argument("--maps", default="depth,hed,seg", help="comma-separated: depth, hed, seg, canny, sobel")
+    parser.add_argument("--annotator-weights", type=Path, help="folder with " + ", ".join(f for _, f in WEIGHTS.values()))
+    parser.add_argument("--fallback", action="store_true", help="classical OpenCV maps where learned weights are missing")
+    parser.add_argument("--resolution", type=int, default=256, help="square output size in pixels")
+    parser.add_argument("--detect-resolution", type=int, default=512, help="size the learned annotators run at")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per annotator batch")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        maps = [m for m in args.maps.split(",") if m]
+        annotators = build_annotators(maps, args.annotator_weights, args.fallback, args.device, args.detect_resolution)
+        groups = folder_groups(args.input) if args.layout == "folder" else ip2p_groups(args.input)
+        annotate(groups, args.out, annotators, args.resolution, args.batch_size, progress=not args.no_progress)
+    except (AnnotatorWeightsError, DatasetFormatError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
