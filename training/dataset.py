@@ -33,7 +33,8 @@ class PromptDiffusionDataset(Dataset):
     """Indexed by draw number `k`: draw `k` uses group `k % len(self)`.
 
     Sample: `example_pair` (6, H, W), `query` (3, H, W), `target` (3, H, W), all float32 in
-    [-1, 1]; `caption` (str); `task` (str); `group` (str id).
+    [-1, 1]; `caption` (str); `task` (str); `group` (str id); `example_item` and `query_item`
+    (the two items' indices in the group).
     """
 
     def __init__(
@@ -82,6 +83,8 @@ class PromptDiffusionDataset(Dataset):
             "caption": group.caption if use_caption else map_prompt(task.map),
             "task": task.name,
             "group": group.id,
+            "example_item": int(example_i),
+            "query_item": int(query_i),
         }
 
     def _pair(self, item: GroupItem, task: Task, rng: np.random.Generator) -> List[torch.Tensor]:

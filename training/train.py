@@ -71,6 +71,15 @@ def dropout_masks(r: torch.Tensor, drop_rate: float = 0.05) -> Tuple[torch.Tenso
     return text, pair
 
 
+def apply_dropout(input_ids: torch.Tensor, empty_ids: torch.Tensor, example_pair: torch.Tensor,
+                  r: torch.Tensor, drop_rate: float = 0.05) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token ids with dropped texts replaced by the empty prompt's (so the encoder yields the
+    empty-prompt embedding, trained or not) and the example pair zeroed where dropped."""
+    text, pair = dropout_masks(r, drop_rate)
+    ids = torch.where(text[:, None], empty_ids, input_ids)
+    return ids, example_pair * (~pair).to(example_pair.dtype)[:, None, None, None]
+
+
 class DiffusionModel(nn.Module):
     """Text encoder, control branch and UNet as one module, so DDP/DeepSpeed/FSDP wrap a single
     forward whatever subset of them trains. Returns the predicted noise."""
@@ -258,6 +267,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
+    def setup(self) -> None:
+        """Build the trained module, its frozen helpers and `self.params` for the configured stage."""
+        if self.config.train.stage == "diffusion":
+            self._setup_diffusion()
+        else:
+            self._setup_vae()
+
+    def loss(self, batch: Dict[str, Any]) -> torch.Tensor:
+        """The training loss of one batch (diffusion: epsilon MSE; vae: reconstruction + KL)."""
+        return self._diffusion_loss(batch) if self.config.train.stage == "diffusion" else self._vae_loss(batch)
+
     def _setup_diffusion(self) -> None:
         c, t = self.components, self.config.train
         self.model = DiffusionModel(c["text_encoder"], c["controlnet"], c["unet"])
@@ -296,9 +316,9 @@ class Trainer:
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        text_dropped, pair_dropped = dropout_masks(torch.rand(latents.shape[0], device=latents.device), self.config.train.drop_rate)
-        input_ids = torch.where(text_dropped[:, None], self.empty_ids, self._tokenize(batch["caption"]))
-        pair = batch["example_pair"] * (~pair_dropped).to(batch["example_pair"].dtype)[:, None, None, None]
+        r = torch.rand(latents.shape[0], device=latents.device)
+        input_ids, pair = apply_dropout(self._tokenize(batch["caption"]), self.empty_ids, batch["example_pair"], r,
+                                        self.config.train.drop_rate)
         prediction = self.model(noisy.float(), timesteps, input_ids, pair, batch["query"])
         return F.mse_loss(prediction.float(), noise.float())
 
@@ -313,7 +333,7 @@ class Trainer:
     def run(self) -> Path:
         config, t, acc = self.config, self.config.train, self.accelerator
         diffusion = t.stage == "diffusion"
-        self._setup_diffusion() if diffusion else self._setup_vae()
+        self.setup()
         o = config.optim
         optimizer = torch.optim.AdamW(self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
                                       weight_decay=o.weight_decay, eps=o.adam_epsilon)
@@ -326,6 +346,9 @@ class Trainer:
                 raise ConfigError("train.ema: EMA is not supported with FSDP (parameters are sharded)")
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            # The loader is prepared after load_state, so DeepSpeed cannot read the batch size off it.
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
         self.model, optimizer, lr_scheduler = acc.prepare(self.model, optimizer, lr_scheduler)
 
         step, samples = 0, 0
@@ -353,7 +376,6 @@ class Trainer:
             generator=torch.Generator().manual_seed(t.seed),
         )
         batches = iter(acc.prepare(loader))
-        loss_fn = self._diffusion_loss if diffusion else self._vae_loss
         validation = self._validate_diffusion if diffusion else self._validate_vae
 
         self.model.train()
@@ -365,7 +387,7 @@ class Trainer:
             for _ in range(t.gradient_accumulation_steps):
                 batch = next(batches)
                 with acc.accumulate(self.model):
-                    loss = loss_fn(batch)
+                    loss = self.loss(batch)
                     acc.backward(loss)
                     if acc.sync_gradients and o.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.params, o.max_grad_norm)
