@@ -1,0 +1,32 @@
+"""Dataset access for training, evaluation and examples (format ``pdiff-groups`` v1).
+
+See ``docs/dataset-format.md``. numpy and Pillow only: no torch import here.
+"""
+
+from .format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    STANDARD_TASKS,
+    DatasetFormatError,
+    DatasetIndex,
+    DatasetWriter,
+    Group,
+    GroupItem,
+    Task,
+    load_rgb,
+    parse_task,
+)
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "STANDARD_TASKS",
+    "DatasetFormatError",
+    "DatasetIndex",
+    "DatasetWriter",
+    "Group",
+    "GroupItem",
+    "Task",
+    "load_rgb",
+    "parse_task",
+]

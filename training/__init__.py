@@ -1,0 +1,1 @@
+"""Training tools: data generation and fitting of Prompt Diffusion models."""
