@@ -1,0 +1,42 @@
+"""Classifier-free dropout follows ControlLDM.get_input exactly."""
+
+from __future__ import annotations
+
+import torch
+
+from training.train import apply_dropout, dropout_masks
+
+
+def test_exact_masks_for_fixed_draws() -> None:
+    r = torch.tensor([0.0, 0.0499, 0.05, 0.0999, 0.10, 0.1499, 0.15, 0.5, 0.9999])
+    text, pair = dropout_masks(r, 0.05)
+    # r < 0.05: text only; 0.05 <= r < 0.10: both; 0.10 <= r < 0.15: pair only; else neither.
+    assert text.tolist() == [True, True, True, True, False, False, False, False, False]
+    assert pair.tolist() == [False, False, True, True, True, True, False, False, False]
+
+
+def test_rates_over_many_draws() -> None:
+    n = 400_000
+    text, pair = dropout_masks(torch.rand(n, generator=torch.Generator().manual_seed(0)), 0.05)
+    rates = {
+        "text only": (text & ~pair).float().mean().item(),
+        "both": (text & pair).float().mean().item(),
+        "pair only": (~text & pair).float().mean().item(),
+        "neither": (~text & ~pair).float().mean().item(),
+    }
+    # Binomial standard deviation at p = 0.05 is 0.00034; 5 sigma.
+    for name in ("text only", "both", "pair only"):
+        assert abs(rates[name] - 0.05) < 0.0017, rates
+    assert abs(rates["neither"] - 0.85) < 0.003, rates
+
+
+def test_apply_dropout_swaps_in_the_empty_prompt_and_zeroes_the_pair() -> None:
+    ids = torch.arange(4 * 5).reshape(4, 5)
+    empty = torch.full((1, 5), -1)
+    pair = torch.ones(4, 6, 2, 2)
+    r = torch.tensor([0.01, 0.07, 0.12, 0.6])
+    new_ids, new_pair = apply_dropout(ids, empty, pair, r, 0.05)
+    assert new_ids[0].eq(-1).all() and new_ids[1].eq(-1).all()
+    assert torch.equal(new_ids[2:], ids[2:])
+    assert [bool(new_pair[i].eq(0).all()) for i in range(4)] == [False, True, True, False]
+    assert new_pair[3].eq(1).all()
