@@ -102,6 +102,19 @@ def cmd_info(args: argparse.Namespace) -> None:
                       "parameters": params, "config": checkpoint.config}, indent=2, default=list))
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import draw_grid, load_examples, run_examples
+
+    out = Path(args.out)
+    _refuse_overwrite(out, args.overwrite)
+    examples = load_examples(args.examples) if args.examples else load_examples()
+    pipe = load_pipeline(args.model, device=args.device)
+    results = run_examples(pipe, examples, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_grid(examples, results).save(out)
+    logger.info("wrote %s: %d tasks (example source -> target | query -> result | exact answer)", out, len(examples))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdiff", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -126,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="run a model on the bundled examples and write a grid picture")
+    demo.add_argument("--out", default="demo.png")
+    demo.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
+    demo.add_argument("--examples", type=Path, default=None, help="examples folder (default: the bundled ones)")
+    demo.add_argument("--steps", type=int, default=20)
+    demo.add_argument("--guidance", type=float, default=5.0)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    demo.set_defaults(func=cmd_demo)
 
     conv = sub.add_parser("convert", help="convert a Prompt Diffusion ControlNet between LDM and diffusers layouts")
     conv.add_argument("input", type=Path, help="LDM checkpoint (.ckpt/.safetensors), diffusers folder or file")

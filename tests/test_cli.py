@@ -83,3 +83,17 @@ def test_info_describes_a_file_that_is_not_prompt_diffusion(tmp_path, capsys):
     save_file(sd, str(tmp_path / "sd.safetensors"))
     main(["info", str(tmp_path / "sd.safetensors")])
     assert "Stable Diffusion checkpoint without a control model" in json.loads(capsys.readouterr().out)["kind"]
+
+
+def test_demo_draws_one_row_per_bundled_example(tiny_pipeline_dir, tmp_path):
+    from pdiff_core.demo import load_examples
+
+    out = tmp_path / "demo.png"
+    main(["demo", "--model", str(tiny_pipeline_dir), "--out", str(out), "--steps", "2"])
+    examples = load_examples()
+    assert {e.seen for e in examples} == {True, False}  # trained and unseen tasks
+    grid = PIL.Image.open(out)
+    assert grid.size == (150 + 5 * 132, 24 + len(examples) * 132)
+    # the result column holds a generated image, not the white background
+    result_tile = np.asarray(grid)[24:24 + 128, 150 + 3 * 132:150 + 3 * 132 + 128]
+    assert result_tile.std() > 1.0
