@@ -199,14 +199,6 @@ def build_control(checkpoint: ControlCheckpoint, dtype: Optional[torch.dtype] = 
                                   load_device=load_device, manual_cast_dtype=manual_cast_dtype)
 
 
-def _to_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
-    if tensor.shape[0] == batch:
-        return tensor
-    if tensor.shape[0] == 1:
-        return tensor.expand(batch, *tensor.shape[1:])
-    raise ValueError(f"{name} has a batch of {tensor.shape[0]} images but another input has {batch}; pass 1 or {batch}")
-
-
 def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if images.shape[-2:] == (height, width):
         return images
@@ -229,4 +221,7 @@ def build_hint(source: torch.Tensor, target: torch.Tensor, query: torch.Tensor,
         mask = mask.reshape(-1, 1, *mask.shape[-2:]).float()
         parts["mask"] = _resize(mask, height, width).clamp(0.0, 1.0)
     batch = max(p.shape[0] for p in parts.values())
-    return torch.cat([_to_batch(p, batch, name) for name, p in parts.items()], dim=1)
+    if any(p.shape[0] not in (1, batch) for p in parts.values()):
+        sizes = ", ".join(f"{name} {p.shape[0]}" for name, p in parts.items())
+        raise ValueError(f"batch sizes do not match ({sizes}): each must be 1 (broadcast) or {batch}")
+    return torch.cat([p.expand(batch, *p.shape[1:]) for p in parts.values()], dim=1)

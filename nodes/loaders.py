@@ -51,6 +51,13 @@ class LoadPromptDiffusionControlNet(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, control_net_name: str) -> bool | str:
+        # ComfyUI 0.3.64 checks V3 combo values only in the UI; say here which files exist.
+        names = folder_paths.get_filename_list("controlnet")
+        return control_net_name in names or (
+            f"no file {control_net_name!r} in the controlnet folders {folder_paths.get_folder_paths('controlnet')}")
+
+    @classmethod
     def execute(cls, control_net_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("controlnet", control_net_name)
         return io.NodeOutput(build_control(read_controlnet(path)))
@@ -69,6 +76,13 @@ class LoadPromptDiffusionModel(io.ComfyNode):
                                    tooltip="A folder with model_index.json under models/prompt_diffusion/ (or the pack's embedded models).")],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output(), io.ControlNet.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        names = pipeline_folder_names()
+        return model_name in names or (
+            f"no Prompt Diffusion pipeline folder {model_name!r} (a folder with {MODEL_INDEX}) in "
+            f"{folder_paths.get_folder_paths(PIPELINE_FOLDER)}; found {names}")
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:

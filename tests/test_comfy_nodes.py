@@ -1,0 +1,364 @@
+"""The node pack inside a real ComfyUI 0.3.64, imported in-process: schemas, loaders, and the control
+math against `pdiff_core` for the same weights and inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from comfy_harness import comfyui_copy, import_comfyui, pack_module
+from pdiff_core.checkpoints import CheckpointError, diffusers_to_ldm, read_controlnet, save_controlnet
+
+NODE_IDS = {
+    "PDiff_LoadPromptDiffusionControlNet", "PDiff_LoadPromptDiffusionModel", "PDiff_ApplyPromptDiffusion",
+    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview",
+}
+# float32 on both sides; the two implementations differ only in operation order (attention kernels, sums).
+ATOL = 2e-5
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, tiny_pipeline_dir):
+    comfy_dir = comfyui_copy(tmp_path_factory.mktemp("comfy"), tiny_pipeline_dir)
+    modules = import_comfyui(comfy_dir)
+    modules["dir"] = comfy_dir
+    return modules
+
+
+@pytest.fixture(scope="session")
+def node_classes(comfy):
+    return comfy["nodes"].NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_pipeline_dir):
+    """The tiny pipeline's ControlNet as `pdiff_core` builds it."""
+    return read_controlnet(tiny_pipeline_dir).build().eval()
+
+
+@pytest.fixture(scope="session")
+def loaded(node_classes):
+    """MODEL, CLIP, VAE, CONTROL_NET of the tiny pipeline folder, through the loader node."""
+    return node_classes["PDiff_LoadPromptDiffusionModel"].execute("pdiff-toyworld").result
+
+
+def control_outputs(control_model, x, timesteps, context, hint):
+    with torch.no_grad():
+        out = control_model(x=x, hint=hint, timesteps=timesteps, context=context)
+    return out["output"], out["middle"][0]
+
+
+def reference_outputs(reference, x, timesteps, context, pair, query, scale=1.0):
+    with torch.no_grad():
+        down, mid = reference(x, timesteps, encoder_hidden_states=context, controlnet_cond=pair,
+                              controlnet_query_cond=query, conditioning_scale=scale, return_dict=False)
+    return list(down), mid
+
+
+def assert_residuals_close(got, expected, atol=ATOL):
+    got_down, got_mid = got
+    expected_down, expected_mid = expected
+    assert len(got_down) == len(expected_down)
+    for index, (a, b) in enumerate(zip(got_down, expected_down)):
+        assert a.shape == b.shape, f"residual {index}: {tuple(a.shape)} vs {tuple(b.shape)}"
+        torch.testing.assert_close(a, b, atol=atol, rtol=1e-4, msg=lambda m: f"down residual {index}: {m}")
+    torch.testing.assert_close(got_mid, expected_mid, atol=atol, rtol=1e-4, msg=lambda m: f"mid residual: {m}")
+    assert max(float(t.abs().max()) for t in expected_down) > 1e-3, "the reference control is ~0: the test would not see a bug"
+
+
+def random_inputs(reference, batch=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latent = size // 8
+    x = torch.randn(batch, reference.config.in_channels, latent, latent, generator=g)
+    context = torch.randn(batch, 77, reference.config.cross_attention_dim, generator=g)
+    images = torch.rand(batch, 3 * 3, size, size, generator=g) * 2 - 1
+    return x, torch.tensor([900.0, 35.0][:batch]), context, images
+
+
+# ----------------------------------------------------------------------------- registration and schemas
+
+
+def test_pack_registers_its_nodes_with_stable_ids(node_classes):
+    assert NODE_IDS <= set(node_classes)
+    apply_inputs = node_classes["PDiff_ApplyPromptDiffusion"].INPUT_TYPES()
+    assert list(apply_inputs["required"]) == [
+        "positive", "negative", "control_net", "example_source", "example_target", "query",
+        "strength", "start_percent", "end_percent"]
+    assert set(apply_inputs["optional"]) == {"vae", "mask"}
+    assert list(node_classes["PDiff_ApplyPromptDiffusion"].RETURN_TYPES) == ["CONDITIONING", "CONDITIONING"]
+    assert list(node_classes["PDiff_LoadPromptDiffusionModel"].RETURN_TYPES) == ["MODEL", "CLIP", "VAE", "CONTROL_NET"]
+    assert node_classes["PDiff_LoadPromptDiffusionModel"].INPUT_TYPES()["required"]["model_name"][1]["options"][0] == "pdiff-toyworld"
+
+
+def test_validation_rejects_an_unknown_model_folder(comfy):
+    prompt = {"1": {"class_type": "PDiff_LoadPromptDiffusionModel", "inputs": {"model_name": "no-such-model"}},
+              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    import asyncio
+
+    valid, error, _, node_errors = asyncio.run(comfy["execution"].validate_prompt("v", prompt, None))
+    assert not valid
+    messages = json.dumps(node_errors)
+    assert "no-such-model" in messages and "model_name" in messages
+
+
+# ----------------------------------------------------------------------------- control weights and math
+
+
+@pytest.fixture(scope="session")
+def authors_like(reference):
+    """A small ControlNet with SD1.5's 8 attention heads and 32 norm groups: the authors' LDM checkpoint
+    stores no config, and these are what its weights cannot tell, so the loader assumes SD1.5's."""
+    from conftest import randomize_zero_parameters
+    from pdiff_core.model import PromptDiffusionControlNetModel
+
+    config = {k: v for k, v in reference.config.items() if not k.startswith("_")}
+    torch.manual_seed(5)
+    model = PromptDiffusionControlNetModel(**{**config, "attention_head_dim": 8, "norm_num_groups": 32})
+    randomize_zero_parameters(model, seed=5)
+    return model.eval()
+
+
+def write_control_files(comfy_dir: Path, reference, authors_like) -> dict:
+    folder = comfy_dir / "models" / "controlnet"
+    save_controlnet(reference, folder / "pd_single.safetensors", overwrite=True)
+    save_controlnet(reference, folder / "pd_single_ldm_layout.safetensors", layout="ldm", overwrite=True)
+    save_controlnet(reference, folder / "pd_diffusers", overwrite=True)
+    ldm = diffusers_to_ldm(authors_like.state_dict(), authors_like.config.layers_per_block)
+    ldm["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(1)  # a full checkpoint's other parts
+    ldm["first_stage_model.decoder.conv_in.weight"] = torch.zeros(1)
+    torch.save({"state_dict": ldm}, folder / "pd_authors.ckpt")
+    return {"pd_single.safetensors": reference, "pd_single_ldm_layout.safetensors": reference,
+            "pd_diffusers/diffusion_pytorch_model.safetensors": reference, "pd_authors.ckpt": authors_like}
+
+
+def test_control_loader_reads_every_layout_and_matches_pdiff_core(comfy, node_classes, reference, authors_like):
+    files = write_control_files(comfy["dir"], reference, authors_like)
+    loader = node_classes["PDiff_LoadPromptDiffusionControlNet"]
+    comfy["folder_paths"].filename_list_cache.clear()
+    listed = loader.INPUT_TYPES()["required"]["control_net_name"][1]["options"]
+    x, t, context, images = random_inputs(reference)
+    for name, model in files.items():
+        assert name in listed
+        control = loader.execute(name).result[0]
+        assert isinstance(control, pack_module(comfy["nodes"], "control").PromptDiffusionControl), name
+        expected = reference_outputs(model, x, t, context, images[:, :6], images[:, 6:])
+        assert_residuals_close(control_outputs(control.control_model, x, t, context, images), expected)
+
+
+def test_control_loader_errors_name_the_problem(comfy, node_classes):
+    from diffusers import ControlNetModel
+
+    folder = comfy["dir"] / "models" / "controlnet"
+    plain = ControlNetModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                            layers_per_block=1, cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
+                            conditioning_embedding_out_channels=(8, 16))
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(folder / "plain_controlnet.safetensors"))
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 4, 3, 3),
+               "first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4, 3, 3)}, str(folder / "sd15_checkpoint.safetensors"))
+    comfy["folder_paths"].filename_list_cache.clear()
+    loader = node_classes["PDiff_LoadPromptDiffusionControlNet"]
+    with pytest.raises(CheckpointError, match="plain ControlNet"):
+        loader.execute("plain_controlnet.safetensors")
+    with pytest.raises(CheckpointError, match="Stable Diffusion checkpoint"):
+        loader.execute("sd15_checkpoint.safetensors")
+    with pytest.raises(FileNotFoundError, match="'controlnet'.*'missing.safetensors'"):
+        loader.execute("missing.safetensors")
+
+
+def test_loaded_control_runs_in_fp16_through_comfy_ops(comfy, reference):
+    control_module = pack_module(comfy["nodes"], "control")
+    control = control_module.build_control(read_controlnet(comfy["dir"] / "models" / "prompt_diffusion" / "pdiff-toyworld"),
+                                           dtype=torch.bfloat16)
+    assert control.control_model.dtype == torch.bfloat16
+    x, t, context, images = random_inputs(reference)
+    got = control_outputs(control.control_model, x.bfloat16(), t.bfloat16(), context.bfloat16(), images.bfloat16())
+    expected = reference_outputs(reference, x, t, context, images[:, :6], images[:, 6:])
+    for a, b in zip(got[0], expected[0]):
+        torch.testing.assert_close(a.float(), b, atol=0.05, rtol=0.05)
+
+
+# ----------------------------------------------------------------------------- applying to conditioning
+
+
+def conditioning(context):
+    return [[context, {"pooled_output": None}]]
+
+
+def apply(node_classes, control, source, target, query, positive=None, negative=None, strength=1.0, mask=None,
+          start=0.0, end=1.0):
+    positive = positive if positive is not None else conditioning(torch.zeros(1, 77, 32))
+    negative = negative if negative is not None else conditioning(torch.ones(1, 77, 32))
+    node = node_classes["PDiff_ApplyPromptDiffusion"]
+    return node.execute(positive, negative, control, source, target, query, strength, start, end, mask=mask).result
+
+
+def prepared(control, model):
+    control.pre_run(model.model, model.model.model_sampling.percent_to_sigma)
+    return control
+
+
+def comfy_control(control, model, x_noisy, sigma, context, batched_number):
+    with torch.no_grad():
+        out = control.get_control(x_noisy, sigma, {"c_crossattn": context}, batched_number, {})
+    return out["output"], out["middle"][0]
+
+
+def expected_via_pdiff_core(reference, model, x_noisy, sigma, context, source, target, query, scale=1.0):
+    """What the control must be, computed independently: ComfyUI's sampler space to the model's
+    (x / sqrt(sigma^2 + 1), sigma -> timestep), images resized nearest-exact to latent x 8, in [-1, 1]."""
+    sampling = model.model.model_sampling
+    size = (x_noisy.shape[-2] * 8, x_noisy.shape[-1] * 8)
+    prep = lambda image: F.interpolate(image.movedim(-1, 1), size=size, mode="nearest-exact") * 2 - 1  # noqa: E731
+    pair = torch.cat([prep(source), prep(target)], dim=1)
+    x_in = x_noisy / torch.sqrt(sigma[:, None, None, None] ** 2 + 1)
+    return reference_outputs(reference, x_in, sampling.timestep(sigma), context, pair, prep(query), scale)
+
+
+def test_apply_matches_pdiff_core_with_resizing_batches_and_low_memory_chunks(node_classes, loaded, reference):
+    model, _, _, control = loaded
+    g = torch.Generator().manual_seed(1)
+    source, target = torch.rand(1, 40, 40, 3, generator=g), torch.rand(1, 40, 40, 3, generator=g)
+    queries = torch.rand(2, 40, 40, 3, generator=g)  # one example pair over a batch of two queries
+    positive, negative = apply(node_classes, control, source, target, queries, strength=0.7)
+    c = prepared(positive[0][1]["control"], model)
+    assert negative[0][1]["control"] is c  # one control for cond and uncond, like ControlNetApplyAdvanced
+
+    sigma = model.model.model_sampling.sigma(torch.tensor([400.0] * 4))
+    x = torch.randn(4, 4, 8, 8, generator=g)
+    context = torch.randn(4, 77, 32, generator=g)
+    # cond and uncond in one batch: [cond q0, cond q1, uncond q0, uncond q1]
+    both = comfy_control(c, model, x, sigma, context, batched_number=2)
+    q = torch.cat([queries, queries])
+    assert_residuals_close(both, expected_via_pdiff_core(reference, model, x, sigma, context, source, target, q, 0.7))
+    # low memory: cond and uncond evaluated in separate chunks
+    for half in (slice(0, 2), slice(2, 4)):
+        alone = comfy_control(c, model, x[half], sigma[half], context[half], batched_number=1)
+        assert_residuals_close(alone, ([d[half] for d in both[0]], both[1][half]))
+
+
+def test_a_batch_of_pairs_over_one_query(node_classes, loaded, reference):
+    model, _, _, control = loaded
+    g = torch.Generator().manual_seed(2)
+    sources, targets = torch.rand(2, 32, 32, 3, generator=g), torch.rand(2, 32, 32, 3, generator=g)
+    query = torch.rand(1, 32, 32, 3, generator=g)
+    positive, _ = apply(node_classes, control, sources, targets, query)
+    c = prepared(positive[0][1]["control"], model)
+    sigma = model.model.model_sampling.sigma(torch.tensor([700.0, 700.0]))
+    x, context = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 77, 32, generator=g)
+    got = comfy_control(c, model, x, sigma, context, batched_number=1)
+    assert_residuals_close(got, expected_via_pdiff_core(reference, model, x, sigma, context, sources, targets,
+                                                        query.expand(2, -1, -1, -1)))
+
+
+def test_apply_chains_with_a_previous_controlnet_and_mutates_nothing(node_classes, loaded):
+    model, _, _, control = loaded
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(1, 32, 32, 3, generator=g) for _ in range(6)]
+    positive = conditioning(torch.zeros(1, 77, 32))
+    first_pos, first_neg = apply(node_classes, control, *images[:3], positive=positive)
+    second_pos, _ = apply(node_classes, control, *images[3:], positive=first_pos, negative=first_neg)
+    assert "control" not in positive[0][1] and control.cond_hint_original is None and control.previous_controlnet is None
+    first, second = first_pos[0][1]["control"], second_pos[0][1]["control"]
+    assert second.previous_controlnet is first and second is not control and second.control_model is control.control_model
+
+    sigma = model.model.model_sampling.sigma(torch.tensor([300.0]))
+    x, context = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 77, 32, generator=g)
+    chained = comfy_control(prepared(second, model), model, x, sigma, context, 1)
+    alone_first = comfy_control(prepared(apply(node_classes, control, *images[:3])[0][0][1]["control"], model), model, x, sigma, context, 1)
+    alone_second = comfy_control(prepared(apply(node_classes, control, *images[3:])[0][0][1]["control"], model), model, x, sigma, context, 1)
+    for a, b, c in zip(chained[0], alone_first[0], alone_second[0]):
+        torch.testing.assert_close(a, b + c, atol=ATOL, rtol=1e-4)
+
+
+def test_mask_limits_where_the_control_applies(node_classes, loaded):
+    model, _, _, control = loaded
+    g = torch.Generator().manual_seed(4)
+    images = [torch.rand(1, 32, 32, 3, generator=g) for _ in range(3)]
+    sigma = model.model.model_sampling.sigma(torch.tensor([500.0]))
+    x, context = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 77, 32, generator=g)
+
+    def run(mask):
+        c = prepared(apply(node_classes, control, *images, mask=mask)[0][0][1]["control"], model)
+        return comfy_control(c, model, x, sigma, context, 1)
+
+    unmasked, ones, zeros = run(None), run(torch.ones(1, 32, 32)), run(torch.zeros(32, 32))
+    left = torch.zeros(1, 32, 32)
+    left[..., :16] = 1.0
+    half = run(left)
+    for a, b, z, h in zip(unmasked[0], ones[0], zeros[0], half[0]):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
+        assert float(z.abs().max()) == 0.0
+        width = h.shape[-1]
+        if width >= 2:  # coarser residuals average the mask's edge
+            torch.testing.assert_close(h[..., : width // 2], a[..., : width // 2], atol=ATOL, rtol=1e-4)
+            assert float(h[..., width // 2:].abs().max()) == 0.0
+
+
+def test_apply_refuses_a_plain_controlnet_and_stock_apply_refuses_prompt_diffusion(comfy, node_classes, loaded):
+    from comfy.controlnet import ControlNet as PlainControlNet
+
+    model, _, _, control = loaded
+    images = [torch.rand(1, 32, 32, 3) for _ in range(3)]
+    with pytest.raises(ValueError, match="not a Prompt Diffusion ControlNet"):
+        apply(node_classes, PlainControlNet(), *images)
+    positive, _ = comfy["nodes"].ControlNetApplyAdvanced().apply_controlnet(
+        conditioning(torch.zeros(1, 77, 32)), conditioning(torch.zeros(1, 77, 32)), control, images[2], 1.0, 0.0, 1.0)
+    c = prepared(positive[0][1]["control"], model)
+    with pytest.raises(ValueError, match="Apply Prompt Diffusion"):
+        comfy_control(c, model, torch.randn(1, 4, 4, 4), torch.tensor([1.0]), torch.randn(1, 77, 32), 1)
+
+
+def test_batch_mismatch_is_a_clear_error(node_classes, loaded):
+    _, _, _, control = loaded
+    with pytest.raises(ValueError, match="example_source 2, example_target 2, query 3"):
+        apply(node_classes, control, torch.rand(2, 32, 32, 3), torch.rand(2, 32, 32, 3), torch.rand(3, 32, 32, 3))
+
+
+# ----------------------------------------------------------------------------- pipeline-folder loader
+
+
+def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(loaded, tiny_pipeline):
+    model, clip, vae, _ = loaded
+    text = "a red sphere and a blue cube"
+    ids = tiny_pipeline.tokenizer(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(clip.encode_from_tokens(clip.tokenize(text)), tiny_pipeline.text_encoder(ids)[0],
+                                   atol=1e-5, rtol=1e-4)
+        z = torch.randn(1, 4, 8, 8)
+        decoded = (tiny_pipeline.vae.decode(z).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+        torch.testing.assert_close(vae.decode(z), decoded, atol=1e-5, rtol=1e-4)
+        x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([500.0, 20.0]), torch.randn(2, 77, 32)
+        torch.testing.assert_close(model.model.diffusion_model(x, t, context=context),
+                                   tiny_pipeline.unet(x, t, encoder_hidden_states=context).sample, atol=1e-5, rtol=1e-4)
+
+
+def test_pipeline_folder_errors_name_the_missing_file(comfy, tiny_pipeline_dir, tmp_path):
+    pipeline_folder = pack_module(comfy["nodes"], "pipeline_folder")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pipeline_dir, broken)
+    (broken / "tokenizer" / "merges.txt").unlink()
+    with pytest.raises(pipeline_folder.PipelineFolderError, match="merges.txt"):
+        pipeline_folder.load_pipeline_folder(broken)
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(pipeline_folder.PipelineFolderError, match="unet/config.json"):
+        pipeline_folder.load_pipeline_folder(broken)
+
+
+# ----------------------------------------------------------------------------- image helpers
+
+
+def test_example_pair_and_side_by_side_preview(comfy, node_classes):
+    source, target, query = torch.rand(1, 40, 60, 3), torch.rand(2, 20, 20, 3), torch.rand(1, 32, 32, 3)
+    pair = node_classes["PDiff_MakeExamplePair"].execute(source, target, size_like=query).result
+    assert [tuple(p.shape) for p in pair] == [(2, 32, 32, 3), (2, 32, 32, 3)]
+    torch.testing.assert_close(pair[0][0], pair[0][1])
+    result = torch.rand(2, 32, 32, 3)
+    preview = pack_module(comfy["nodes"], "apply").side_by_side(*pair, query, result)
+    assert preview.shape[:2] == (2, 32) and preview.shape[2] > 4 * 32
+    torch.testing.assert_close(preview[:, :, -32:], result)
