@@ -1,0 +1,142 @@
+"""End-to-end training on CPU with the tiny preset: learning, exact resume, two processes, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+
+from pdiff_core.checkpoints import read_controlnet
+from pdiff_core.pipeline import PromptDiffusionPipeline
+from test_training_support import make_dataset
+from training.config import load_config
+from training.dataset import collate
+from training.train import METRICS_FILE, Trainer, main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = """\
+data:
+  root: {root}
+  resolution: 32
+model:
+  preset: tiny
+  tokenizer_vocab_size: 600
+train:
+  output_dir: {out}
+  max_steps: 4
+  batch_size: 2
+  checkpoint_every: 2
+  log_every: 1
+validation:
+  every: 0
+  samples: 0
+  inference_steps: 2
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning threads run 10-20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds", groups=4, items=3, resolution=32)
+
+
+def _config_file(tmp_path: Path, data: Path, out: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONFIG.format(root=data, out=out))
+    return path
+
+
+def _losses(out: Path) -> List[float]:
+    by_step = {}
+    for line in (out / METRICS_FILE).read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record["loss"]
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def test_loss_goes_down_on_a_fixed_batch(tmp_path: Path, data: Path) -> None:
+    config = load_config(_config_file(tmp_path, data, tmp_path / "run"),
+                         ["train.train_modules=[controlnet,unet,text_encoder]"])
+    trainer = Trainer(config)
+    trainer.setup()
+    batch = collate([trainer.dataset[k] for k in range(2)])
+    optimizer = torch.optim.AdamW(trainer.params, lr=1e-3)
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(0)  # same noise, timesteps and dropout draws every step: a fixed problem
+        loss = trainer.loss(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0], losses
+
+
+def test_resume_continues_exactly(tmp_path: Path, data: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    config = _config_file(tmp_path, data, straight)
+    Trainer(load_config(config, ["validation.samples=1"])).run()
+    Trainer(load_config(config, [f"train.output_dir={split}", "train.max_steps=2"])).run()
+    Trainer(load_config(config, [f"train.output_dir={split}"]), resume="latest").run()
+    assert len(_losses(straight)) == 4
+    assert _losses(split) == _losses(straight)  # bit-exact floats
+
+    # The final outputs load as the nodes and the pipeline load them.
+    assert (straight / "validation" / "step-000004.png").is_file()
+    pipe = PromptDiffusionPipeline.from_pretrained(straight / "pipeline")
+    controlnet = read_controlnet(straight / "controlnet.safetensors").build()
+    for name, tensor in controlnet.state_dict().items():
+        assert torch.equal(tensor, pipe.controlnet.state_dict()[name]), name
+    resumed = PromptDiffusionPipeline.from_pretrained(split / "pipeline")
+    assert all(torch.equal(v, resumed.controlnet.state_dict()[k]) for k, v in pipe.controlnet.state_dict().items())
+
+
+def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "vae-run"
+    config = load_config(_config_file(tmp_path, data, out),
+                         ["train.stage=vae", "train.max_steps=2", "vae.scaling_batches=1", "validation.samples=2"])
+    assert Trainer(config).run() == out / "vae"
+    saved = json.loads((out / "vae" / "config.json").read_text())
+    assert saved["scaling_factor"] != 0.18215 and saved["scaling_factor"] > 0
+    assert (out / "validation" / "step-000002.png").is_file()
+
+
+def test_two_cpu_processes_agree_on_weights(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "ddp"
+    config = _config_file(tmp_path, data, out)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "training" / "configs" / "accelerate_cpu_ddp.yaml"), "-m", "training.train",
+               "--config", str(config), "--override", "train.max_steps=2", "train.cpu=true"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    sums = [(out / "checksums" / f"rank-{r}.txt").read_text() for r in range(2)]
+    assert sums[0] == sums[1]
+    assert (out / "controlnet.safetensors").is_file()
+
+
+def test_cli_reports_bad_config_and_data(tmp_path: Path, data: Path, caplog) -> None:
+    config = _config_file(tmp_path, data, tmp_path / "bad")
+    assert main(["--config", str(config), "--override", "train.max_stepz=3"]) == 2
+    assert "unknown config key 'train.max_stepz'" in caplog.text
+    assert main(["--config", str(config), "--override", "data.tasks=[depth,normal]"]) == 2
+    assert "data.tasks" in caplog.text and "unknown task 'normal'" in caplog.text
+    assert main(["--config", str(config), "--override", f"data.root={tmp_path / 'nowhere'}"]) == 2
+    assert "data.root: dataset folder not found" in caplog.text
+    assert main(["--config", str(config), "--resume", "latest"]) == 2
+    assert "no checkpoint in" in caplog.text
