@@ -24,7 +24,7 @@ ATOL = 2e-5
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory, tiny_pipeline_dir):
+def comfyui(tmp_path_factory, tiny_pipeline_dir):
     comfy_dir = comfyui_copy(tmp_path_factory.mktemp("comfy"), tiny_pipeline_dir)
     modules = import_comfyui(comfy_dir)
     modules["dir"] = comfy_dir
@@ -32,8 +32,8 @@ def comfy(tmp_path_factory, tiny_pipeline_dir):
 
 
 @pytest.fixture(scope="session")
-def node_classes(comfy):
-    return comfy["nodes"].NODE_CLASS_MAPPINGS
+def node_classes(comfyui):
+    return comfyui["nodes"].NODE_CLASS_MAPPINGS
 
 
 @pytest.fixture(scope="session")
@@ -96,12 +96,12 @@ def test_pack_registers_its_nodes_with_stable_ids(node_classes):
     assert node_classes["PDiff_LoadPromptDiffusionModel"].INPUT_TYPES()["required"]["model_name"][1]["options"][0] == "pdiff-toyworld"
 
 
-def test_validation_rejects_an_unknown_model_folder(comfy):
+def test_validation_rejects_an_unknown_model_folder(comfyui):
     prompt = {"1": {"class_type": "PDiff_LoadPromptDiffusionModel", "inputs": {"model_name": "no-such-model"}},
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
     import asyncio
 
-    valid, error, _, node_errors = asyncio.run(comfy["execution"].validate_prompt("v", prompt, None))
+    valid, error, _, node_errors = asyncio.run(comfyui["execution"].validate_prompt("v", prompt, None))
     assert not valid
     messages = json.dumps(node_errors)
     assert "no-such-model" in messages and "model_name" in messages
@@ -137,31 +137,31 @@ def write_control_files(comfy_dir: Path, reference, authors_like) -> dict:
             "pd_diffusers/diffusion_pytorch_model.safetensors": reference, "pd_authors.ckpt": authors_like}
 
 
-def test_control_loader_reads_every_layout_and_matches_pdiff_core(comfy, node_classes, reference, authors_like):
-    files = write_control_files(comfy["dir"], reference, authors_like)
+def test_control_loader_reads_every_layout_and_matches_pdiff_core(comfyui, node_classes, reference, authors_like):
+    files = write_control_files(comfyui["dir"], reference, authors_like)
     loader = node_classes["PDiff_LoadPromptDiffusionControlNet"]
-    comfy["folder_paths"].filename_list_cache.clear()
+    comfyui["folder_paths"].filename_list_cache.clear()
     listed = loader.INPUT_TYPES()["required"]["control_net_name"][1]["options"]
     x, t, context, images = random_inputs(reference)
     for name, model in files.items():
         assert name in listed
         control = loader.execute(name).result[0]
-        assert isinstance(control, pack_module(comfy["nodes"], "control").PromptDiffusionControl), name
+        assert isinstance(control, pack_module(comfyui["nodes"], "control").PromptDiffusionControl), name
         expected = reference_outputs(model, x, t, context, images[:, :6], images[:, 6:])
         assert_residuals_close(control_outputs(control.control_model, x, t, context, images), expected)
 
 
-def test_control_loader_errors_name_the_problem(comfy, node_classes):
+def test_control_loader_errors_name_the_problem(comfyui, node_classes):
     from diffusers import ControlNetModel
 
-    folder = comfy["dir"] / "models" / "controlnet"
+    folder = comfyui["dir"] / "models" / "controlnet"
     plain = ControlNetModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                             layers_per_block=1, cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
                             conditioning_embedding_out_channels=(8, 16))
     save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(folder / "plain_controlnet.safetensors"))
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 4, 3, 3),
                "first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4, 3, 3)}, str(folder / "sd15_checkpoint.safetensors"))
-    comfy["folder_paths"].filename_list_cache.clear()
+    comfyui["folder_paths"].filename_list_cache.clear()
     loader = node_classes["PDiff_LoadPromptDiffusionControlNet"]
     with pytest.raises(CheckpointError, match="plain ControlNet"):
         loader.execute("plain_controlnet.safetensors")
@@ -171,9 +171,9 @@ def test_control_loader_errors_name_the_problem(comfy, node_classes):
         loader.execute("missing.safetensors")
 
 
-def test_loaded_control_runs_in_fp16_through_comfy_ops(comfy, reference):
-    control_module = pack_module(comfy["nodes"], "control")
-    control = control_module.build_control(read_controlnet(comfy["dir"] / "models" / "prompt_diffusion" / "pdiff-toyworld"),
+def test_loaded_control_runs_in_fp16_through_comfy_ops(comfyui, reference):
+    control_module = pack_module(comfyui["nodes"], "control")
+    control = control_module.build_control(read_controlnet(comfyui["dir"] / "models" / "prompt_diffusion" / "pdiff-toyworld"),
                                            dtype=torch.bfloat16)
     assert control.control_model.dtype == torch.bfloat16
     x, t, context, images = random_inputs(reference)
@@ -300,14 +300,14 @@ def test_mask_limits_where_the_control_applies(node_classes, loaded):
             assert float(h[..., width // 2:].abs().max()) == 0.0
 
 
-def test_apply_refuses_a_plain_controlnet_and_stock_apply_refuses_prompt_diffusion(comfy, node_classes, loaded):
+def test_apply_refuses_a_plain_controlnet_and_stock_apply_refuses_prompt_diffusion(comfyui, node_classes, loaded):
     from comfy.controlnet import ControlNet as PlainControlNet
 
     model, _, _, control = loaded
     images = [torch.rand(1, 32, 32, 3) for _ in range(3)]
     with pytest.raises(ValueError, match="not a Prompt Diffusion ControlNet"):
         apply(node_classes, PlainControlNet(), *images)
-    positive, _ = comfy["nodes"].ControlNetApplyAdvanced().apply_controlnet(
+    positive, _ = comfyui["nodes"].ControlNetApplyAdvanced().apply_controlnet(
         conditioning(torch.zeros(1, 77, 32)), conditioning(torch.zeros(1, 77, 32)), control, images[2], 1.0, 0.0, 1.0)
     c = prepared(positive[0][1]["control"], model)
     with pytest.raises(ValueError, match="Apply Prompt Diffusion"):
@@ -338,8 +338,8 @@ def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(loaded
                                    tiny_pipeline.unet(x, t, encoder_hidden_states=context).sample, atol=1e-5, rtol=1e-4)
 
 
-def test_pipeline_folder_errors_name_the_missing_file(comfy, tiny_pipeline_dir, tmp_path):
-    pipeline_folder = pack_module(comfy["nodes"], "pipeline_folder")
+def test_pipeline_folder_errors_name_the_missing_file(comfyui, tiny_pipeline_dir, tmp_path):
+    pipeline_folder = pack_module(comfyui["nodes"], "pipeline_folder")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_pipeline_dir, broken)
     (broken / "tokenizer" / "merges.txt").unlink()
@@ -353,12 +353,60 @@ def test_pipeline_folder_errors_name_the_missing_file(comfy, tiny_pipeline_dir, 
 # ----------------------------------------------------------------------------- image helpers
 
 
-def test_example_pair_and_side_by_side_preview(comfy, node_classes):
+def test_example_pair_and_side_by_side_preview(comfyui, node_classes):
     source, target, query = torch.rand(1, 40, 60, 3), torch.rand(2, 20, 20, 3), torch.rand(1, 32, 32, 3)
     pair = node_classes["PDiff_MakeExamplePair"].execute(source, target, size_like=query).result
     assert [tuple(p.shape) for p in pair] == [(2, 32, 32, 3), (2, 32, 32, 3)]
     torch.testing.assert_close(pair[0][0], pair[0][1])
     result = torch.rand(2, 32, 32, 3)
-    preview = pack_module(comfy["nodes"], "apply").side_by_side(*pair, query, result)
+    preview = pack_module(comfyui["nodes"], "apply").side_by_side(*pair, query, result)
     assert preview.shape[:2] == (2, 32) and preview.shape[2] > 4 * 32
     torch.testing.assert_close(preview[:, :, -32:], result)
+
+
+# ----------------------------------------------------------------------------- the same numbers both ways
+
+
+def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, node_classes, loaded, tiny_pipeline):
+    """Same weights, sampler, seed and inputs: loader -> CLIPTextEncode -> Apply Prompt Diffusion ->
+    KSampler (ddim, ddim_uniform) -> VAEDecode against `PromptDiffusionPipeline` with DDIM.
+
+    ComfyUI's "ddim" is Euler in sigma space, which is DDIM (eta 0) exactly when both use the same
+    timesteps (ddim_uniform = diffusers' "leading" spacing with steps_offset 1) and DDIM's last step goes
+    to sigma 0 (set_alpha_to_one=True). ComfyUI starts from noise * sigma_0 in its variance-exploding
+    space, i.e. noise * sigma_0 / sqrt(1 + sigma_0^2) in the pipeline's. Left: float32 rounding in two
+    implementations (attention kernels, sigma <-> timestep interpolation): measured 1e-6 on [0, 1] pixels
+    with the tiny random-weight model (8 steps, guidance 4), asserted at 1e-5.
+    """
+    import comfy.sample
+    import comfy.samplers
+    from diffusers import DDIMScheduler
+
+    nodes = comfyui["nodes"]
+    model, clip, vae, control = loaded
+    g = torch.Generator().manual_seed(6)
+    source, target, query = (torch.rand(1, 64, 64, 3, generator=g) for _ in range(3))
+    text, steps, cfg, seed = "a red sphere and a blue cube", 8, 4.0, 42
+
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        positive = nodes.CLIPTextEncode().encode(clip, text)[0]
+        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+        positive, negative = apply(node_classes, control, source, target, query, positive=positive, negative=negative)
+        latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+        samples = nodes.KSampler().sample(model, seed, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[0]
+        comfy_image = nodes.VAEDecode().decode(vae, samples)[0]
+        other = nodes.KSampler().sample(model, seed + 1, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[0]
+        other_image = nodes.VAEDecode().decode(vae, other)[0]
+
+    sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)[0]
+    noise = comfy.sample.prepare_noise(latent["samples"], seed)
+    tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True)
+    pipe_image = tiny_pipeline(
+        text, example_pair=(source.movedim(-1, 1), target.movedim(-1, 1)), query=query.movedim(-1, 1),
+        num_inference_steps=steps, guidance_scale=cfg, latents=noise * sigma0 / torch.sqrt(1 + sigma0**2),
+        output_type="pt").images.movedim(1, -1)
+
+    assert comfy_image.shape == pipe_image.shape == (1, 64, 64, 3)
+    assert float(comfy_image.std()) > 0.01
+    torch.testing.assert_close(comfy_image, pipe_image, atol=1e-5, rtol=0)
+    assert float((other_image - comfy_image).abs().max()) > 1e-2
