@@ -1,0 +1,128 @@
+"""`python -m training.annotate`: classical fallbacks, missing weights, resume, batched HED."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pdiff_core.data import DatasetIndex
+from test_training_support import shapes_image
+from training import annotate
+from training.annotate import AnnotatorWeightsError, build_annotators, hed_batch, main
+
+
+def _captioned_folder(root: Path, groups: int = 3, per_group: int = 2, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for g in range(groups):
+        for i in range(per_group):
+            Image.fromarray(shapes_image(rng, size)).save(root / f"g{g}_{i}.png")
+            (root / f"g{g}_{i}.txt").write_text(f"shapes number {g}")
+    Image.fromarray(shapes_image(rng, size)).save(root / "alone.png")  # a caption with one image: skipped
+    (root / "alone.txt").write_text("a lonely caption")
+    return root
+
+
+def test_fallback_maps_make_a_loadable_dataset(tmp_path: Path) -> None:
+    source, out = _captioned_folder(tmp_path / "in"), tmp_path / "out"
+    assert main(["--input", str(source), "--out", str(out), "--maps", "hed,seg,canny", "--fallback",
+                 "--resolution", "32", "--no-progress"]) == 0
+    index = DatasetIndex.load(out)
+    assert len(index) == 3 and index.maps == ["hed", "seg", "canny"]
+    assert {g.caption for g in index.groups} == {f"shapes number {g}" for g in range(3)}
+    meta = json.loads((out / "dataset.json").read_text())
+    assert "fallback" in meta["annotators"]["hed"] and "fallback" in meta["annotators"]["seg"]
+    assert meta["classical_maps"] == ["hed", "seg", "canny"] and meta["source"] == "annotate"
+    item = index.groups[0].items[0]
+    assert Image.open(item.image).size == (32, 32)
+    assert Image.open(item.maps["hed"]).mode == "L" and Image.open(item.maps["seg"]).mode == "RGB"
+
+
+def test_missing_weights_are_listed(tmp_path: Path, caplog) -> None:
+    with pytest.raises(AnnotatorWeightsError) as err:
+        build_annotators(["depth", "hed", "seg"], tmp_path, fallback=False)
+    message = str(err.value)
+    for filename in ("dpt_hybrid-midas-501f0c75.pt", "ControlNetHED.pth", "sam_vit_h_4b8939.pth"):
+        assert str(tmp_path / filename) in message
+    assert "--fallback" in message
+    # depth has no classical stand-in: --fallback does not hide its missing weights.
+    with pytest.raises(AnnotatorWeightsError, match="depth.*no classical fallback"):
+        build_annotators(["depth", "hed"], None, fallback=True)
+    source = _captioned_folder(tmp_path / "in")
+    assert main(["--input", str(source), "--out", str(tmp_path / "out"), "--maps", "depth",
+                 "--annotator-weights", str(tmp_path)]) == 2
+    assert "dpt_hybrid-midas-501f0c75.pt" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_second_run_resumes_and_skips_done_groups(tmp_path: Path, monkeypatch) -> None:
+    source, out = _captioned_folder(tmp_path / "in", groups=4), tmp_path / "out"
+    groups = annotate.folder_groups(source)
+    annotators = build_annotators(["sobel"], None, fallback=False)
+    calls = []
+
+    def counting(images):
+        calls.append(len(images))
+        return [annotate.sobel_edges(im) for im in images]
+
+    annotators[0].run = counting
+    real_load = annotate.load_square
+
+    def crash_on_third_group(path, resolution):
+        if path.name.startswith("g2_"):
+            raise KeyboardInterrupt  # the run is killed while annotating group 2
+        return real_load(path, resolution)
+
+    monkeypatch.setattr(annotate, "load_square", crash_on_third_group)
+    with pytest.raises(KeyboardInterrupt):
+        annotate.annotate(groups, out, annotators, 32, batch_size=2, progress=False)
+    assert not (out / "dataset.json").exists()
+    first = (out / "groups.jsonl").read_text()
+    assert len(first.splitlines()) == 2
+
+    monkeypatch.setattr(annotate, "load_square", real_load)
+    calls.clear()
+    assert annotate.annotate(groups, out, annotators, 32, batch_size=2, progress=False) == 2
+    assert sum(calls) == 4  # only the two missing groups' images were annotated
+    assert (out / "groups.jsonl").read_text().startswith(first)
+    assert len(DatasetIndex.load(out)) == 4
+
+    calls.clear()
+    assert annotate.annotate(groups, out, annotators, 32, batch_size=2, progress=False) == 0
+    assert calls == []
+    with pytest.raises(ValueError, match="other settings"):
+        annotate.annotate(groups, out, annotators, 64, progress=False)
+
+
+def test_ip2p_layout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "ip2p"
+    for name, seeds in (("p0", [11, 12]), ("p1", [13])):
+        (root / name).mkdir(parents=True)
+        (root / name / "prompt.json").write_text(json.dumps({"input": "a", "edit": "b", "output": f"out {name}"}))
+        for seed in seeds:
+            for k in (0, 1):
+                Image.fromarray(shapes_image(rng, 24)).save(root / name / f"{seed}_{k}.jpg")
+    (root / "seeds.json").write_text(json.dumps([["p0", [11, 12]], ["p1", [13]]]))
+    groups = annotate.ip2p_groups(root)
+    assert [(g.caption, len(g.images)) for g in groups] == [("out p0", 4), ("out p1", 2)]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")  # controlnet-aux import noise
+def test_batched_hed_matches_controlnet_aux(tmp_path: Path) -> None:
+    from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
+
+    torch.manual_seed(0)
+    network = ControlNetHED_Apache2().float().eval()  # random weights: the arithmetic is what is compared
+    rng = np.random.default_rng(2)
+    images = [shapes_image(rng, 64) for _ in range(3)]
+    reference = [np.asarray(HEDdetector(network)(im, detect_resolution=64, image_resolution=64, output_type="np"))[..., 0]
+                 for im in images]
+    batched = hed_batch(network, 64, "cpu")(images)
+    for ref, got in zip(reference, batched):
+        np.testing.assert_array_equal(ref, got)
