@@ -1,0 +1,94 @@
+"""`pdiff eval` and `pdiff eval-toyworld`, registered on `pdiff`'s subparsers by `add_subcommands`.
+
+`python -m pdiff_core.evaluation.cli eval ...` runs them without the main CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from ..data import STANDARD_TASKS
+
+
+def _task_list(text: str) -> List[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _common(parser: argparse.ArgumentParser, out: str, steps: int, guidance: float) -> None:
+    parser.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the embedded pdiff-toyworld)")
+    parser.add_argument("--out", type=Path, default=Path(out), help=f"results folder; a rerun resumes it (default: {out})")
+    parser.add_argument("--tasks", type=_task_list, default=None, help="comma-separated tasks, e.g. depth,inv_depth")
+    parser.add_argument("--trained-tasks", type=_task_list, default=list(STANDARD_TASKS),
+                        help="tasks the model was trained on; others are reported as unseen (default: the paper's six)")
+    parser.add_argument("--groups-limit", type=int, default=None, help="evaluate only the first N groups")
+    parser.add_argument("--pairs-per-group", type=int, default=1, help="pair p: example from item p, query from item p+1")
+    parser.add_argument("--resolution", type=int, default=None, help="resize to this size (default: the dataset's)")
+    parser.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default: {steps})")
+    parser.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale (default: {guidance})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _config_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        model=args.model, data=args.data, out=args.out, tasks=args.tasks, trained_tasks=args.trained_tasks,
+        groups_limit=args.groups_limit, pairs_per_group=args.pairs_per_group, resolution=args.resolution,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, device=args.device,
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .paper import PaperEvalConfig, run_paper_eval
+
+    run_paper_eval(PaperEvalConfig(**_config_kwargs(args), inception_weights=args.inception_weights))
+
+
+def cmd_eval_toyworld(args: argparse.Namespace) -> None:
+    from .toyworld import ToyworldEvalConfig, run_toyworld_eval
+
+    run_toyworld_eval(ToyworldEvalConfig(**_config_kwargs(args), cache_dir=args.cache_dir))
+
+
+def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
+    """Register `eval` and `eval-toyworld` on `pdiff`'s subparsers."""
+    paper = subparsers.add_parser(
+        "eval", help="the paper's protocol: FID (map -> image) and RMSE (image -> map) beside the paper's Table 1"
+    )
+    paper.add_argument("--data", type=Path, required=True, help="held-out pdiff-groups dataset folder")
+    paper.add_argument("--inception-weights", type=Path, default=None,
+                       help="local FID Inception file weights-inception-2015-12-05-6726825d.pth "
+                            "(default: torch-fidelity's cache, ~/.cache/torch/hub/checkpoints/)")
+    _common(paper, "eval", steps=50, guidance=9.0)
+    paper.set_defaults(func=cmd_eval)
+
+    toy = subparsers.add_parser(
+        "eval-toyworld", help="every task on held-out toy-world scenes vs exact maps, beside two no-model baselines"
+    )
+    toy.add_argument("--data", type=Path, default=None,
+                     help="held-out dataset (default: generate the toy world at seed 100000 into --cache-dir)")
+    toy.add_argument("--cache-dir", type=Path, default=None, help="where the default held-out set goes (default: ~/.cache/pdiff)")
+    _common(toy, "eval-toyworld", steps=20, guidance=5.0)
+    toy.set_defaults(func=cmd_eval_toyworld)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pdiff", description=__doc__)
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"pdiff {args.command}: error: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Shared machinery of `pdiff eval` and `pdiff eval-toyworld`: which samples, batched and
+resumable generation, and per-sample scores for the model and two baselines.
+
+A sample is (task, group, example item, query item): the example pair is (source, target) of
+the example item, the query and the truth come from the query item. Pair `p` of a group uses
+items `p` and `p + 1` (so one pair per group is item 0 as example, item 1 as query).
+
+Every finished sample is appended to `<out>/samples.jsonl` (and its output saved as a PNG under
+`<out>/images/`), so a rerun skips it. Each sample has its own seeded generator, so its result
+does not depend on the batch size or on which samples a rerun still had to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..data import STANDARD_TASKS, DatasetIndex, Group, Task, parse_task
+from .metrics import score
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.jsonl"
+IMAGES_DIR = "images"
+BASELINES = ("example_target", "query")
+
+
+@dataclass
+class EvalConfig:
+    """Settings shared by both evaluations. `None` model means the embedded default."""
+
+    model: Optional[Path] = None
+    data: Optional[Path] = None
+    out: Path = Path("eval")
+    tasks: Optional[List[str]] = None  # None: each command's default set
+    trained_tasks: Sequence[str] = STANDARD_TASKS  # rows of other tasks are marked "unseen"
+    groups_limit: Optional[int] = None
+    pairs_per_group: int = 1
+    resolution: Optional[int] = None  # None: the dataset's
+    steps: int = 20
+    guidance: float = 5.0
+    seed: int = 0
+    batch_size: int = 8
+    device: str = "cpu"
+
+    def fingerprint(self, model_path: Path, data_root: Path, resolution: int) -> Dict[str, Any]:
+        """What makes stored samples reusable: the same model, data, sampling and pairing."""
+        return {
+            "model": str(model_path.resolve()),
+            "model_files": _folder_digest(model_path),
+            "data": str(data_root.resolve()),
+            "resolution": resolution,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class Sample:
+    task: Task
+    group: Group
+    example_item: int
+    query_item: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task.name}/{self.group.id}/{self.example_item}-{self.query_item}"
+
+    @property
+    def image_name(self) -> str:
+        return f"{self.task.name}/{self.group.id}-{self.example_item}-{self.query_item}.png"
+
+    def seed(self, base: int) -> int:
+        # crc32 is stable across processes (hash() of a str is not).
+        return (base * 1_000_003 + zlib.crc32(self.key.encode())) % 2**63
+
+
+@dataclass
+class SampleImages:
+    """The four images of a sample (uint8; maps stored single-channel stay HxW)."""
+
+    example_source: np.ndarray
+    example_target: np.ndarray
+    query: np.ndarray
+    truth: np.ndarray
+
+
+def resolve_tasks(index: DatasetIndex, names: Optional[Sequence[str]], default: Sequence[str]) -> List[Task]:
+    names = list(names) if names else list(default)
+    if not names:
+        raise ValueError(f"{index.root}: no tasks to evaluate (maps: {index.maps})")
+    return [parse_task(name, index.maps) for name in names]
+
+
+def plan_samples(index: DatasetIndex, tasks: Sequence[Task], groups_limit: Optional[int], pairs_per_group: int) -> List[Sample]:
+    """Every (task, group, pair) to evaluate, task by task in dataset order."""
+    if pairs_per_group < 1:
+        raise ValueError(f"pairs per group must be at least 1, got {pairs_per_group}")
+    groups = index.groups[:groups_limit] if groups_limit else index.groups
+    samples = []
+    for task in tasks:
+        for group in groups:
+            n = len(group.items)
+            if pairs_per_group > n:
+                raise ValueError(f"group {group.id} has {n} items: at most {n} pairs per group, got {pairs_per_group}")
+            samples.extend(Sample(task, group, p, (p + 1) % n) for p in range(pairs_per_group))
+    return samples
+
+
+def read_image(path: Path, resolution: int) -> np.ndarray:
+    """uint8 HxW (single-channel file) or HxWx3, resized to `resolution` if it is not that size."""
+    with Image.open(path) as im:
+        im = im if im.mode in ("L", "RGB") else im.convert("RGB")
+        if im.size != (resolution, resolution):
+            im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+        return np.asarray(im)
+
+
+def load_sample(sample: Sample, resolution: int) -> SampleImages:
+    example_source, example_target = sample.task.paths(sample.group.items[sample.example_item])
+    query, truth = sample.task.paths(sample.group.items[sample.query_item])
+    return SampleImages(*(read_image(p, resolution) for p in (example_source, example_target, query, truth)))
+
+
+def rgb(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+
+def prompt_for(sample: Sample) -> str:
+    """The prompt training used: the caption for inverse tasks, "depth map" etc. for forward ones."""
+    from training.dataset import map_prompt
+
+    return sample.group.caption if sample.task.inverse else map_prompt(sample.task.map)
+
+
+def score_sample(output: np.ndarray, images: SampleImages, inverse: bool) -> Dict[str, Dict[str, float]]:
+    """Scores of the model's output and of the two baselines against the truth."""
+    return {
+        "model": score(output, images.truth, inverse),
+        "example_target": score(images.example_target, images.truth, inverse),
+        "query": score(images.query, images.truth, inverse),
+    }
+
+
+class ResultStore:
+    """`samples.jsonl` in `out`, tied by `run.json` to the settings that produced it."""
+
+    def __init__(self, out: Path, fingerprint: Dict[str, Any]) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        run_file = self.out / RUN_FILE
+        if run_file.is_file():
+            stored = json.loads(run_file.read_text())
+            changed = {k: (stored.get(k), v) for k, v in fingerprint.items() if stored.get(k) != v}
+            if changed:
+                detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                raise ValueError(f"{self.out} holds results of another run ({detail}); choose another output folder")
+        else:
+            run_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
+        self.path = self.out / SAMPLES_FILE
+        self.done: Dict[str, Dict[str, Any]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by an interrupted run; that sample is redone
+                if (self.out / IMAGES_DIR / record["image"]).is_file():
+                    self.done[record["key"]] = record
+
+    def append(self, record: Dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self.done[record["key"]] = record
+
+
+def run_samples(
+    pipe: Callable[..., Any],
+    samples: Sequence[Sample],
+    store: ResultStore,
+    config: EvalConfig,
+    resolution: int,
+) -> List[Dict[str, Any]]:
+    """Generate and score every sample not yet in `store`, `config.batch_size` at a time; returns
+    the records of all `samples` in order."""
+    pending = [s for s in samples if s.key not in store.done]
+    if len(pending) < len(samples):
+        logger.info("%d of %d samples already done in %s", len(samples) - len(pending), len(samples), store.path)
+    bar = tqdm(total=len(samples), initial=len(samples) - len(pending), unit="sample", desc="eval")
+    for start in range(0, len(pending), config.batch_size):
+        batch = pending[start:start + config.batch_size]
+        images = [load_sample(s, resolution) for s in batch]
+        outputs = pipe(
+            [prompt_for(s) for s in batch],
+            example_pair=([rgb(i.example_source) for i in images], [rgb(i.example_target) for i in images]),
+            query=[rgb(i.query) for i in images],
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            generator=[torch.Generator().manual_seed(s.seed(config.seed)) for s in batch],
+            output_type="np",
+        ).images
+        for sample, sample_images, output in zip(batch, images, outputs):
+            # Scores are taken on the saved 8-bit output so they can be recomputed from the PNG.
+            output = np.round(np.clip(output, 0, 1) * 255).astype(np.uint8)
+            path = store.out / IMAGES_DIR / sample.image_name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(output).save(path)
+            store.append({
+                "key": sample.key,
+                "task": sample.task.name,
+                "group": sample.group.id,
+                "example_item": sample.example_item,
+                "query_item": sample.query_item,
+                "image": sample.image_name,
+                "scores": score_sample(output, sample_images, sample.task.inverse),
+            })
+        bar.update(len(batch))
+    bar.close()
+    return [store.done[s.key] for s in samples]
+
+
+def mean_scores(records: Iterable[Dict[str, Any]], task: str) -> Dict[str, Dict[str, float]]:
+    """{"model" | baseline: {metric: mean over the task's samples}}."""
+    mine = [r["scores"] for r in records if r["task"] == task]
+    return {
+        who: {m: float(np.mean([s[who][m] for s in mine])) for m in mine[0][who]}
+        for who in ("model", *BASELINES)
+    } if mine else {}
+
+
+def model_path(config: EvalConfig) -> Path:
+    """`config.model`, or the embedded default; must be a pipeline folder."""
+    from ..cli import DEFAULT_MODEL
+
+    path = Path(config.model) if config.model is not None else DEFAULT_MODEL
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"--model: {path} is not a pipeline folder (no model_index.json)")
+    return path
+
+
+def load_model(config: EvalConfig) -> Any:
+    """The pipeline at `model_path(config)` on `config.device`, without per-step progress bars."""
+    from ..cli import load_pipeline
+
+    pipe = load_pipeline(model_path(config), device=config.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dataset_resolution(index: DatasetIndex, config: EvalConfig) -> int:
+    resolution = config.resolution or int(index.meta["resolution"])
+    if resolution % 8:
+        raise ValueError(f"resolution {resolution} is not a multiple of 8; pass --resolution")
+    return resolution
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def config_dict(config: EvalConfig) -> Dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+
+
+def _folder_digest(folder: Path) -> str:
+    """Names, sizes and mtimes of a model folder's files: retraining into the same folder
+    changes it, so old samples are not mixed with a new model's."""
+    digest = hashlib.sha1()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
