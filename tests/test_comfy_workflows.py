@@ -1,0 +1,81 @@
+"""The shared workflows: generated files up to date, UI format converting to the API format, and the
+generator's node knowledge matching ComfyUI's schemas."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_harness import ROOT, comfyui_copy, import_comfyui, load_runner
+
+WORKFLOWS = ROOT / "workflows"
+NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+
+
+def load_build():
+    spec = importlib.util.spec_from_file_location("pdiff_workflows_build", WORKFLOWS / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def build():
+    return load_build()
+
+
+@pytest.fixture(scope="module")
+def nodes_module(tmp_path_factory, tiny_pipeline_dir):
+    return import_comfyui(comfyui_copy(tmp_path_factory.mktemp("comfy"), tiny_pipeline_dir))["nodes"]
+
+
+def test_the_required_workflows_exist_in_both_formats():
+    assert {"depth_to_image", "image_to_depth", "softedge_to_image", "text_guided_edit", "unseen_task_image_to_normal"} <= set(NAMES)
+    assert NAMES == sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
+
+
+def test_workflow_files_are_up_to_date_with_the_generator(build, tmp_path):
+    written = build.build(tmp_path)
+    fresh = {p.relative_to(tmp_path) for p in written}
+    committed = {p.relative_to(WORKFLOWS) for p in WORKFLOWS.rglob("*") if p.suffix in (".json", ".png")}
+    assert fresh == committed, "run: python workflows/build.py"
+    for relative in sorted(fresh):
+        if relative.suffix == ".json":
+            assert (tmp_path / relative).read_text() == (WORKFLOWS / relative).read_text(), f"{relative} is stale: run workflows/build.py"
+        else:
+            assert np.array_equal(np.asarray(Image.open(tmp_path / relative)), np.asarray(Image.open(WORKFLOWS / relative))), relative
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_converts_to_the_api_workflow(nodes_module, name):
+    runner = load_runner()
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    assert runner.is_ui_format(ui) and not runner.is_ui_format(api)
+    assert runner.ui_to_api(ui, runner.input_types_of(nodes_module)) == api
+
+
+def test_generator_node_types_match_comfyui_schemas(build, nodes_module):
+    for node_type, spec in build.NODE_TYPES.items():
+        node_class = nodes_module.NODE_CLASS_MAPPINGS[node_type]
+        assert [kind for _, kind in spec["outputs"]] == list(node_class.RETURN_TYPES), node_type
+        inputs = {**node_class.INPUT_TYPES()["required"], **node_class.INPUT_TYPES().get("optional", {})}
+        for name, kind in spec["links"].items():
+            assert inputs[name][0] == kind, f"{node_type}.{name}"
+        assert [w for w in spec["widgets"] if w is not None] == [
+            n for n, s in inputs.items() if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")], node_type
+
+
+def test_ui_conversion_reports_unknown_node_types(nodes_module):
+    runner = load_runner()
+    ui = json.loads((WORKFLOWS / f"{NAMES[0]}.json").read_text())
+    ui["nodes"][0]["type"] = "NoSuchNode"
+    with pytest.raises(runner.WorkflowError, match="unknown node type 'NoSuchNode'"):
+        runner.ui_to_api(ui, runner.input_types_of(nodes_module))
