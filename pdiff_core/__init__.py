@@ -1,14 +1,24 @@
-"""Prompt Diffusion core: model, checkpoints, pipeline and CLI. Imports without ComfyUI."""
+"""Prompt Diffusion core: model, checkpoints, pipeline and CLI. Imports without ComfyUI.
 
-from .checkpoints import CheckpointError, load_controlnet, read_controlnet, save_controlnet
-from .model import PromptDiffusionControlNetModel
-from .pipeline import PromptDiffusionPipeline
+The public names load lazily, so that light submodules (`pdiff_core.data`) import without torch.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "PromptDiffusionControlNetModel",
-    "PromptDiffusionPipeline",
-    "load_controlnet",
-    "read_controlnet",
-    "save_controlnet",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "checkpoints",
+    "load_controlnet": "checkpoints",
+    "read_controlnet": "checkpoints",
+    "save_controlnet": "checkpoints",
+    "PromptDiffusionControlNetModel": "model",
+    "PromptDiffusionPipeline": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pdiff_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
