@@ -264,6 +264,9 @@ class Trainer:
         set_seed(t.seed)  # identical weights on every process
         self.components = build_components(config, self.dataset, self.accelerator)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+        # DeepSpeed runs the module in half precision without autocast: inputs must match it.
+        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        self.input_dtype = self.weight_dtype if deepspeed else torch.float32
 
     # ------------------------------------------------------------------ setup
 
@@ -282,10 +285,12 @@ class Trainer:
         c, t = self.components, self.config.train
         self.model = DiffusionModel(c["text_encoder"], c["controlnet"], c["unet"])
         self.params = set_trainable(self.model, t.train_modules)
-        # Frozen modules run in the mixed-precision dtype, as in diffusers' ControlNet example.
-        for module in (self.model.text_encoder, self.model.unet, self.model.controlnet):
-            if not any(p.requires_grad for p in module.parameters()):
-                module.to(self.weight_dtype)
+        # Frozen modules run in the mixed-precision dtype, as in diffusers' ControlNet example;
+        # DeepSpeed casts the whole module itself and FSDP needs one dtype per flattened unit.
+        if self.accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            for module in (self.model.text_encoder, self.model.unet, self.model.controlnet):
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.to(self.weight_dtype)
         if t.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
             self.model.controlnet.enable_gradient_checkpointing()
@@ -319,12 +324,13 @@ class Trainer:
         r = torch.rand(latents.shape[0], device=latents.device)
         input_ids, pair = apply_dropout(self._tokenize(batch["caption"]), self.empty_ids, batch["example_pair"], r,
                                         self.config.train.drop_rate)
-        prediction = self.model(noisy.float(), timesteps, input_ids, pair, batch["query"])
+        dtype = self.input_dtype
+        prediction = self.model(noisy.to(dtype), timesteps, input_ids, pair.to(dtype), batch["query"].to(dtype))
         return F.mse_loss(prediction.float(), noise.float())
 
     def _vae_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
         images = batch["target"]
-        reconstruction, kl = self.model(images)
+        reconstruction, kl = self.model(images.to(self.input_dtype))
         distance = F.l1_loss if self.config.vae.reconstruction_loss == "l1" else F.mse_loss
         return distance(reconstruction.float(), images.float()) + self.config.vae.kl_weight * kl.mean()
 
@@ -358,6 +364,7 @@ class Trainer:
                 raise ConfigError(f"--resume {self.resume_from}: a {state['stage']!r} checkpoint, but train.stage is {t.stage!r}")
             acc.load_state(str(self.resume_from))
             step, samples = state["step"], state["samples"]
+            self._truncate_metrics(step)
             logger.info("resumed from %s at step %d", self.resume_from, step)
         else:
             set_seed(t.seed, device_specific=True)  # different noise on every process
@@ -423,6 +430,13 @@ class Trainer:
         if self.accelerator.is_main_process:
             with (self.output_dir / METRICS_FILE).open("a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop the records of steps after `step` that a resumed run will redo."""
+        path = self.output_dir / METRICS_FILE
+        if self.accelerator.is_main_process and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
 
     def _with_ema(self, fn, step: int) -> Any:
         """Run `fn(step)` on the EMA weights when EMA is on (then restore the trained ones)."""
