@@ -1,0 +1,121 @@
+"""End to end through the real ComfyUI 0.3.64 server (main.py --cpu) and the headless command: the pack
+imports, every shared workflow runs with the tiny test weights, outputs are real images."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_harness import PACK_NAME, ROOT, ComfyServer, comfyui_copy, load_runner
+
+WORKFLOWS = ROOT / "workflows"
+NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
+TEST_STEPS = 4  # the tiny random-weight model; the workflows' own 20 steps would only take longer
+
+
+@pytest.fixture(scope="module")
+def comfy_dir(tmp_path_factory, tiny_pipeline_dir) -> Path:
+    return comfyui_copy(tmp_path_factory.mktemp("comfy"), tiny_pipeline_dir)
+
+
+@pytest.fixture(scope="module")
+def server(comfy_dir, tmp_path_factory):
+    server = ComfyServer(comfy_dir, tmp_path_factory.mktemp("server") / "comfyui.log")
+    try:
+        server.wait_ready(timeout=120)
+        yield server
+    finally:
+        server.stop()
+
+
+def api_workflow(name: str, seed: int) -> dict:
+    prompt = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    prompt["9"]["inputs"].update(seed=seed, steps=TEST_STEPS)
+    return prompt
+
+
+def run(server: ComfyServer, prompt: dict) -> dict:
+    answer = server.post("/prompt", {"prompt": prompt, "client_id": "pdiff-tests"})
+    assert not answer.get("node_errors"), answer
+    entry = server.wait_history(answer["prompt_id"], timeout=120)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    return entry
+
+
+def fetch_image(server: ComfyServer, image: dict) -> np.ndarray:
+    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]})
+    return np.asarray(Image.open(io.BytesIO(server.get_bytes(f"/view?{query}"))).convert("RGB")).astype(np.float32)
+
+
+def test_pack_imports_and_its_nodes_are_served(server):
+    info = server.get("/object_info")
+    for node_id in ("PDiff_LoadPromptDiffusionModel", "PDiff_LoadPromptDiffusionControlNet", "PDiff_ApplyPromptDiffusion",
+                    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview"):
+        assert node_id in info, node_id
+    assert info["PDiff_LoadPromptDiffusionModel"]["input"]["required"]["model_name"][1]["options"] == ["pdiff-toyworld"]
+    log = server.log()
+    pack_lines = [line for line in log.splitlines() if PACK_NAME in line]
+    assert pack_lines and not any("IMPORT FAILED" in line or "Cannot import" in line for line in pack_lines), pack_lines
+
+
+def test_workflows_are_served_as_templates(server):
+    templates = server.get("/workflow_templates")
+    assert sorted(templates[PACK_NAME]) == NAMES
+    served = server.get(f"/api/workflow_templates/{PACK_NAME}/{NAMES[0]}.json")
+    assert served == json.loads((WORKFLOWS / f"{NAMES[0]}.json").read_text())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_runs_end_to_end(server, name):
+    images = {}
+    for seed in (1, 2):
+        entry = run(server, api_workflow(name, seed))
+        result = entry["outputs"]["11"]["images"]
+        assert len(result) == 1 and result[0]["type"] == "output"
+        images[seed] = fetch_image(server, result[0])
+        preview = entry["outputs"]["12"]["images"]
+        assert fetch_image(server, preview[0]).shape[0] == 64
+    for image in images.values():
+        assert image.shape == (64, 64, 3)
+        assert image.std() > 2.0, "blank image"
+    assert np.abs(images[1] - images[2]).mean() > 1.0, "different seeds gave the same image"
+
+
+def test_ui_workflow_converts_to_a_prompt_the_server_accepts(server):
+    runner = load_runner()
+    info = server.get("/object_info")
+    ui = json.loads((WORKFLOWS / "text_guided_edit.json").read_text())
+    prompt = runner.ui_to_api(ui, lambda node_type: info.get(node_type, {}).get("input"))
+    prompt["9"]["inputs"]["steps"] = TEST_STEPS
+    entry = run(server, prompt)
+    assert entry["outputs"]["11"]["images"]
+
+
+def test_headless_command_runs_a_workflow_with_overrides_and_reports_failing_nodes(comfy_dir, tmp_path):
+    query = tmp_path / "my query.png"
+    Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(query)
+    command = [sys.executable, str(ROOT / "scripts" / "run_workflow.py"), "--comfyui", str(comfy_dir), "--cpu"]
+    out = tmp_path / "out"
+    done = subprocess.run(command + [str(WORKFLOWS / "depth_to_image.json"), "--output", str(out), "--seed", "5",
+                                     "--prompt", "a red sphere", "--image", f"query={query}", "--set", f"sampler.steps={TEST_STEPS}"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "outputs.json").read_text())
+    assert len(summary["files"]) == 1 and Path(summary["files"][0]).is_file()
+    assert Image.open(summary["files"][0]).size == (64, 64)
+
+    broken = json.loads((WORKFLOWS / "api" / "image_to_depth.json").read_text())
+    broken["7"]["inputs"]["control_net"] = ["1", 0]  # a MODEL where a CONTROL_NET belongs
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    failed = subprocess.run(command + [str(tmp_path / "broken.json"), "--output", str(tmp_path / "out2"),
+                                       "--set", f"sampler.steps={TEST_STEPS}"], capture_output=True, text=True, timeout=180)
+    assert failed.returncode == 2
+    assert "node 7 (PDiff_ApplyPromptDiffusion)" in failed.stderr and "control_net" in failed.stderr
