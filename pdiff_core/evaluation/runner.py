@@ -172,13 +172,17 @@ class ResultStore:
         self.path = self.out / SAMPLES_FILE
         self.done: Dict[str, Dict[str, Any]] = {}
         if self.path.is_file():
-            for line in self.path.read_text().splitlines():
+            text = self.path.read_text()
+            for line in text.splitlines():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by an interrupted run; that sample is redone
                 if (self.out / IMAGES_DIR / record["image"]).is_file():
                     self.done[record["key"]] = record
+            if len(self.done) != len(text.splitlines()) or not text.endswith("\n"):
+                # Rewrite without the cut line, or the next record would be appended onto it.
+                self.path.write_text("".join(json.dumps(r) + "\n" for r in self.done.values()))
 
     def append(self, record: Dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as f:

@@ -1,0 +1,124 @@
+"""`pdiff eval-toyworld` end to end with a tiny pipeline on a few toy-world groups."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio as sk_psnr
+
+from pdiff_core.data import DatasetIndex, load_rgb
+from pdiff_core.evaluation.cli import main
+from pdiff_core.evaluation.toyworld import ToyworldEvalConfig, heldout_dataset, run_toyworld_eval
+from training.toyworld import generate
+
+MAPS = ("depth", "seg", "normal")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny models are too small to gain from threads; on a busy machine a second one only waits.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy") / "heldout"
+    generate(root, 3, items_per_group=2, resolution=32, seed=100000, maps=MAPS, progress=False, workers=1)
+    return root
+
+
+class CountingPipeline:
+    """Wraps a pipeline and counts the samples it is asked to generate."""
+
+    def __init__(self, pipe):
+        self.pipe, self.samples = pipe, 0
+
+    def __call__(self, prompts, **kwargs):
+        self.samples += len(prompts)
+        return self.pipe(prompts, **kwargs)
+
+
+def config(tiny_pipeline_dir, toy_data, out, **overrides):
+    settings = dict(model=tiny_pipeline_dir, data=toy_data, out=out, steps=1, batch_size=2, tasks=["depth", "inv_depth"])
+    return ToyworldEvalConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_pipeline_dir, toy_data, tmp_path_factory):
+    """One run over every task of the toy data, shared by the tests that read its results."""
+    out = tmp_path_factory.mktemp("eval") / "run"
+    main(["eval-toyworld", "--model", str(tiny_pipeline_dir), "--data", str(toy_data), "--out", str(out),
+          "--steps", "1", "--batch-size", "9"])
+    return out
+
+
+def test_cli_writes_the_table_with_every_task(cli_run):
+    out = cli_run
+    table = (out / "results.md").read_text()
+    assert "| task | seen/unseen | metric | model | example-target baseline | query baseline | beats both? |" in table
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    expected = {("depth", "rmse"), ("seg", "rmse"), ("inv_depth", "psnr"), ("inv_depth", "ssim"),
+                ("inv_seg", "psnr"), ("inv_seg", "ssim"), ("normal", "rmse"), ("inv_normal", "psnr"), ("inv_normal", "ssim")}
+    assert {(r["task"], r["metric"]) for r in rows} == expected
+    assert {r["task"]: r["seen"] for r in rows} == {"depth": True, "seg": True, "inv_depth": True, "inv_seg": True,
+                                                    "normal": False, "inv_normal": False}
+    assert all(r["samples"] == 3 for r in rows)
+    # Trained tasks are listed before unseen ones, forward before inverse.
+    assert [r["task"] for r in rows][:2] == ["depth", "seg"] and rows[-1]["task"] == "inv_normal"
+    for r in rows:
+        beats = r["model"] < min(r["example_target"], r["query"]) if r["metric"] == "rmse" else r["model"] > max(r["example_target"], r["query"])
+        assert r["beats_both"] == beats
+        assert f"| {r['task']} | {'seen' if r['seen'] else 'unseen'} |" in table
+
+
+def test_baselines_are_exact_and_scores_match_saved_outputs(cli_run, toy_data):
+    out = cli_run
+    index = DatasetIndex.load(toy_data)
+    by = {(r["task"], r["metric"]): SimpleNamespace(**r) for r in json.loads((out / "results.json").read_text())["rows"]}
+    # inv_depth, "return the query": PSNR of the depth map (as RGB) against the image, computed directly.
+    query_psnr = [sk_psnr(load_rgb(g.items[1].image) / 255.0, load_rgb(g.items[1].maps["depth"]) / 255.0, data_range=1.0)
+                  for g in index.groups]
+    assert by["inv_depth", "psnr"].query == pytest.approx(np.mean(query_psnr), rel=1e-6)
+    # depth, "return the example target": RMSE of item 0's depth map against item 1's.
+    depth = lambda g, k: load_rgb(g.items[k].maps["depth"])[:, :, 0] / 255.0  # noqa: E731
+    target_rmse = [np.sqrt(np.mean((depth(g, 0) - depth(g, 1)) ** 2)) for g in index.groups]
+    assert by["depth", "rmse"].example_target == pytest.approx(np.mean(target_rmse), rel=1e-9)
+    # The model's score is the saved PNG's: normal is an RGB map, compared in RGB.
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    record = next(r for r in records if r["task"] == "normal")
+    saved = load_rgb(out / "images" / record["image"]) / 255.0
+    truth = load_rgb(index.groups[int(record["group"])].items[1].maps["normal"]) / 255.0
+    assert record["scores"]["model"]["rmse"] == pytest.approx(np.sqrt(np.mean((saved - truth) ** 2)), rel=1e-9)
+
+
+def test_rerun_resumes_without_generating_done_samples(tiny_pipeline, tiny_pipeline_dir, toy_data, tmp_path):
+    out = tmp_path / "run"
+    first = CountingPipeline(tiny_pipeline)
+    rows = run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out, groups_limit=2), pipe=first)
+    assert first.samples == 2 * 2
+    # An interrupted write leaves a partial last line: that sample is redone, the others are not.
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    again = CountingPipeline(tiny_pipeline)
+    assert run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out, groups_limit=2, batch_size=1), pipe=again) == rows
+    assert again.samples == 1
+    more = CountingPipeline(tiny_pipeline)
+    run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out), pipe=more)
+    assert more.samples == 2  # only the third group is new
+    with pytest.raises(ValueError, match="another run.*steps"):
+        run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out, steps=2), pipe=more)
+
+
+def test_default_heldout_set_is_generated_once(tmp_path):
+    root = heldout_dataset(tmp_path, groups=2, resolution=32)
+    index = DatasetIndex.load(root)
+    assert len(index) == 2 and index.meta["seed"] == 100000
+    stamp = (root / "groups.jsonl").stat().st_mtime_ns
+    assert heldout_dataset(tmp_path, groups=2, resolution=32) == root
+    assert (root / "groups.jsonl").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]
