@@ -126,3 +126,29 @@ def test_batched_hed_matches_controlnet_aux(tmp_path: Path) -> None:
     batched = hed_batch(network, 64, "cpu")(images)
     for ref, got in zip(reference, batched):
         np.testing.assert_array_equal(ref, got)
+
+
+def test_folder_layouts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    lines = []
+    for i, caption in enumerate(["a", "b", "a", "b", "a"]):
+        Image.fromarray(shapes_image(rng, 16)).save(meta / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": caption}))
+    (meta / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    assert [(g.caption, len(g.images)) for g in annotate.folder_groups(meta)] == [("a", 3), ("b", 2)]
+
+    sub = tmp_path / "sub"
+    for name in ("x", "y"):
+        (sub / name).mkdir(parents=True)
+        (sub / name / "caption.txt").write_text(f"caption {name}\n")
+        for i in range(2):
+            Image.fromarray(shapes_image(rng, 16)).save(sub / name / f"{i}.jpg")
+    assert [(g.key, g.caption, len(g.images)) for g in annotate.folder_groups(sub)] == [("x", "caption x", 2), ("y", "caption y", 2)]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Image.fromarray(shapes_image(rng, 16)).save(empty / "uncaptioned.png")
+    with pytest.raises(annotate.DatasetFormatError, match="no captioned images found"):
+        annotate.folder_groups(empty)
