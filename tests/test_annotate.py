@@ -113,7 +113,7 @@ def test_ip2p_layout(tmp_path: Path) -> None:
     assert [(g.caption, len(g.images)) for g in groups] == [("out p0", 4), ("out p1", 2)]
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")  # controlnet-aux import noise
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")  # controlnet-aux import noise
 def test_batched_hed_matches_controlnet_aux(tmp_path: Path) -> None:
     from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
 
