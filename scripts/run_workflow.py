@@ -146,15 +146,17 @@ def stage_images(prompt: Dict[str, Any], input_dir: Path, comfy_input: Path) -> 
 
 
 class _HeadlessServer:
-    """What ComfyUI's executor needs of its server: nobody listens."""
+    """What ComfyUI's executor needs of its server; it logs which node runs."""
 
-    client_id = None
+    client_id = None  # the executor sets it from extra_data
     last_node_id = None
     sockets_metadata: Dict[str, Any] = {}
 
     def send_sync(self, event: str, data: Any, sid: Any = None) -> None:
         if event == "executing" and data.get("node") is not None:
             logger.info("running node %s", data["node"])
+        elif event == "execution_error":
+            logger.error("node %s (%s) failed: %s", data["node_id"], data["node_type"], data["exception_message"])
 
 
 def boot_comfyui(comfy_dir: Path, cpu: bool, output_dir: Path, input_dir: Path) -> Dict[str, Any]:
@@ -207,7 +209,7 @@ def run(prompt: Dict[str, Any], comfy: Dict[str, Any]) -> Dict[str, Any]:
     if not valid:
         raise WorkflowError(validation_report(error, node_errors))
     executor = execution.PromptExecutor(_HeadlessServer(), cache_type=execution.CacheType.CLASSIC)
-    executor.execute(prompt, prompt_id, {}, outputs)
+    executor.execute(prompt, prompt_id, {"client_id": "headless"}, outputs)
     if not executor.success:
         failures = [data for event, data in executor.status_messages if event == "execution_error"]
         raise RuntimeError("\n".join(

@@ -75,18 +75,20 @@ def test_workflows_are_served_as_templates(server):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_runs_end_to_end(server, name):
+    seeds = (1, 2) if name == NAMES[0] else (1,)  # seeds matter once; each workflow runs once more
     images = {}
-    for seed in (1, 2):
+    for seed in seeds:
         entry = run(server, api_workflow(name, seed))
         result = entry["outputs"]["11"]["images"]
         assert len(result) == 1 and result[0]["type"] == "output"
         images[seed] = fetch_image(server, result[0])
-        preview = entry["outputs"]["12"]["images"]
-        assert fetch_image(server, preview[0]).shape[0] == 64
+        preview = fetch_image(server, entry["outputs"]["12"]["images"][0])
+        assert preview.shape[0] == 64 and preview.shape[1] > 4 * 64
     for image in images.values():
         assert image.shape == (64, 64, 3)
         assert image.std() > 2.0, "blank image"
-    assert np.abs(images[1] - images[2]).mean() > 1.0, "different seeds gave the same image"
+    if len(images) == 2:
+        assert np.abs(images[1] - images[2]).mean() > 1.0, "different seeds gave the same image"
 
 
 def test_ui_workflow_converts_to_a_prompt_the_server_accepts(server):
@@ -99,23 +101,17 @@ def test_ui_workflow_converts_to_a_prompt_the_server_accepts(server):
     assert entry["outputs"]["11"]["images"]
 
 
-def test_headless_command_runs_a_workflow_with_overrides_and_reports_failing_nodes(comfy_dir, tmp_path):
+def test_headless_command_runs_a_workflow_with_overrides(comfy_dir, tmp_path):
     query = tmp_path / "my query.png"
     Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(query)
-    command = [sys.executable, str(ROOT / "scripts" / "run_workflow.py"), "--comfyui", str(comfy_dir), "--cpu"]
     out = tmp_path / "out"
-    done = subprocess.run(command + [str(WORKFLOWS / "depth_to_image.json"), "--output", str(out), "--seed", "5",
-                                     "--prompt", "a red sphere", "--image", f"query={query}", "--set", f"sampler.steps={TEST_STEPS}"],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run_workflow.py"), str(WORKFLOWS / "depth_to_image.json"),
+         "--comfyui", str(comfy_dir), "--cpu", "--output", str(out), "--seed", "5", "--prompt", "a red sphere",
+         "--image", f"query={query}", "--set", f"sampler.steps={TEST_STEPS}"],
+        capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "outputs.json").read_text())
     assert len(summary["files"]) == 1 and Path(summary["files"][0]).is_file()
     assert Image.open(summary["files"][0]).size == (64, 64)
-
-    broken = json.loads((WORKFLOWS / "api" / "image_to_depth.json").read_text())
-    broken["7"]["inputs"]["control_net"] = ["1", 0]  # a MODEL where a CONTROL_NET belongs
-    (tmp_path / "broken.json").write_text(json.dumps(broken))
-    failed = subprocess.run(command + [str(tmp_path / "broken.json"), "--output", str(tmp_path / "out2"),
-                                       "--set", f"sampler.steps={TEST_STEPS}"], capture_output=True, text=True, timeout=180)
-    assert failed.returncode == 2
-    assert "node 7 (PDiff_ApplyPromptDiffusion)" in failed.stderr and "control_net" in failed.stderr
+    assert "running node 11" in done.stderr

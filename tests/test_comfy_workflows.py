@@ -32,8 +32,13 @@ def build():
 
 
 @pytest.fixture(scope="module")
-def nodes_module(tmp_path_factory, tiny_pipeline_dir):
-    return import_comfyui(comfyui_copy(tmp_path_factory.mktemp("comfy"), tiny_pipeline_dir))["nodes"]
+def comfyui(tmp_path_factory, tiny_pipeline_dir):
+    return import_comfyui(comfyui_copy(tmp_path_factory.mktemp("comfy"), tiny_pipeline_dir))
+
+
+@pytest.fixture(scope="module")
+def nodes_module(comfyui):
+    return comfyui["nodes"]
 
 
 def test_the_required_workflows_exist_in_both_formats():
@@ -79,3 +84,24 @@ def test_ui_conversion_reports_unknown_node_types(nodes_module):
     ui["nodes"][0]["type"] = "NoSuchNode"
     with pytest.raises(runner.WorkflowError, match="unknown node type 'NoSuchNode'"):
         runner.ui_to_api(ui, runner.input_types_of(nodes_module))
+
+
+def test_runner_reports_each_failing_node(comfyui):
+    runner = load_runner()
+    prompt = json.loads((WORKFLOWS / "api" / "image_to_depth.json").read_text())
+    prompt["7"]["inputs"]["control_net"] = ["1", 0]  # a MODEL where a CONTROL_NET belongs
+    prompt["8"]["inputs"]["width"] = "wide"
+    with pytest.raises(runner.WorkflowError) as invalid:
+        runner.run(prompt, comfyui)
+    assert "node 7 (PDiff_ApplyPromptDiffusion)" in str(invalid.value) and "control_net" in str(invalid.value)
+    assert "node 8 (EmptyLatentImage)" in str(invalid.value)
+
+    failing = {  # valid, but the preview's batches (2 and 3) cannot be shown side by side
+        "1": {"class_type": "LoadImage", "inputs": {"image": "pdiff_depth_query.png"}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 2}},
+        "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}},
+        "4": {"class_type": "PDiff_PromptDiffusionPreview",
+              "inputs": {"example_source": ["2", 0], "example_target": ["3", 0], "query": ["1", 0], "result": ["1", 0]}},
+    }
+    with pytest.raises(RuntimeError, match=r"node 4 \(PDiff_PromptDiffusionPreview\) failed: ValueError: batches"):
+        runner.run(failing, comfyui)
