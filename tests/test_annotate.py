@@ -47,8 +47,10 @@ def test_missing_weights_are_listed(tmp_path: Path, caplog) -> None:
     with pytest.raises(AnnotatorWeightsError) as err:
         build_annotators(["depth", "hed", "seg"], tmp_path, fallback=False)
     message = str(err.value)
-    for filename in ("dpt_hybrid-midas-501f0c75.pt", "ControlNetHED.pth", "sam_vit_h_4b8939.pth"):
+    for filename in ("dpt_hybrid-midas-501f0c75.pt", "ControlNetHED.pth", "upernet-convnext-small"):
         assert str(tmp_path / filename) in message
+    with pytest.raises(AnnotatorWeightsError, match="sam_vit_h_4b8939.pth"):
+        build_annotators(["seg"], tmp_path, fallback=False, segmenter="sam")
     assert "--fallback" in message
     # depth has no classical stand-in: --fallback does not hide its missing weights.
     with pytest.raises(AnnotatorWeightsError, match="depth.*no classical fallback"):
@@ -152,3 +154,26 @@ def test_folder_layouts(tmp_path: Path) -> None:
     Image.fromarray(shapes_image(rng, 16)).save(empty / "uncaptioned.png")
     with pytest.raises(annotate.DatasetFormatError, match="no captioned images found"):
         annotate.folder_groups(empty)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_upernet_segmenter_paints_ade20k_classes(tmp_path: Path) -> None:
+    from controlnet_aux.util import ade_palette
+    from transformers import ConvNextConfig, SegformerImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
+
+    torch.manual_seed(0)  # a random tiny UperNet stands in for the ADE20K weights
+    backbone = ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64],
+                              out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = UperNetConfig(backbone_config=backbone, hidden_size=16, num_labels=150, use_auxiliary_head=False)
+    folder = tmp_path / "weights" / "upernet-convnext-small"
+    UperNetForSemanticSegmentation(config).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+
+    (seg,) = build_annotators(["seg"], tmp_path / "weights", fallback=False)
+    assert seg.kind == "upernet-convnext-small-ade20k" and not seg.classical
+    rng = np.random.default_rng(4)
+    maps = seg.run([shapes_image(rng, 32) for _ in range(3)])
+    palette = {tuple(c) for c in ade_palette()}
+    for m in maps:
+        assert m.shape == (32, 32, 3) and m.dtype == np.uint8
+        assert {tuple(c) for c in m.reshape(-1, 3)} <= palette

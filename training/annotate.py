@@ -12,8 +12,10 @@ Input layouts:
   every image of a prompt folder joins its group (the authors draw the example from the `_0`
   images and the query from the `_1` ones).
 
-Maps: `depth` (MiDaS DPT-Hybrid), `hed` (ControlNet HED), `seg` (Segment Anything) load their
-weights from `--annotator-weights` only (nothing is downloaded). `--fallback` replaces missing
+Maps: `depth` (MiDaS DPT-Hybrid, `dpt_hybrid-midas-501f0c75.pt`), `hed` (ControlNet HED,
+`ControlNetHED.pth`) and `seg` (`--segmenter upernet`: a transformers UperNet ADE20K folder
+`upernet-convnext-small/`, painted in the ADE20K palette; or `sam`: `sam_vit_h_4b8939.pth`) load
+their weights from `--annotator-weights` only (nothing is downloaded). `--fallback` replaces missing
 ones with classical OpenCV maps where one exists (hed: Sobel soft edges, seg: k-means colour
 regions; depth has none); `canny` and `sobel` are always classical. dataset.json records which
 annotator made each map. Groups are committed one by one, so an interrupted run resumes where it
@@ -29,7 +31,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -44,11 +46,17 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SETTINGS_FILE = "annotate.json"
 GROUPS_FILE = "groups.jsonl"
-# Map name -> (annotator, weight file in --annotator-weights) for the learned annotators.
+# Learned annotators: (name recorded in dataset.json, file or folder in --annotator-weights).
 WEIGHTS = {
     "depth": ("midas-dpt-hybrid", "dpt_hybrid-midas-501f0c75.pt"),
     "hed": ("controlnet-hed", "ControlNetHED.pth"),
-    "seg": ("segment-anything-vit-h", "sam_vit_h_4b8939.pth"),
+}
+SEGMENTERS = {
+    # ADE20K classes in the ADE20K palette: the colour convention of ControlNet's and the authors'
+    # UniFormer seg maps (UniFormer itself is not in controlnet-aux). A transformers folder.
+    "upernet": ("upernet-convnext-small-ade20k", "upernet-convnext-small"),
+    # Class-free regions, each in a random colour.
+    "sam": ("segment-anything-vit-h", "sam_vit_h_4b8939.pth"),
 }
 SEG_PALETTE = np.array(  # distinct colours for the k-means regions, darkest region first
     [[120, 120, 120], [180, 120, 120], [6, 230, 230], [80, 50, 50], [4, 200, 3], [120, 120, 80],
@@ -148,22 +156,37 @@ def hed_batch(network: torch.nn.Module, detect_resolution: int, device: str) -> 
     return run
 
 
-def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback: bool,
-                     device: str = "cpu", detect_resolution: int = 512) -> List[Annotator]:
+def upernet_batch(model: torch.nn.Module, processor: Any, device: str) -> BatchFn:
+    """ADE20K semantic classes, each pixel painted with its class's ADE20K palette colour."""
+    from controlnet_aux.util import ade_palette
+
+    palette = np.asarray(ade_palette(), dtype=np.uint8)
+
+    @torch.no_grad()
+    def run(images: List[np.ndarray]) -> List[np.ndarray]:
+        pixels = processor(images=images, return_tensors="pt").pixel_values.to(device)
+        logits = torch.nn.functional.interpolate(model(pixel_values=pixels).logits, size=images[0].shape[:2], mode="bilinear")
+        return [palette[labels] for labels in logits.argmax(1).cpu().numpy()]
+    return run
+
+
+def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback: bool, device: str = "cpu",
+                     detect_resolution: int = 512, segmenter: str = "upernet") -> List[Annotator]:
     """One annotator per map; raises AnnotatorWeightsError listing every missing weight file."""
     annotators: List[Annotator] = []
     missing: List[str] = []
+    learned = {**WEIGHTS, "seg": SEGMENTERS[segmenter]}
     for name in maps:
         if name in CLASSICAL:
             kind, fn = CLASSICAL[name]
             annotators.append(Annotator(name, kind, True, _per_image(fn)))
             continue
-        if name not in WEIGHTS:
-            raise ValueError(f"--maps: no annotator for map {name!r}; known maps: {sorted(set(WEIGHTS) | set(CLASSICAL))}")
-        kind, filename = WEIGHTS[name]
+        if name not in learned:
+            raise ValueError(f"--maps: no annotator for map {name!r}; known maps: {sorted(set(learned) | set(CLASSICAL))}")
+        kind, filename = learned[name]
         path = weights_dir / filename if weights_dir is not None else None
-        if path is not None and path.is_file():
-            annotators.append(Annotator(name, kind, False, _load_learned(name, weights_dir, device, detect_resolution)))
+        if path is not None and (path.is_file() or (path / "config.json").is_file()):
+            annotators.append(Annotator(name, kind, False, _load_learned(name, path, device, detect_resolution)))
         elif fallback and name in FALLBACKS:
             logger.warning("map %s: no %s, using the classical fallback %s", name, path or filename, FALLBACKS[name][0])
             annotators.append(Annotator(name, FALLBACKS[name][0], True, _per_image(FALLBACKS[name][1])))
@@ -178,17 +201,22 @@ def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback:
     return annotators
 
 
-def _load_learned(name: str, weights_dir: Path, device: str, detect_resolution: int) -> BatchFn:
+def _load_learned(name: str, path: Path, device: str, detect_resolution: int) -> BatchFn:
     # Imported here: controlnet-aux is a training extra, and the classical path must not need it.
     from controlnet_aux import HEDdetector, MidasDetector, SamDetector
 
     if name == "depth":
-        detector = MidasDetector.from_pretrained(str(weights_dir)).to(device)
+        detector = MidasDetector.from_pretrained(str(path.parent), filename=path.name).to(device)
         return midas_batch(detector.model, detect_resolution, device)
     if name == "hed":
-        detector = HEDdetector.from_pretrained(str(weights_dir)).to(device)
+        detector = HEDdetector.from_pretrained(str(path.parent), filename=path.name).to(device)
         return hed_batch(detector.netNetwork, detect_resolution, device)
-    detector = SamDetector.from_pretrained(str(weights_dir), model_type="vit_h", filename=WEIGHTS["seg"][1])
+    if path.is_dir():
+        from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
+
+        model = UperNetForSemanticSegmentation.from_pretrained(path).to(device).eval()
+        return upernet_batch(model, AutoImageProcessor.from_pretrained(path), device)
+    detector = SamDetector.from_pretrained(str(path.parent), model_type="vit_h", filename=path.name)
     detector.mask_generator.predictor.model.to(device)
     # Segment Anything generates masks one image at a time.
     return _per_image(lambda im: np.asarray(detector(im, detect_resolution=im.shape[0], image_resolution=im.shape[0], output_type="np")))
@@ -385,7 +413,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write or resume")
     parser.add_argument("--layout", choices=("folder", "ip2p"), default="folder")
     parser.add_argument("--maps", default="depth,hed,seg", help="comma-separated: depth, hed, seg, canny, sobel")
-    parser.add_argument("--annotator-weights", type=Path, help="folder with " + ", ".join(f for _, f in WEIGHTS.values()))
+    parser.add_argument("--annotator-weights", type=Path,
+                        help="folder with " + ", ".join(f for _, f in [*WEIGHTS.values(), *SEGMENTERS.values()]))
+    parser.add_argument("--segmenter", choices=sorted(SEGMENTERS), default="upernet", help="the seg map's annotator")
     parser.add_argument("--fallback", action="store_true", help="classical OpenCV maps where learned weights are missing")
     parser.add_argument("--resolution", type=int, default=256, help="square output size in pixels")
     parser.add_argument("--detect-resolution", type=int, default=512, help="size the learned annotators run at")
@@ -396,7 +426,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         maps = [m for m in args.maps.split(",") if m]
-        annotators = build_annotators(maps, args.annotator_weights, args.fallback, args.device, args.detect_resolution)
+        annotators = build_annotators(maps, args.annotator_weights, args.fallback, args.device, args.detect_resolution,
+                                      args.segmenter)
         groups = folder_groups(args.input) if args.layout == "folder" else ip2p_groups(args.input)
         annotate(groups, args.out, annotators, args.resolution, args.batch_size, progress=not args.no_progress)
     except (AnnotatorWeightsError, DatasetFormatError, ValueError) as err:
