@@ -1,0 +1,235 @@
+"""Time PromptDiffusionPipeline against diffusers' StableDiffusionControlNetPipeline, side by side.
+
+Both pipelines share the UNet, VAE, text encoder, tokenizer and scheduler settings (random weights
+at a `pdiff_core.configs` preset's size); the peer's ControlNetModel has the same config with one
+hint encoder (3 channels), and every weight it shares with ours is copied from ours. Our
+example-pair encoder's last conv is zeroed and the peer's hint encoder is our query encoder, so
+both see the same hint and their outputs should agree: the max pixel difference checks that the
+two are doing the same work. Runs alternate A/B and report medians.
+
+    python benchmarks/bench_pipeline.py                          # small preset, 64 px, CPU
+    python benchmarks/bench_pipeline.py --preset sd15 --resolution 512 --device cuda --dtype fp16
+    python benchmarks/bench_pipeline.py --explore                # also: cheap wins on our pipeline
+
+Prints one `ratio` line: images/second of ours divided by the peer's (> 1: ours is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline  # noqa: E402
+
+from pdiff_core.configs import PRESETS, build_components  # noqa: E402
+from pdiff_core.pipeline import PromptDiffusionPipeline  # noqa: E402
+from pdiff_core.tokenizer import train_clip_tokenizer  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROMPT = "a red sphere and a blue cube on a checkered floor"
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "small"
+    resolution: int = 64
+    device: str = "cpu"
+    dtype: str = "fp32"
+    steps: int = 20
+    batch: int = 4
+    guidance: float = 5.0
+    repeats: int = 5
+    warmup: int = 1
+    threads: int = 0  # 0: torch's default
+    channels_last: bool = False
+    compile: bool = False
+    explore: bool = False
+
+
+def build_pair(config: BenchConfig):
+    """Our pipeline and the diffusers peer, on the same weights."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = train_clip_tokenizer([PROMPT] * 20, folder, vocab_size=600)
+    components = build_components(config.preset, tokenizer, seed=0)
+    controlnet = components["controlnet"]
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        # Random weights leave the zero-initialised convs at zero, and the control would do nothing.
+        for param in controlnet.parameters():
+            if not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        controlnet.controlnet_cond_embedding.conv_out.weight.zero_()
+        controlnet.controlnet_cond_embedding.conv_out.bias.zero_()
+    peer_config = {k: v for k, v in controlnet.config.items() if not k.startswith("_")}
+    peer_controlnet = ControlNetModel(**{**peer_config, "conditioning_channels": 3})
+    state = {k: v for k, v in controlnet.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
+    state = {k.replace("controlnet_query_cond_embedding.", "controlnet_cond_embedding."): v for k, v in state.items()}
+    peer_controlnet.load_state_dict(state)
+
+    ours = PromptDiffusionPipeline(**components)
+    peer = StableDiffusionControlNetPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=tokenizer, unet=components["unet"],
+        controlnet=peer_controlnet, scheduler=components["scheduler"].__class__.from_config(components["scheduler"].config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    dtype, device = DTYPES[config.dtype], torch.device(config.device)
+    for pipe in (ours, peer):
+        pipe.to(device, dtype)
+        pipe.set_progress_bar_config(disable=True)
+    return ours, peer
+
+
+def make_runs(config: BenchConfig, ours, peer, seed: int = 0) -> Dict[str, Callable[[], torch.Tensor]]:
+    """Zero-argument callables that each generate one batch (inputs drawn from `seed`)."""
+    g = torch.Generator().manual_seed(seed)
+    size = (config.batch, 3, config.resolution, config.resolution)
+    source, target, query = (torch.rand(size, generator=g) for _ in range(3))
+    common = dict(num_inference_steps=config.steps, guidance_scale=config.guidance, output_type="pt")
+    prompts = [PROMPT] * config.batch
+
+    def run_ours() -> torch.Tensor:
+        return ours(prompts, example_pair=(source, target), query=query,
+                    generator=torch.Generator().manual_seed(0), **common).images
+
+    def run_peer() -> torch.Tensor:
+        # Our pipeline feeds hints in [-1, 1] (the published weights' range); the peer's control
+        # image processor does not rescale, so it gets the query already in that range.
+        return peer(prompts, image=query * 2 - 1, height=config.resolution, width=config.resolution,
+                    generator=torch.Generator().manual_seed(0), **common).images
+
+    return {"ours": run_ours, "peer": run_peer}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_alternating(runs: Dict[str, Callable[[], torch.Tensor]], config: BenchConfig) -> Dict[str, List[float]]:
+    """Seconds per batch of each run, interleaved so machine noise hits all of them alike."""
+    for _ in range(config.warmup):
+        for run in runs.values():
+            run()
+    times: Dict[str, List[float]] = {name: [] for name in runs}
+    for _ in range(config.repeats):
+        for name, run in runs.items():
+            sync(config.device)
+            start = time.perf_counter()
+            run()
+            sync(config.device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def apply_options(config: BenchConfig, pipes) -> None:
+    for pipe in pipes:
+        if config.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.controlnet.to(memory_format=torch.channels_last)
+        if config.compile:
+            pipe.unet = torch.compile(pipe.unet)
+            pipe.controlnet = torch.compile(pipe.controlnet)
+
+
+def explore(config: BenchConfig, ours, runs: Dict[str, Callable[[], torch.Tensor]]) -> Dict[str, Callable[[], torch.Tensor]]:
+    """Variants of our pipeline that need no change to it, to time against the plain call."""
+    base = runs["ours"]
+
+    def inference_mode() -> torch.Tensor:
+        with torch.inference_mode():
+            return base()
+
+    def channels_last() -> torch.Tensor:
+        with memory_format(ours, torch.channels_last):
+            return base()
+
+    variants = {"ours": base, "ours+inference_mode": inference_mode, "ours+channels_last": channels_last}
+    if config.device.startswith("cuda") and config.dtype == "fp32":
+        def bf16_autocast() -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return base()
+        variants["ours+bf16_autocast"] = bf16_autocast
+    return variants
+
+
+@contextlib.contextmanager
+def memory_format(pipe, fmt):
+    for module in (pipe.unet, pipe.controlnet, pipe.vae):
+        module.to(memory_format=fmt)
+    try:
+        yield
+    finally:
+        for module in (pipe.unet, pipe.controlnet, pipe.vae):
+            module.to(memory_format=torch.contiguous_format)
+
+
+def report(name: str, times: List[float], batch: int) -> float:
+    median = statistics.median(times)
+    print(f"{name:24s} median {median:.3f} s/batch  {batch / median:8.2f} images/s  "
+          f"(runs: {', '.join(f'{t:.3f}' for t in times)})")
+    return batch / median
+
+
+def parse_args(argv: List[str] | None) -> BenchConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--resolution", type=int, default=None, help="default: the preset's (64 for small/tiny, 512 for sd15)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--repeats", type=int, default=5, help="timed A/B rounds (medians reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--channels-last", action="store_true", help="both pipelines' UNet and ControlNet in channels_last")
+    p.add_argument("--compile", action="store_true", help="torch.compile both pipelines' UNet and ControlNet")
+    p.add_argument("--explore", action="store_true", help="also time cheap variants of our pipeline")
+    args = p.parse_args(argv)
+    resolution = args.resolution or PRESETS[args.preset].resolution
+    return BenchConfig(**{**vars(args), "resolution": resolution})
+
+
+def main(argv: List[str] | None = None) -> int:
+    config = parse_args(argv)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    ours, peer = build_pair(config)
+    apply_options(config, (ours, peer))
+    runs = make_runs(config, ours, peer)
+    with torch.no_grad():
+        mine = runs["ours"]().float()
+        difference = (mine - runs["peer"]().float()).abs().max().item() * 255
+        # The same check against a peer given another query shows the control does change the output.
+        other = make_runs(config, ours, peer, seed=1)["peer"]().float()
+        control_effect = (mine - other).abs().max().item() * 255
+    hardware = torch.cuda.get_device_name() if config.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU"
+    print(f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} DDIM steps, "
+          f"guidance {config.guidance}, {config.dtype} on {config.device} ({hardware}, {torch.get_num_threads()} threads), "
+          f"torch {torch.__version__}")
+    print(f"max pixel difference ours vs peer: {difference:.3f} / 255 (vs a peer given another query: {control_effect:.3f})")
+    times = time_alternating(runs, config)
+    rates = {name: report(name, t, config.batch) for name, t in times.items()}
+    print(f"ratio (images/s, ours / peer): {rates['ours'] / rates['peer']:.3f}")
+    if config.explore:
+        variants = time_alternating(explore(config, ours, runs), config)
+        base = report("ours", variants.pop("ours"), config.batch)
+        for name, t in variants.items():
+            print(f"  {name}: x{report(name, t, config.batch) / base:.3f} vs plain ours")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
