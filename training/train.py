@@ -531,6 +531,7 @@ class Trainer:
             self._write_checksum({k: v for k, v in model.state_dict().items()})
         if acc.is_main_process:
             model = model.to(torch.float32)
+            self.vae.to(torch.float32)  # frozen copies ran in the mixed-precision dtype; save full precision
             pipeline_dir = self.output_dir / "pipeline"
             self._pipeline(model).save_pretrained(str(pipeline_dir))
             save_controlnet(model.controlnet, self.output_dir / "controlnet.safetensors", overwrite=True)
