@@ -9,6 +9,7 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
+from .annotators import ANNOTATOR_NODES, register_annotator_folder
 from .apply import APPLY_NODES
 from .loaders import LOADER_NODES, register_model_folders
 
@@ -16,9 +17,10 @@ from .loaders import LOADER_NODES, register_model_folders
 class PromptDiffusionExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> List[Type[io.ComfyNode]]:
-        return [*LOADER_NODES, *APPLY_NODES]
+        return [*LOADER_NODES, *APPLY_NODES, *ANNOTATOR_NODES]
 
 
 async def comfy_entrypoint() -> PromptDiffusionExtension:
     register_model_folders()
+    register_annotator_folder()
     return PromptDiffusionExtension()

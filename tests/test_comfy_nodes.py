@@ -17,7 +17,7 @@ from pdiff_core.checkpoints import CheckpointError, diffusers_to_ldm, read_contr
 
 NODE_IDS = {
     "PDiff_LoadPromptDiffusionControlNet", "PDiff_LoadPromptDiffusionModel", "PDiff_ApplyPromptDiffusion",
-    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview",
+    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview", "PDiff_Annotate",
 }
 # float32 on both sides; the two implementations differ only in operation order (attention kernels, sums).
 ATOL = 2e-5
@@ -410,3 +410,22 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
     assert float(comfy_image.std()) > 0.01
     torch.testing.assert_close(comfy_image, pipe_image, atol=1e-5, rtol=0)
     assert float((other_image - comfy_image).abs().max()) > 1e-2
+
+
+# ----------------------------------------------------------------------------- annotators
+
+
+def test_annotator_runs_from_local_weights_and_names_missing_ones(comfyui, node_classes, tmp_path):
+    from controlnet_aux.hed import ControlNetHED_Apache2
+
+    annotate = node_classes["PDiff_Annotate"]
+    weights = tmp_path / "annotators"
+    weights.mkdir()
+    comfyui["folder_paths"].add_model_folder_path("annotators", str(weights))
+    with pytest.raises(FileNotFoundError, match=r"'table5_pidinet.pth' not found in .*annotators"):
+        annotate.execute(torch.rand(1, 32, 32, 3), "soft edge (PiDiNet)")
+    torch.manual_seed(0)
+    torch.save(ControlNetHED_Apache2().state_dict(), weights / "ControlNetHED.pth")  # random weights: wiring only
+    edges = annotate.execute(torch.rand(2, 40, 48, 3), "soft edge (HED)").result[0]
+    assert edges.shape == (2, 40, 48, 3)
+    assert 0.0 <= float(edges.min()) and float(edges.max()) <= 1.0 and float(edges.std()) > 0
