@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from comfy_harness import comfyui_copy, import_comfyui, pack_module
+from comfy_harness import ROOT, comfyui_copy, import_comfyui, pack_module
 from pdiff_core.checkpoints import CheckpointError, diffusers_to_ldm, read_controlnet, save_controlnet
 
 NODE_IDS = {
@@ -323,19 +323,33 @@ def test_batch_mismatch_is_a_clear_error(node_classes, loaded):
 # ----------------------------------------------------------------------------- pipeline-folder loader
 
 
-def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(loaded, tiny_pipeline):
-    model, clip, vae, _ = loaded
+EMBEDDED_MODEL = ROOT / "pdiff_core" / "assets" / "pdiff-toyworld"
+
+
+@pytest.mark.parametrize("which", ["tiny test model", "embedded pdiff-toyworld"])
+def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyui, tiny_pipeline_dir, which):
+    from pdiff_core.pipeline import PromptDiffusionPipeline
+
+    folder = tiny_pipeline_dir if which == "tiny test model" else EMBEDDED_MODEL
+    if not (folder / "model_index.json").is_file():
+        pytest.skip(f"{folder} is not in this checkout")
+    model, clip, vae, control = pack_module(comfyui["nodes"], "pipeline_folder").load_pipeline_folder(folder)
+    pipe = PromptDiffusionPipeline.from_pretrained(str(folder))
     text = "a red sphere and a blue cube"
-    ids = tiny_pipeline.tokenizer(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    g = torch.Generator().manual_seed(7)
+    width = pipe.unet.config.cross_attention_dim
     with torch.no_grad():
-        torch.testing.assert_close(clip.encode_from_tokens(clip.tokenize(text)), tiny_pipeline.text_encoder(ids)[0],
-                                   atol=1e-5, rtol=1e-4)
-        z = torch.randn(1, 4, 8, 8)
-        decoded = (tiny_pipeline.vae.decode(z).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+        torch.testing.assert_close(clip.encode_from_tokens(clip.tokenize(text)), pipe.text_encoder(ids)[0], atol=1e-5, rtol=1e-4)
+        z = torch.randn(1, 4, 8, 8, generator=g)
+        decoded = (pipe.vae.decode(z).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
         torch.testing.assert_close(vae.decode(z), decoded, atol=1e-5, rtol=1e-4)
-        x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([500.0, 20.0]), torch.randn(2, 77, 32)
+        x, t, context = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500.0, 20.0]), torch.randn(2, 77, width, generator=g)
         torch.testing.assert_close(model.model.diffusion_model(x, t, context=context),
-                                   tiny_pipeline.unet(x, t, encoder_hidden_states=context).sample, atol=1e-5, rtol=1e-4)
+                                   pipe.unet(x, t, encoder_hidden_states=context).sample, atol=1e-5, rtol=1e-4)
+        images = torch.rand(2, 9, 64, 64, generator=g) * 2 - 1
+        assert_residuals_close(control_outputs(control.control_model, x, t, context, images),
+                               reference_outputs(pipe.controlnet, x, t, context, images[:, :6], images[:, 6:]))
 
 
 def test_pipeline_folder_errors_name_the_missing_file(comfyui, tiny_pipeline_dir, tmp_path):
