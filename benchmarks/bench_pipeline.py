@@ -91,12 +91,12 @@ def build_pair(config: BenchConfig):
     return ours, peer
 
 
-def make_runs(config: BenchConfig, ours, peer, seed: int = 0) -> Dict[str, Callable[[], torch.Tensor]]:
+def make_runs(config: BenchConfig, ours, peer, seed: int = 0, output_type: str = "pt") -> Dict[str, Callable[[], torch.Tensor]]:
     """Zero-argument callables that each generate one batch (inputs drawn from `seed`)."""
     g = torch.Generator().manual_seed(seed)
     size = (config.batch, 3, config.resolution, config.resolution)
     source, target, query = (torch.rand(size, generator=g) for _ in range(3))
-    common = dict(num_inference_steps=config.steps, guidance_scale=config.guidance, output_type="pt")
+    common = dict(num_inference_steps=config.steps, guidance_scale=config.guidance, output_type=output_type)
     prompts = [PROMPT] * config.batch
 
     def run_ours() -> torch.Tensor:
@@ -110,6 +110,24 @@ def make_runs(config: BenchConfig, ours, peer, seed: int = 0) -> Dict[str, Calla
                     generator=torch.Generator().manual_seed(0), **common).images
 
     return {"ours": run_ours, "peer": run_peer}
+
+
+@torch.no_grad()
+def agreement(config: BenchConfig, ours, peer) -> Dict[str, float]:
+    """Max differences of ours vs the peer (latents, and pixels out of 255), and of ours vs a peer
+    given another query, which shows how much the control moves the result."""
+    runs, other = make_runs(config, ours, peer, output_type="latent"), make_runs(config, ours, peer, 1, "latent")
+    mine, theirs, moved = runs["ours"]().float(), runs["peer"]().float(), other["peer"]().float()
+
+    def pixels(latents: torch.Tensor) -> torch.Tensor:
+        decoded = ours.vae.decode(latents.to(ours.vae.dtype) / ours.vae.config.scaling_factor).sample
+        return (decoded.float() / 2 + 0.5).clamp(0, 1) * 255
+
+    return {
+        "latent": (mine - theirs).abs().max().item(), "latent_other_query": (mine - moved).abs().max().item(),
+        "latent_scale": mine.abs().max().item(),
+        "pixel": (pixels(mine) - pixels(theirs)).abs().max().item(), "pixel_other_query": (pixels(mine) - pixels(moved)).abs().max().item(),
+    }
 
 
 def sync(device: str) -> None:
@@ -178,7 +196,7 @@ def memory_format(pipe, fmt):
 def report(name: str, times: List[float], batch: int) -> float:
     median = statistics.median(times)
     print(f"{name:24s} median {median:.3f} s/batch  {batch / median:8.2f} images/s  "
-          f"(runs: {', '.join(f'{t:.3f}' for t in times)})")
+          f"(runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
     return batch / median
 
 
@@ -209,20 +227,17 @@ def main(argv: List[str] | None = None) -> int:
     ours, peer = build_pair(config)
     apply_options(config, (ours, peer))
     runs = make_runs(config, ours, peer)
-    with torch.no_grad():
-        mine = runs["ours"]().float()
-        difference = (mine - runs["peer"]().float()).abs().max().item() * 255
-        # The same check against a peer given another query shows the control does change the output.
-        other = make_runs(config, ours, peer, seed=1)["peer"]().float()
-        control_effect = (mine - other).abs().max().item() * 255
+    agree = agreement(config, ours, peer)
     hardware = torch.cuda.get_device_name() if config.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU"
     print(f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} DDIM steps, "
           f"guidance {config.guidance}, {config.dtype} on {config.device} ({hardware}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}")
-    print(f"max pixel difference ours vs peer: {difference:.3f} / 255 (vs a peer given another query: {control_effect:.3f})")
+          f"torch {torch.__version__}", flush=True)
+    print(f"max difference ours vs peer: latents {agree['latent']:.2e} (of max |latent| {agree['latent_scale']:.2f}), "
+          f"pixels {agree['pixel']:.3f} / 255; vs a peer given another query: latents {agree['latent_other_query']:.2e}, "
+          f"pixels {agree['pixel_other_query']:.3f} / 255", flush=True)
     times = time_alternating(runs, config)
     rates = {name: report(name, t, config.batch) for name, t in times.items()}
-    print(f"ratio (images/s, ours / peer): {rates['ours'] / rates['peer']:.3f}")
+    print(f"ratio (images/s, ours / peer): {rates['ours'] / rates['peer']:.3f}", flush=True)
     if config.explore:
         variants = time_alternating(explore(config, ours, runs), config)
         base = report("ours", variants.pop("ours"), config.batch)

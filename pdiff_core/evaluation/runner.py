@@ -53,6 +53,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 8
     device: str = "cpu"
+    dtype: str = "fp32"  # a key of pdiff_core.cli.DTYPES
 
     def fingerprint(self, model_path: Path, data_root: Path, resolution: int) -> Dict[str, Any]:
         """What makes stored samples reusable: the same model, data, sampling and pairing."""
@@ -64,6 +65,7 @@ class EvalConfig:
             "steps": self.steps,
             "guidance": self.guidance,
             "seed": self.seed,
+            "dtype": self.dtype,
         }
 
 
@@ -256,9 +258,11 @@ def model_path(config: EvalConfig) -> Path:
 
 def load_model(config: EvalConfig) -> Any:
     """The pipeline at `model_path(config)` on `config.device`, without per-step progress bars."""
-    from ..cli import load_pipeline
+    from ..cli import DTYPES, load_pipeline
 
-    pipe = load_pipeline(model_path(config), device=config.device)
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype {config.dtype!r}: expected one of {sorted(DTYPES)}")
+    pipe = load_pipeline(model_path(config), dtype=DTYPES[config.dtype], device=config.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
