@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
 
+    from .evaluation.cli import add_subcommands as add_evaluation_subcommands
+
+    add_evaluation_subcommands(sub)
+
     info = sub.add_parser("info", help="what kind of file a checkpoint is, and its config")
     info.add_argument("checkpoint", type=Path)
     info.set_defaults(func=cmd_info)
