@@ -4,6 +4,7 @@ linked into its custom_nodes/, imported in-process once per session, or started 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,15 +17,31 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(os.environ.get("COMFYUI_PATH", ROOT.parent / "shared" / "comfyui"))
 PACK_NAME = "ComfyUI-PromptDiffusion"
 DEFAULT_MODEL = "pdiff-toyworld"
 
+# The test models are tiny: threads gain nothing, and on a loaded 2-core machine OpenMP's waiting
+# threads made the same tests 4x slower (measured). Tests and the processes they start use one.
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
 _copy: Optional[Path] = None
 _inprocess: Optional[Dict[str, ModuleType]] = None
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def comfyui_copy(base: Path, tiny_pipeline_dir: Path) -> Path:
@@ -97,7 +114,7 @@ class ComfyServer:
         self.process = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--disable-auto-launch", "--dont-print-server"],
-            cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT, env=ONE_THREAD_ENV)
 
     def log(self) -> str:
         self._log.flush()

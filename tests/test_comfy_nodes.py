@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from comfy_harness import ROOT, comfyui_copy, import_comfyui, pack_module
+from comfy_harness import ROOT, comfyui_copy, import_comfyui, one_torch_thread, pack_module
 from pdiff_core.checkpoints import CheckpointError, diffusers_to_ldm, read_controlnet, save_controlnet
 
 NODE_IDS = {
@@ -21,6 +21,12 @@ NODE_IDS = {
 }
 # float32 on both sides; the two implementations differ only in operation order (attention kernels, sums).
 ATOL = 2e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

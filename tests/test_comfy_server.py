@@ -14,11 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_harness import PACK_NAME, ROOT, ComfyServer, comfyui_copy, load_runner
+from comfy_harness import ONE_THREAD_ENV, PACK_NAME, ROOT, ComfyServer, comfyui_copy, load_runner, one_torch_thread
 
 WORKFLOWS = ROOT / "workflows"
 NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
 TEST_STEPS = 4  # the tiny random-weight model; the workflows' own 20 steps would only take longer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +115,7 @@ def test_headless_command_runs_a_workflow_with_overrides(comfy_dir, tmp_path):
         [sys.executable, str(ROOT / "scripts" / "run_workflow.py"), str(WORKFLOWS / "depth_to_image.json"),
          "--comfyui", str(comfy_dir), "--cpu", "--output", str(out), "--seed", "5", "--prompt", "a red sphere",
          "--image", f"query={query}", "--set", f"sampler.steps={TEST_STEPS}"],
-        capture_output=True, text=True, timeout=180)
+        capture_output=True, text=True, timeout=180, env=ONE_THREAD_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "outputs.json").read_text())
     assert len(summary["files"]) == 1 and Path(summary["files"][0]).is_file()

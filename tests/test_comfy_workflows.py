@@ -12,10 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_harness import ROOT, comfyui_copy, import_comfyui, load_runner
+from comfy_harness import ROOT, comfyui_copy, import_comfyui, load_runner, one_torch_thread
 
 WORKFLOWS = ROOT / "workflows"
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 def load_build():
