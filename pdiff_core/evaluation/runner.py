@@ -6,8 +6,8 @@ the example item, the query and the truth come from the query item. Pair `p` of 
 items `p` and `p + 1` (so one pair per group is item 0 as example, item 1 as query).
 
 Every finished sample is appended to `<out>/samples.jsonl` (and its output saved as a PNG under
-`<out>/images/`), so a rerun skips it. Each sample has its own seeded generator, so its result
-does not depend on the batch size or on which samples a rerun still had to do.
+`<out>/images/`), so a rerun skips it. Each sample has its own seeded generator, so its starting
+noise does not depend on the batch size or on which samples a rerun still had to do.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class EvalConfig:
     dtype: str = "fp32"  # a key of pdiff_core.cli.DTYPES
 
     def fingerprint(self, model_path: Path, data_root: Path, resolution: int) -> Dict[str, Any]:
-        """What makes stored samples reusable: the same model, data, sampling and pairing."""
+        """What makes stored samples reusable: the same model, data and sampling (the pairing is in
+        each sample's key)."""
         return {
             "model": str(model_path.resolve()),
             "model_files": _folder_digest(model_path),
