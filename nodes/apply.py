@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
@@ -13,6 +13,8 @@ import nodes as comfy_nodes  # ComfyUI's nodes.py (this package is loaded as `<p
 from comfy_api.latest import io, ui
 
 from .control import PromptDiffusionControl, build_hint
+
+Conditioning = List[List[Any]]  # ComfyUI's CONDITIONING: [[tensor, {options}], ...]
 
 
 class ApplyPromptDiffusion(io.ComfyNode):
@@ -44,9 +46,9 @@ class ApplyPromptDiffusion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, positive, negative, control_net, example_source: torch.Tensor, example_target: torch.Tensor,
-                query: torch.Tensor, strength: float, start_percent: float, end_percent: float, vae=None,
-                mask: Optional[torch.Tensor] = None) -> io.NodeOutput:
+    def execute(cls, positive: Conditioning, negative: Conditioning, control_net: Any, example_source: torch.Tensor,
+                example_target: torch.Tensor, query: torch.Tensor, strength: float, start_percent: float,
+                end_percent: float, vae: Any = None, mask: Optional[torch.Tensor] = None) -> io.NodeOutput:
         if not isinstance(control_net, PromptDiffusionControl):
             raise ValueError(
                 f"control_net is a {type(control_net).__name__}, not a Prompt Diffusion ControlNet: load it with "

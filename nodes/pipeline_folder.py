@@ -132,7 +132,10 @@ def load_clip(folder: Path) -> comfy.sd.CLIP:
     tokenizer_config = json.loads(tokenizer_config_file.read_text()) if tokenizer_config_file.is_file() else {}
     vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
     start, end = vocab.get("<|startoftext|>"), vocab.get("<|endoftext|>")
-    pad = vocab.get(tokenizer_config.get("pad_token") or "<|endoftext|>", end)
+    pad_token = tokenizer_config.get("pad_token") or "<|endoftext|>"
+    if isinstance(pad_token, dict):  # older transformers save special tokens as AddedToken dicts
+        pad_token = pad_token.get("content", "<|endoftext|>")
+    pad = vocab.get(pad_token, end)
     if start is None or end is None:
         raise PipelineFolderError(f"{tokenizer_dir / 'vocab.json'} lacks <|startoftext|> or <|endoftext|>: not a CLIP tokenizer")
 
