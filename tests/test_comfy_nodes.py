@@ -282,6 +282,19 @@ def test_apply_chains_with_a_previous_controlnet_and_mutates_nothing(node_classe
         torch.testing.assert_close(a, b + c, atol=ATOL, rtol=1e-4)
 
 
+def test_start_and_end_percent_limit_when_the_control_applies(node_classes, loaded):
+    model, _, _, control = loaded
+    images = [torch.rand(1, 32, 32, 3) for _ in range(3)]
+    c = prepared(apply(node_classes, control, *images, start=0.5, end=0.8)[0][0][1]["control"], model)
+    sampling = model.model.model_sampling
+    x, context = torch.randn(1, 4, 4, 4), torch.randn(1, 77, 32)
+    for percent, active in ((0.1, False), (0.6, True), (0.95, False)):
+        sigma = torch.tensor([sampling.percent_to_sigma(percent)])
+        with torch.no_grad():
+            out = c.get_control(x, sigma, {"c_crossattn": context}, 1, {})
+        assert (out is not None) == active, percent
+
+
 def test_mask_limits_where_the_control_applies(node_classes, loaded):
     model, _, _, control = loaded
     g = torch.Generator().manual_seed(4)
