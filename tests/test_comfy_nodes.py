@@ -401,8 +401,9 @@ def test_example_pair_and_side_by_side_preview(comfyui, node_classes):
 
 
 def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, node_classes, loaded, tiny_pipeline):
-    """Same weights, sampler, seed and inputs: loader -> CLIPTextEncode -> Apply Prompt Diffusion ->
-    KSampler (ddim, ddim_uniform) -> VAEDecode against `PromptDiffusionPipeline` with DDIM.
+    """Same weights, sampler, seed and inputs (one example pair, two queries): loader -> CLIPTextEncode ->
+    Apply Prompt Diffusion -> KSampler (ddim, ddim_uniform) -> VAEDecode against `PromptDiffusionPipeline`
+    with DDIM.
 
     ComfyUI's "ddim" is Euler in sigma space, which is DDIM (eta 0) exactly when both use the same
     timesteps (ddim_uniform = diffusers' "leading" spacing with steps_offset 1) and DDIM's last step goes
@@ -418,14 +419,15 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
     nodes = comfyui["nodes"]
     model, clip, vae, control = loaded
     g = torch.Generator().manual_seed(6)
-    source, target, query = (torch.rand(1, 64, 64, 3, generator=g) for _ in range(3))
+    source, target = (torch.rand(1, 64, 64, 3, generator=g) for _ in range(2))
+    query = torch.rand(2, 64, 64, 3, generator=g)  # one example pair over a batch of two queries
     text, steps, cfg, seed = "a red sphere and a blue cube", 8, 4.0, 42
 
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         positive = nodes.CLIPTextEncode().encode(clip, text)[0]
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         positive, negative = apply(node_classes, control, source, target, query, positive=positive, negative=negative)
-        latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+        latent = nodes.EmptyLatentImage().generate(64, 64, 2)[0]
         samples = nodes.KSampler().sample(model, seed, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[0]
         comfy_image = nodes.VAEDecode().decode(vae, samples)[0]
         other = nodes.KSampler().sample(model, seed + 1, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[0]
@@ -439,8 +441,8 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
         num_inference_steps=steps, guidance_scale=cfg, latents=noise * sigma0 / torch.sqrt(1 + sigma0**2),
         output_type="pt").images.movedim(1, -1)
 
-    assert comfy_image.shape == pipe_image.shape == (1, 64, 64, 3)
-    assert float(comfy_image.std()) > 0.01
+    assert comfy_image.shape == pipe_image.shape == (2, 64, 64, 3)
+    assert float(comfy_image.std()) > 0.01 and float((comfy_image[0] - comfy_image[1]).abs().max()) > 1e-2
     torch.testing.assert_close(comfy_image, pipe_image, atol=1e-5, rtol=0)
     assert float((other_image - comfy_image).abs().max()) > 1e-2
 
