@@ -64,7 +64,7 @@ def fetch_image(server: ComfyServer, image: dict) -> np.ndarray:
 def test_pack_imports_and_its_nodes_are_served(server):
     info = server.get("/object_info")
     for node_id in ("PDiff_LoadPromptDiffusionModel", "PDiff_LoadPromptDiffusionControlNet", "PDiff_ApplyPromptDiffusion",
-                    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview"):
+                    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview", "PDiff_Annotate"):
         assert node_id in info, node_id
     assert info["PDiff_LoadPromptDiffusionModel"]["input"]["required"]["model_name"][1]["options"] == ["pdiff-toyworld"]
     log = server.log()
