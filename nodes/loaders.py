@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import List
@@ -13,8 +12,6 @@ from pdiff_core.checkpoints import read_controlnet
 
 from .control import build_control
 from .pipeline_folder import load_pipeline_folder
-
-logger = logging.getLogger(__name__)
 
 PIPELINE_FOLDER = "prompt_diffusion"
 """ComfyUI model folder of Prompt Diffusion pipeline folders: `models/prompt_diffusion/<name>/model_index.json`

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Tuple
 
@@ -32,8 +31,6 @@ import folder_paths
 from pdiff_core.checkpoints import CheckpointError, read_controlnet
 
 from .control import COMFY_GROUP_NORM_GROUPS, PromptDiffusionControl, build_control, group_norm_operations, ldm_unet_config
-
-logger = logging.getLogger(__name__)
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
 # ComfyUI's sampling schedules, by diffusers' names: "linear" in ComfyUI is diffusers' "scaled_linear".
