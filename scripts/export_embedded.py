@@ -1,0 +1,45 @@
+"""Copy a trained pipeline into the repository as the embedded default, in fp16 safetensors.
+
+    python scripts/export_embedded.py runs/embedded-small/pipeline [--out pdiff_core/assets/pdiff-toyworld] [--overwrite]
+
+The model card (README.md in the output folder) is kept when the weights are replaced.
+"""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pdiff_core.cli import DEFAULT_MODEL
+from pdiff_core.pipeline import PromptDiffusionPipeline
+
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", type=Path, help="a trained pipeline folder (train.output_dir/pipeline)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    if (args.out / "model_index.json").exists() and not args.overwrite:
+        raise SystemExit(f"{args.out} holds a model; pass --overwrite to replace it")
+    pipe = PromptDiffusionPipeline.from_pretrained(str(args.pipeline), torch_dtype=torch.float16)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+        if size > MAX_BYTES:
+            raise SystemExit(f"the exported model is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB budget")
+        card = args.out / "README.md"
+        kept = card.read_text() if card.is_file() else None
+        shutil.rmtree(args.out, ignore_errors=True)
+        shutil.copytree(tmp, args.out)
+        if kept is not None:
+            card.write_text(kept)
+    print(f"wrote {args.out} ({size / 2**20:.1f} MiB, fp16)")
+
+
+if __name__ == "__main__":
+    main()
