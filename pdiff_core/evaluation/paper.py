@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data import STANDARD_TASKS, DatasetIndex, Task
+from ..data import DatasetIndex, Task
 from .metrics import images_to_batch, load_inception, make_fid
 from .runner import (
     BASELINES,
