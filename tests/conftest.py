@@ -43,6 +43,16 @@ def make_tiny_pipeline(tokenizer_dir: Path, seed: int = 0) -> PromptDiffusionPip
     return pipe
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread: the test models are tiny, and on a shared 2-core machine a second
+    spinning thread only waits (measured 10-20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tokenizer")

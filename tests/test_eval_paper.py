@@ -16,13 +16,6 @@ from training.toyworld import generate
 GROUPS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models are too small to gain from threads; on a busy machine a second one only waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

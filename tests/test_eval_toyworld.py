@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 
 from pdiff_core.data import DatasetIndex, load_rgb
@@ -16,13 +15,6 @@ from training.toyworld import generate
 MAPS = ("depth", "seg", "normal")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models are too small to gain from threads; on a busy machine a second one only waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
