@@ -7,7 +7,7 @@ well under a second); `small` is the embedded default's size; `sd15` is the publ
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
 import torch
@@ -89,9 +89,6 @@ class ModelPreset:
             hidden_act="quick_gelu",
             projection_dim=self.text_width,
         )
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
 
 PRESETS: Dict[str, ModelPreset] = {

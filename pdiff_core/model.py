@@ -121,11 +121,6 @@ class PromptDiffusionControlNetModel(ControlNetModel):
             conditioning_channels=QUERY_CHANNELS,
         )
 
-    @property
-    def hint_downscale(self) -> int:
-        """How much smaller the hint embedding is than the hint images (8 for SD1.5)."""
-        return 2 ** (len(self.config.conditioning_embedding_out_channels) - 1)
-
     def encode_hints(self, example_pair: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Sum of both hint encoders' outputs. It does not depend on the timestep, so a
         sampler computes it once per generation and passes it as `hint_embedding`."""
