@@ -1,5 +1,5 @@
-"""Test helpers around a real ComfyUI 0.3.64: a writable copy of the read-only snapshot with this pack
-linked into its custom_nodes/, imported in-process once per session, or started as a server."""
+"""Test and benchmark helpers around a real ComfyUI 0.3.64: a writable copy of the read-only snapshot
+with this pack linked into its custom_nodes/, imported in-process once per session, or started as a server."""
 
 from __future__ import annotations
 
@@ -44,9 +44,10 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def comfyui_copy(base: Path, tiny_pipeline_dir: Path) -> Path:
-    """A writable ComfyUI copy under `base` (made once per session): this pack linked into custom_nodes/,
-    the tiny test pipeline as models/prompt_diffusion/pdiff-toyworld, the workflow inputs in input/."""
+def comfyui_copy(base: Path, pipeline_dir: Path) -> Path:
+    """A writable ComfyUI copy under `base` (made once per process): this pack linked into custom_nodes/,
+    the pipeline folder `pipeline_dir` (the tests' tiny one, or a benchmark's) as
+    models/prompt_diffusion/pdiff-toyworld, the workflow inputs in input/."""
     global _copy
     if _copy is None:
         if not (SNAPSHOT / "main.py").is_file():
@@ -54,7 +55,7 @@ def comfyui_copy(base: Path, tiny_pipeline_dir: Path) -> Path:
         target = base / "ComfyUI"
         shutil.copytree(SNAPSHOT, target, ignore=shutil.ignore_patterns("__pycache__", ".git"))
         (target / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
-        shutil.copytree(tiny_pipeline_dir, target / "models" / "prompt_diffusion" / DEFAULT_MODEL)
+        shutil.copytree(pipeline_dir, target / "models" / "prompt_diffusion" / DEFAULT_MODEL)
         for image in (ROOT / "workflows" / "inputs").glob("*.png"):
             shutil.copy(image, target / "input" / image.name)
         _copy = target
