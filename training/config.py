@@ -86,6 +86,9 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     drop_rate: float = 0.05  # classifier-free dropout unit of ControlLDM.get_input
+    # Min-SNR-gamma loss weighting (Hang et al. 2023, as diffusers' train scripts' --snr_gamma):
+    # per-sample weight min(SNR, gamma) / SNR; None = the authors' plain MSE.
+    snr_gamma: Optional[float] = None
     ema: bool = False
     ema_decay: float = 0.9999
     seed: int = 0
@@ -228,6 +231,7 @@ def validate(config: Config, where: str = "config") -> None:
     _check(not ({"unet", "unet_decoder"} <= set(t.train_modules)), where, "train.train_modules",
            "'unet' already includes 'unet_decoder'; list one of them")
     _check(t.mixed_precision in MIXED_PRECISION, where, "train.mixed_precision", f"expected one of {MIXED_PRECISION}")
+    _check(t.snr_gamma is None or t.snr_gamma > 0, where, "train.snr_gamma", f"must be positive or null, got {t.snr_gamma}")
     _check(d.forward_prompt in FORWARD_PROMPTS, where, "data.forward_prompt", f"expected one of {FORWARD_PROMPTS}")
     _check(bool(d.tasks), where, "data.tasks", "empty: list at least one task")
     for key, value in (("data.resolution", d.resolution), ("train.max_steps", t.max_steps),

@@ -34,7 +34,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -78,6 +78,14 @@ def apply_dropout(input_ids: torch.Tensor, empty_ids: torch.Tensor, example_pair
     text, pair = dropout_masks(r, drop_rate)
     ids = torch.where(text[:, None], empty_ids, input_ids)
     return ids, example_pair * (~pair).to(example_pair.dtype)[:, None, None, None]
+
+
+def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights of an epsilon-prediction loss: min(SNR, gamma) / SNR per timestep, so
+    the many easy low-noise steps stop dominating and the high-noise ones, where the control and
+    the layout are decided, count more."""
+    snr = compute_snr(scheduler, timesteps)
+    return torch.clamp(snr, max=gamma) / snr
 
 
 class DiffusionModel(nn.Module):
@@ -326,7 +334,10 @@ class Trainer:
                                         self.config.train.drop_rate)
         dtype = self.input_dtype
         prediction = self.model(noisy.to(dtype), timesteps, input_ids, pair.to(dtype), batch["query"].to(dtype))
-        return F.mse_loss(prediction.float(), noise.float())
+        if self.config.train.snr_gamma is None:
+            return F.mse_loss(prediction.float(), noise.float())
+        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * min_snr_weights(self.noise_scheduler, timesteps, self.config.train.snr_gamma)).mean()
 
     def _vae_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
         images = batch["target"]

@@ -1,7 +1,9 @@
-"""Classifier-free dropout follows ControlLDM.get_input exactly."""
+"""The recipe's per-sample pieces: classifier-free dropout follows ControlLDM.get_input exactly, and
+the optional Min-SNR loss weights follow their closed form."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from training.train import apply_dropout, dropout_masks
@@ -40,3 +42,22 @@ def test_apply_dropout_swaps_in_the_empty_prompt_and_zeroes_the_pair() -> None:
     assert torch.equal(new_ids[2:], ids[2:])
     assert [bool(new_pair[i].eq(0).all()) for i in range(4)] == [False, True, True, False]
     assert new_pair[3].eq(1).all()
+
+
+def test_min_snr_weights_follow_the_closed_form() -> None:
+    # SD1.5's schedule written out by hand: betas on a squared linspace, SNR = abar / (1 - abar).
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from pdiff_core.configs import SD15_SCHEDULER
+    from training.train import min_snr_weights
+
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    abar = np.cumprod(1.0 - betas)
+    snr = abar / (1.0 - abar)
+    timesteps = torch.tensor([0, 100, 300, 500, 999])
+    scheduler = DDPMScheduler.from_config(DDIMScheduler(**SD15_SCHEDULER).config)  # as the trainer builds it
+    weights = min_snr_weights(scheduler, timesteps, gamma=5.0)
+    expected = np.minimum(snr[timesteps.numpy()], 5.0) / snr[timesteps.numpy()]
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-4)
+    # Low noise is down-weighted, high noise (SNR below gamma) keeps weight 1.
+    assert weights[0] < 0.01 and weights[-1] == 1.0
