@@ -10,6 +10,7 @@ two are doing the same work. Runs alternate A/B and report medians.
     python benchmarks/bench_pipeline.py                          # small preset, 64 px, CPU
     python benchmarks/bench_pipeline.py --preset sd15 --resolution 512 --device cuda --dtype fp16
     python benchmarks/bench_pipeline.py --explore                # also: cheap wins on our pipeline
+    python benchmarks/bench_pipeline.py --compile ours           # ours torch.compile'd vs the plain peer
 
 Prints one `ratio` line: images/second of ours divided by the peer's (> 1: ours is faster).
 """
@@ -54,7 +55,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int = 0  # 0: torch's default
     channels_last: bool = False
-    compile: bool = False
+    compile: str = "none"  # which pipelines get torch.compile'd UNet and ControlNet: none, ours, both
     explore: bool = False
 
 
@@ -151,14 +152,28 @@ def time_alternating(runs: Dict[str, Callable[[], torch.Tensor]], config: BenchC
     return times
 
 
-def apply_options(config: BenchConfig, pipes) -> None:
-    for pipe in pipes:
+def apply_options(config: BenchConfig, ours, peer) -> None:
+    for pipe in (ours, peer):
         if config.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
             pipe.controlnet.to(memory_format=torch.channels_last)
-        if config.compile:
-            pipe.unet = torch.compile(pipe.unet)
-            pipe.controlnet = torch.compile(pipe.controlnet)
+    compiled = {"none": (), "ours": (ours,), "both": (ours, peer)}[config.compile]
+    for pipe in compiled:
+        # diffusers' idiom; the pipeline itself is unchanged. Compilation happens on the first call.
+        pipe.unet = torch.compile(pipe.unet)
+        pipe.controlnet = torch.compile(pipe.controlnet)
+
+
+def first_calls(runs: Dict[str, Callable[[], torch.Tensor]], config: BenchConfig) -> Dict[str, float]:
+    """Seconds of each run's first call: with --compile this is where torch.compile does its work."""
+    seconds = {}
+    for name, run in runs.items():
+        sync(config.device)
+        start = time.perf_counter()
+        run()
+        sync(config.device)
+        seconds[name] = time.perf_counter() - start
+    return seconds
 
 
 def explore(config: BenchConfig, ours, runs: Dict[str, Callable[[], torch.Tensor]]) -> Dict[str, Callable[[], torch.Tensor]]:
@@ -213,7 +228,8 @@ def parse_args(argv: List[str] | None) -> BenchConfig:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--channels-last", action="store_true", help="both pipelines' UNet and ControlNet in channels_last")
-    p.add_argument("--compile", action="store_true", help="torch.compile both pipelines' UNet and ControlNet")
+    p.add_argument("--compile", choices=("none", "ours", "both"), default="none",
+                   help="torch.compile the UNet and ControlNet of our pipeline, or of both")
     p.add_argument("--explore", action="store_true", help="also time cheap variants of our pipeline")
     args = p.parse_args(argv)
     resolution = args.resolution or PRESETS[args.preset].resolution
@@ -225,13 +241,15 @@ def main(argv: List[str] | None = None) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     ours, peer = build_pair(config)
-    apply_options(config, (ours, peer))
+    apply_options(config, ours, peer)
     runs = make_runs(config, ours, peer)
+    first = first_calls(runs, config)
     agree = agreement(config, ours, peer)
     hardware = torch.cuda.get_device_name() if config.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU"
     print(f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} DDIM steps, "
           f"guidance {config.guidance}, {config.dtype} on {config.device} ({hardware}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}", flush=True)
+          f"torch {torch.__version__}; torch.compile: {config.compile}", flush=True)
+    print(f"first call (compilation included): ours {first['ours']:.1f} s, peer {first['peer']:.1f} s", flush=True)
     print(f"max difference ours vs peer: latents {agree['latent']:.2e} (of max |latent| {agree['latent_scale']:.2f}), "
           f"pixels {agree['pixel']:.3f} / 255; vs a peer given another query: latents {agree['latent_other_query']:.2e}, "
           f"pixels {agree['pixel_other_query']:.3f} / 255", flush=True)

@@ -114,3 +114,17 @@ def test_default_heldout_set_is_generated_once(tmp_path):
     assert heldout_dataset(tmp_path, groups=2, resolution=32) == root
     assert (root / "groups.jsonl").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [root.name]
+
+
+def test_compile_option_compiles_unet_and_controlnet(tiny_pipeline_dir, monkeypatch):
+    # The real compile takes minutes on CPU (benchmarks/RESULTS.md); here only its wiring is checked.
+    import torch
+
+    from pdiff_core.evaluation.runner import load_model
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(type(module).__name__) or module)
+    load_model(ToyworldEvalConfig(model=tiny_pipeline_dir))
+    assert compiled == []
+    load_model(ToyworldEvalConfig(model=tiny_pipeline_dir, compile=True))
+    assert compiled == ["UNet2DConditionModel", "PromptDiffusionControlNetModel"]

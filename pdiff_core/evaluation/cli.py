@@ -35,6 +35,8 @@ def _common(parser: argparse.ArgumentParser, out: str, steps: int, guidance: flo
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="model weights' precision")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet and ControlNet (a one-off compile, then faster batches)")
 
 
 def _config_kwargs(args: argparse.Namespace) -> dict:
@@ -42,7 +44,7 @@ def _config_kwargs(args: argparse.Namespace) -> dict:
         model=args.model, data=args.data, out=args.out, tasks=args.tasks, trained_tasks=args.trained_tasks,
         groups_limit=args.groups_limit, pairs_per_group=args.pairs_per_group, resolution=args.resolution,
         steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype,
+        dtype=args.dtype, compile=args.compile,
     )
 
 
