@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # pdiff_core, and the ComfyUI harness
 
+from benchmarks.hardware import cpu_name  # noqa: E402
 from comfy_harness import DEFAULT_MODEL, comfyui_copy, import_comfyui  # noqa: E402
 
 EMBEDDED_MODEL = ROOT / "pdiff_core" / "assets" / "pdiff-toyworld"
@@ -69,16 +69,6 @@ class Setup:
     other_seed: Run  # ComfyUI at seed + 1
     conditioning_s: float  # ComfyUI's CLIPTextEncode x2 + Apply, warm
     dtypes: str
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def task_prompt() -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline  # noqa: E402
 
+from benchmarks.hardware import device_name  # noqa: E402
 from pdiff_core.configs import PRESETS, build_components  # noqa: E402
 from pdiff_core.pipeline import PromptDiffusionPipeline  # noqa: E402
 from pdiff_core.tokenizer import train_clip_tokenizer  # noqa: E402
@@ -189,9 +189,9 @@ def explore(config: BenchConfig, ours, runs: Dict[str, Callable[[], torch.Tensor
             return base()
 
     variants = {"ours": base, "ours+inference_mode": inference_mode, "ours+channels_last": channels_last}
-    if config.device.startswith("cuda") and config.dtype == "fp32":
+    if config.dtype == "fp32":
         def bf16_autocast() -> torch.Tensor:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(torch.device(config.device).type, dtype=torch.bfloat16):
                 return base()
         variants["ours+bf16_autocast"] = bf16_autocast
     return variants
@@ -245,7 +245,7 @@ def main(argv: List[str] | None = None) -> int:
     runs = make_runs(config, ours, peer)
     first = first_calls(runs, config)
     agree = agreement(config, ours, peer)
-    hardware = torch.cuda.get_device_name() if config.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU"
+    hardware = device_name(config.device)
     print(f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} DDIM steps, "
           f"guidance {config.guidance}, {config.dtype} on {config.device} ({hardware}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}; torch.compile: {config.compile}", flush=True)
