@@ -54,6 +54,16 @@ def loaded(node_classes):
     return node_classes["PDiff_LoadPromptDiffusionModel"].execute("pdiff-toyworld").result
 
 
+@pytest.fixture(scope="session")
+def loaded_v_prediction(comfyui, node_classes, tiny_pipeline_dir):
+    """The tiny pipeline's weights as a v-prediction model (as the embedded default is), through the loader."""
+    folder = comfyui["dir"] / "models" / "prompt_diffusion" / "pdiff-tiny-v"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "v_prediction"}))
+    return node_classes["PDiff_LoadPromptDiffusionModel"].execute("pdiff-tiny-v").result
+
+
 def control_outputs(control_model, x, timesteps, context, hint):
     with torch.no_grad():
         out = control_model(x=x, hint=hint, timesteps=timesteps, context=context)
@@ -400,7 +410,9 @@ def test_example_pair_and_side_by_side_preview(comfyui, node_classes):
 # ----------------------------------------------------------------------------- the same numbers both ways
 
 
-def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, node_classes, loaded, tiny_pipeline):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, node_classes, tiny_pipeline, request,
+                                                                      prediction_type):
     """Same weights, sampler, seed and inputs (one example pair, two queries): loader -> CLIPTextEncode ->
     Apply Prompt Diffusion -> KSampler (ddim, ddim_uniform) -> VAEDecode against `PromptDiffusionPipeline`
     with DDIM.
@@ -417,7 +429,7 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
     from diffusers import DDIMScheduler
 
     nodes = comfyui["nodes"]
-    model, clip, vae, control = loaded
+    model, clip, vae, control = request.getfixturevalue("loaded" if prediction_type == "epsilon" else "loaded_v_prediction")
     g = torch.Generator().manual_seed(6)
     source, target = (torch.rand(1, 64, 64, 3, generator=g) for _ in range(2))
     query = torch.rand(2, 64, 64, 3, generator=g)  # one example pair over a batch of two queries
@@ -435,7 +447,8 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
 
     sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)[0]
     noise = comfy.sample.prepare_noise(latent["samples"], seed)
-    tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True)
+    tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True,
+                                                        prediction_type=prediction_type)
     pipe_image = tiny_pipeline(
         text, example_pair=(source.movedim(-1, 1), target.movedim(-1, 1)), query=query.movedim(-1, 1),
         num_inference_steps=steps, guidance_scale=cfg, latents=noise * sigma0 / torch.sqrt(1 + sigma0**2),

@@ -61,6 +61,8 @@ def test_cross_field_checks_name_the_key(tmp_path: Path) -> None:
         load_config(_write(tmp_path, BASE + "train:\n  train_modules: [controlnet, vae]\n"))
     with pytest.raises(ConfigError, match=r"data\.resolution: must be a multiple of 8"):
         load_config(_write(tmp_path, BASE.replace("root: /data/x", "root: /data/x\n  resolution: 30")))
+    with pytest.raises(ConfigError, match=r"model\.prediction_type: expected one of .*got 'sample'"):
+        load_config(_write(tmp_path, BASE + "  prediction_type: sample\n"))
     with pytest.raises(ConfigError, match=r"train\.snr_gamma: must be positive or null, got 0"):
         load_config(_write(tmp_path, BASE + "train:\n  snr_gamma: 0\n"))
     with pytest.raises(ConfigError, match=r"config file not found"):

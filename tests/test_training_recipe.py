@@ -1,5 +1,5 @@
 """The recipe's per-sample pieces: classifier-free dropout follows ControlLDM.get_input exactly, and
-the optional Min-SNR loss weights follow their closed form."""
+the loss target (noise or velocity) and optional Min-SNR weights follow their closed forms."""
 
 from __future__ import annotations
 
@@ -44,20 +44,45 @@ def test_apply_dropout_swaps_in_the_empty_prompt_and_zeroes_the_pair() -> None:
     assert new_pair[3].eq(1).all()
 
 
-def test_min_snr_weights_follow_the_closed_form() -> None:
-    # SD1.5's schedule written out by hand: betas on a squared linspace, SNR = abar / (1 - abar).
+def sd15_abar() -> np.ndarray:
+    """SD1.5's schedule written out by hand: betas on a squared linspace, abar their running product."""
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+def training_scheduler(prediction_type: str):
     from diffusers import DDIMScheduler, DDPMScheduler
 
     from pdiff_core.configs import SD15_SCHEDULER
+
+    # As the trainer builds it: DDPM from the pipeline's DDIM config.
+    return DDPMScheduler.from_config(DDIMScheduler(**SD15_SCHEDULER).config, prediction_type=prediction_type)
+
+
+TIMESTEPS = torch.tensor([0, 100, 300, 500, 999])
+
+
+def test_min_snr_weights_follow_the_closed_form() -> None:
     from training.train import min_snr_weights
 
-    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
-    abar = np.cumprod(1.0 - betas)
+    abar = sd15_abar()[TIMESTEPS.numpy()]
     snr = abar / (1.0 - abar)
-    timesteps = torch.tensor([0, 100, 300, 500, 999])
-    scheduler = DDPMScheduler.from_config(DDIMScheduler(**SD15_SCHEDULER).config)  # as the trainer builds it
-    weights = min_snr_weights(scheduler, timesteps, gamma=5.0)
-    expected = np.minimum(snr[timesteps.numpy()], 5.0) / snr[timesteps.numpy()]
-    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-4)
+    weights = min_snr_weights(training_scheduler("epsilon"), TIMESTEPS, gamma=5.0)
+    np.testing.assert_allclose(weights.numpy(), np.minimum(snr, 5.0) / snr, rtol=1e-4)
     # Low noise is down-weighted, high noise (SNR below gamma) keeps weight 1.
     assert weights[0] < 0.01 and weights[-1] == 1.0
+    v_weights = min_snr_weights(training_scheduler("v_prediction"), TIMESTEPS, gamma=5.0)
+    np.testing.assert_allclose(v_weights.numpy(), np.minimum(snr, 5.0) / (snr + 1.0), rtol=1e-4)
+
+
+def test_diffusion_target_is_the_noise_or_the_velocity() -> None:
+    from training.train import diffusion_target
+
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(5, 4, 2, 2, generator=g), torch.randn(5, 4, 2, 2, generator=g)
+    assert torch.equal(diffusion_target(training_scheduler("epsilon"), latents, noise, TIMESTEPS), noise)
+    # v = sqrt(abar) * noise - sqrt(1 - abar) * x0 (Salimans & Ho 2022).
+    abar = torch.from_numpy(sd15_abar()[TIMESTEPS.numpy()]).float()[:, None, None, None]
+    expected = abar.sqrt() * noise - (1 - abar).sqrt() * latents
+    torch.testing.assert_close(diffusion_target(training_scheduler("v_prediction"), latents, noise, TIMESTEPS),
+                               expected, atol=1e-5, rtol=1e-5)

@@ -59,11 +59,14 @@ def _losses(out: Path) -> List[float]:
     return [r["loss"] for r in records]
 
 
-def test_loss_goes_down_on_a_fixed_batch(tmp_path: Path, data: Path) -> None:
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_goes_down_on_a_fixed_batch(tmp_path: Path, data: Path, prediction_type: str) -> None:
     config = load_config(_config_file(tmp_path, data, tmp_path / "run"),
-                         ["train.train_modules=[controlnet,unet,text_encoder]"])
+                         ["train.train_modules=[controlnet,unet,text_encoder]", f"model.prediction_type={prediction_type}"])
     trainer = Trainer(config)
     trainer.setup()
+    # The pipeline it saves samples with the same parameterisation.
+    assert trainer.components["scheduler"].config.prediction_type == prediction_type
     batch = collate([trainer.dataset[k] for k in range(2)])
     optimizer = torch.optim.AdamW(trainer.params, lr=1e-3)
     losses = []

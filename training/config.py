@@ -24,6 +24,7 @@ STAGES = ("diffusion", "vae")
 TRAINABLE_MODULES = ("controlnet", "unet", "unet_decoder", "text_encoder")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 FORWARD_PROMPTS = ("map_name", "caption")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,10 @@ class ModelConfig:
     # Start the control branch from an existing Prompt Diffusion ControlNet instead of the UNet.
     controlnet: Optional[str] = None
     seed: int = 0  # weights of preset models
+    # What the UNet predicts: "epsilon" (SD1.5, the published model) or "v_prediction" (SD2's; small
+    # latents learn the high-noise steps far better with it). None: a pretrained folder's scheduler
+    # setting, else epsilon. Saved in the output pipeline's scheduler config.
+    prediction_type: Optional[str] = None
 
 
 @dataclass
@@ -231,6 +236,8 @@ def validate(config: Config, where: str = "config") -> None:
     _check(not ({"unet", "unet_decoder"} <= set(t.train_modules)), where, "train.train_modules",
            "'unet' already includes 'unet_decoder'; list one of them")
     _check(t.mixed_precision in MIXED_PRECISION, where, "train.mixed_precision", f"expected one of {MIXED_PRECISION}")
+    _check(m.prediction_type in (None, *PREDICTION_TYPES), where, "model.prediction_type",
+           f"expected one of {PREDICTION_TYPES} or null, got {m.prediction_type!r}")
     _check(t.snr_gamma is None or t.snr_gamma > 0, where, "train.snr_gamma", f"must be positive or null, got {t.snr_gamma}")
     _check(d.forward_prompt in FORWARD_PROMPTS, where, "data.forward_prompt", f"expected one of {FORWARD_PROMPTS}")
     _check(bool(d.tasks), where, "data.tasks", "empty: list at least one task")

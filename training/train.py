@@ -80,12 +80,21 @@ def apply_dropout(input_ids: torch.Tensor, empty_ids: torch.Tensor, example_pair
     return ids, example_pair * (~pair).to(example_pair.dtype)[:, None, None, None]
 
 
+def diffusion_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to output: the noise, or the velocity for v-prediction."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weights of an epsilon-prediction loss: min(SNR, gamma) / SNR per timestep, so
-    the many easy low-noise steps stop dominating and the high-noise ones, where the control and
-    the layout are decided, count more."""
+    """Min-SNR-gamma weights per timestep: min(SNR, gamma) / SNR for an epsilon-prediction loss,
+    min(SNR, gamma) / (SNR + 1) for v-prediction, so the many easy low-noise steps stop
+    dominating and the high-noise ones, where the control and the layout are decided, count more."""
     snr = compute_snr(scheduler, timesteps)
-    return torch.clamp(snr, max=gamma) / snr
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
+    return torch.clamp(snr, max=gamma) / (snr + 1 if v_prediction else snr)
 
 
 class DiffusionModel(nn.Module):
@@ -153,7 +162,7 @@ def build_components(config: Config, dataset: PromptDiffusionDataset, accelerato
             text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
             tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
             controlnet=PromptDiffusionControlNetModel.from_unet(unet),
-            scheduler=DDIMScheduler(**presets.SD15_SCHEDULER),
+            scheduler=_pretrained_scheduler(root),
         )
     else:
         try:
@@ -167,8 +176,20 @@ def build_components(config: Config, dataset: PromptDiffusionDataset, accelerato
         components["vae"] = AutoencoderKL.from_pretrained(m.vae)
     if m.controlnet is not None:
         components["controlnet"] = load_controlnet(m.controlnet)
+    if m.prediction_type is not None:
+        scheduler = components["scheduler"]
+        components["scheduler"] = scheduler.__class__.from_config(scheduler.config, prediction_type=m.prediction_type)
     _check_resolution(config, components)
     return components
+
+
+def _pretrained_scheduler(root: Path) -> DDIMScheduler:
+    """SD1.5's DDIM settings, with the folder's prediction type where it has a scheduler config."""
+    settings = dict(presets.SD15_SCHEDULER)
+    config_file = root / "scheduler" / "scheduler_config.json"
+    if config_file.is_file():
+        settings["prediction_type"] = json.loads(config_file.read_text()).get("prediction_type", "epsilon")
+    return DDIMScheduler(**settings)
 
 
 def _tokenizer(config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator) -> CLIPTokenizer:
@@ -329,14 +350,15 @@ class Trainer:
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
         r = torch.rand(latents.shape[0], device=latents.device)
         input_ids, pair = apply_dropout(self._tokenize(batch["caption"]), self.empty_ids, batch["example_pair"], r,
                                         self.config.train.drop_rate)
         dtype = self.input_dtype
         prediction = self.model(noisy.to(dtype), timesteps, input_ids, pair.to(dtype), batch["query"].to(dtype))
         if self.config.train.snr_gamma is None:
-            return F.mse_loss(prediction.float(), noise.float())
-        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+            return F.mse_loss(prediction.float(), target.float())
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         return (per_sample * min_snr_weights(self.noise_scheduler, timesteps, self.config.train.snr_gamma)).mean()
 
     def _vae_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
