@@ -55,9 +55,12 @@ def loaded(node_classes):
 
 
 @pytest.fixture(scope="session")
-def loaded_v_prediction(comfyui, node_classes, tiny_pipeline_dir):
-    """The tiny pipeline's weights as a v-prediction model (as the embedded default is), through the loader."""
-    folder = comfyui["dir"] / "models" / "prompt_diffusion" / "pdiff-tiny-v"
+def loaded_v_prediction(comfyui, node_classes, tiny_pipeline_dir, tmp_path_factory):
+    """The tiny pipeline's weights as a v-prediction model (as the embedded default is), through the loader.
+    Its folder is registered in this process only: the server tests list the copy's own models."""
+    models = tmp_path_factory.mktemp("v_models")
+    comfyui["folder_paths"].add_model_folder_path("prompt_diffusion", str(models))
+    folder = models / "pdiff-tiny-v"
     shutil.copytree(tiny_pipeline_dir, folder)
     config_file = folder / "scheduler" / "scheduler_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "v_prediction"}))
