@@ -2,7 +2,8 @@
 
     python scripts/export_embedded.py runs/embedded-small/pipeline [--out pdiff_core/assets/pdiff-toyworld] [--overwrite]
 
-The model card (README.md in the output folder) is kept when the weights are replaced.
+The Markdown files of the output folder (the model card and its eval table) are kept when the
+weights are replaced.
 """
 
 import argparse
@@ -32,12 +33,11 @@ def main() -> None:
         size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
         if size > MAX_BYTES:
             raise SystemExit(f"the exported model is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB budget")
-        card = args.out / "README.md"
-        kept = card.read_text() if card.is_file() else None
+        kept = {p.name: p.read_text() for p in args.out.glob("*.md")}
         shutil.rmtree(args.out, ignore_errors=True)
         shutil.copytree(tmp, args.out)
-        if kept is not None:
-            card.write_text(kept)
+        for name, text in kept.items():
+            (args.out / name).write_text(text)
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB, fp16)")
 
 
