@@ -112,6 +112,22 @@ def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) 
     assert saved["scaling_factor"] != 0.18215 and saved["scaling_factor"] > 0
     assert (out / "validation" / "step-000002.png").is_file()
 
+    # Decoder-only fine-tuning of that VAE: the encoder and the scale (the latent space) stay.
+    from diffusers import AutoencoderKL
+
+    tuned_out = tmp_path / "decoder-run"
+    tuned = load_config(_config_file(tmp_path, data, tuned_out),
+                        ["train.stage=vae", "train.max_steps=2", "validation.samples=0", f"model.vae={out / 'vae'}",
+                         "vae.decoder_only=true", "vae.fit_scaling_factor=false", "optim.learning_rate=1e-2"])
+    Trainer(tuned).run()
+    before, after = (AutoencoderKL.from_pretrained(folder / "vae") for folder in (out, tuned_out))
+    assert after.config.scaling_factor == before.config.scaling_factor
+    for name, param in before.state_dict().items():
+        same = torch.equal(param, after.state_dict()[name])
+        assert same == (not name.startswith(("decoder.", "post_quant_conv."))), name
+    with pytest.raises(ValueError, match=r"vae\.fit_scaling_factor: must be false with vae\.decoder_only"):
+        load_config(_config_file(tmp_path, data, tuned_out), ["vae.decoder_only=true"])
+
 
 def test_two_cpu_processes_agree_on_weights(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "ddp"

@@ -119,6 +119,9 @@ class VAEConfig:
     # After training, set scaling_factor to 1 / std of the latents (as SD's 0.18215 was chosen).
     fit_scaling_factor: bool = True
     scaling_batches: int = 8
+    # Train the decoder only (as SD's ft-MSE VAE was): the encoder, hence the latent space a trained
+    # diffusion model works in, stays as it is, so a better decoder can replace a model's own.
+    decoder_only: bool = False
 
 
 @dataclass
@@ -250,5 +253,7 @@ def validate(config: Config, where: str = "config") -> None:
     _check(0.0 <= d.flip_prob <= 1.0, where, "data.flip_prob", f"must be in [0, 1], got {d.flip_prob}")
     _check(0.0 < d.min_crop_scale <= 1.0, where, "data.min_crop_scale", f"must be in (0, 1], got {d.min_crop_scale}")
     _check(0.0 <= t.drop_rate <= 1.0 / 3.0, where, "train.drop_rate", f"must be in [0, 1/3], got {t.drop_rate}")
+    _check(not (config.vae.decoder_only and config.vae.fit_scaling_factor), where, "vae.fit_scaling_factor",
+           "must be false with vae.decoder_only (the encoder, hence the latents' scale, does not change)")
     _check(config.vae.reconstruction_loss in ("l1", "l2"), where, "vae.reconstruction_loss", "expected 'l1' or 'l2'")
     _check(config.validation.every >= 0, where, "validation.every", "must be >= 0")

@@ -332,8 +332,14 @@ class Trainer:
 
     def _setup_vae(self) -> None:
         self.model = VAEModel(self.components["vae"])
-        self.model.requires_grad_(True)
-        self.params = list(self.model.parameters())
+        vae = self.model.vae
+        if self.config.vae.decoder_only:
+            self.model.requires_grad_(False)
+            for part in (vae.post_quant_conv, vae.decoder):
+                part.requires_grad_(True)
+        else:
+            self.model.requires_grad_(True)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.config.train.gradient_checkpointing:
             self.model.vae.enable_gradient_checkpointing()
 
