@@ -90,8 +90,8 @@ def diffusion_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: tor
 
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma weights per timestep: min(SNR, gamma) / SNR for an epsilon-prediction loss,
-    min(SNR, gamma) / (SNR + 1) for v-prediction, so the many easy low-noise steps stop
-    dominating and the high-noise ones, where the control and the layout are decided, count more."""
+    min(SNR, gamma) / (SNR + 1) for v-prediction, i.e. a loss on the clean latents weighted
+    min(SNR, gamma), so that the many easy low-noise steps stop dominating."""
     snr = compute_snr(scheduler, timesteps)
     v_prediction = scheduler.config.prediction_type == "v_prediction"
     return torch.clamp(snr, max=gamma) / (snr + 1 if v_prediction else snr)
@@ -99,7 +99,7 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
 
 class DiffusionModel(nn.Module):
     """Text encoder, control branch and UNet as one module, so DDP/DeepSpeed/FSDP wrap a single
-    forward whatever subset of them trains. Returns the predicted noise."""
+    forward whatever subset of them trains. Returns the UNet's prediction (noise or velocity)."""
 
     def __init__(self, text_encoder: CLIPTextModel, controlnet: PromptDiffusionControlNetModel, unet: UNet2DConditionModel) -> None:
         super().__init__()
