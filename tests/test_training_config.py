@@ -27,6 +27,7 @@ def test_shipped_run_configs_load() -> None:
     assert load_config(CONFIGS / "embedded_small_vae.yaml").train.stage == "vae"
     embedded = load_config(CONFIGS / "embedded_small.yaml")
     assert set(embedded.train.train_modules) == {"controlnet", "unet", "text_encoder"}
+    assert embedded.model.prediction_type == "v_prediction"
 
 
 def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
