@@ -1,5 +1,6 @@
 """`pdiff eval-toyworld` end to end with a tiny pipeline on a few toy-world groups."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -97,7 +98,10 @@ def test_rerun_resumes_without_generating_done_samples(tiny_pipeline, tiny_pipel
     lines = (out / "samples.jsonl").read_text().splitlines()
     (out / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
     again = CountingPipeline(tiny_pipeline)
-    assert run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out, groups_limit=2, batch_size=1), pipe=again) == rows
+    redone = run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out, groups_limit=2, batch_size=1), pipe=again)
+    # The redone sample runs in a batch of one: equal up to float rounding across batch sizes.
+    assert [dataclasses.replace(r, model=0.0) for r in redone] == [dataclasses.replace(r, model=0.0) for r in rows]
+    assert [r.model for r in redone] == pytest.approx([r.model for r in rows], rel=1e-4)
     assert again.samples == 1
     more = CountingPipeline(tiny_pipeline)
     run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out), pipe=more)

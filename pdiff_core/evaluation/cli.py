@@ -14,6 +14,7 @@ from typing import List, Optional
 import torch
 
 from ..data import STANDARD_TASKS
+from .toyworld import TOYWORLD_GUIDANCE
 
 
 def _task_list(text: str) -> List[str]:
@@ -78,7 +79,7 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     toy.add_argument("--data", type=Path, default=None,
                      help="held-out dataset (default: generate the toy world at seed 100000 into --cache-dir)")
     toy.add_argument("--cache-dir", type=Path, default=None, help="where the default held-out set goes (default: ~/.cache/pdiff)")
-    _common(toy, "eval-toyworld", steps=20, guidance=5.0)
+    _common(toy, "eval-toyworld", steps=20, guidance=TOYWORLD_GUIDANCE)
     toy.set_defaults(func=cmd_eval_toyworld)
 
 

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 HELDOUT_SEED = 100000
 HELDOUT_GROUPS = 100
 HELDOUT_RESOLUTION = 64
+# The embedded model's best guidance on a separate validation world (seed 200000; see its model card).
+TOYWORLD_GUIDANCE = 1.5
 METRIC_NAMES = {"rmse": "RMSE ↓", "psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑"}
 DIGITS = {"rmse": 4, "psnr": 2, "ssim": 4}
 
@@ -44,6 +46,7 @@ DIGITS = {"rmse": 4, "psnr": 2, "ssim": 4}
 @dataclass
 class ToyworldEvalConfig(EvalConfig):
     out: Path = Path("eval-toyworld")
+    guidance: float = TOYWORLD_GUIDANCE
     cache_dir: Optional[Path] = None  # where the default held-out set is generated
     heldout_groups: int = HELDOUT_GROUPS
 
