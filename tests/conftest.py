@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny random-weight Prompt Diffusion pipeline saved as a diffusers folder."""
+"""Shared fixtures: a tiny random-weight Prompt Diffusion pipeline saved as a diffusers folder, and a
+runner for the benchmark scripts."""
 
+import importlib.util
 import sys
 from pathlib import Path
+from typing import Callable, List
 
 import pytest
 import torch
@@ -51,6 +54,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def run_benchmark(monkeypatch, capsys) -> Callable[[str, List[str]], str]:
+    """Run `benchmarks/<name>.py`'s main(argv) in this process and return what it printed."""
+
+    def run(name: str, argv: List[str]) -> str:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        threads = torch.get_num_threads()
+        try:
+            assert module.main(argv) == 0
+        finally:
+            torch.set_num_threads(threads)  # the scripts set their own
+        return capsys.readouterr().out
+
+    return run
 
 
 @pytest.fixture(scope="session")
