@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # pdiff_core, and the ComfyUI harness
 
-from benchmarks.hardware import cpu_name  # noqa: E402
+from benchmarks.common import cpu_name, report, time_alternating  # noqa: E402
 from comfy_harness import DEFAULT_MODEL, comfyui_copy, import_comfyui  # noqa: E402
 
 EMBEDDED_MODEL = ROOT / "pdiff_core" / "assets" / "pdiff-toyworld"
@@ -130,31 +129,9 @@ def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
     return Setup({"ours": run_ours, "comfyui": run_comfyui}, lambda: run_comfyui(config.seed + 1), conditioning_s, dtypes)
 
 
-def time_alternating(runs: Dict[str, Run], config: BenchConfig) -> Tuple[Dict[str, List[float]], Dict[str, torch.Tensor]]:
-    """Seconds per batch of each run, interleaved so machine noise hits both alike, and their last outputs."""
-    for _ in range(config.warmup):
-        for run in runs.values():
-            run()
-    times: Dict[str, List[float]] = {name: [] for name in runs}
-    outputs: Dict[str, torch.Tensor] = {}
-    for _ in range(config.repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            outputs[name] = run()
-            times[name].append(time.perf_counter() - start)
-    return times, outputs
-
-
 def max_pixel_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max |a - b| on a 0-255 scale, of (B, H, W, 3) images in [0, 1]."""
     return float((a.float() - b.float()).abs().max()) * 255
-
-
-def report(name: str, times: List[float], batch: int) -> float:
-    median = statistics.median(times)
-    print(f"{name:8s} median {median:.3f} s/batch  {batch / median:7.2f} images/s  "
-          f"(runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
-    return batch / median
 
 
 def parse_args(argv: Optional[List[str]]) -> BenchConfig:
@@ -177,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         comfyui = import_comfyui(comfyui_copy(Path(base), config.model))
         torch.set_num_threads(config.threads)  # after ComfyUI's import, which may set its own
         setup = build(config, comfyui)
-        times, outputs = time_alternating(setup.runs, config)
+        times, outputs = time_alternating(setup.runs, config.repeats, config.warmup)
         other = setup.other_seed()
     print(f"{config.model.name}: {tuple(outputs['ours'].shape[1:3])} px, batch {config.batch}, {config.steps} steps "
           f"{SAMPLER}/{SCHEDULER}, cfg {config.guidance}, seed {config.seed}; {setup.dtypes}", flush=True)
@@ -187,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{max_pixel_difference(other, outputs['comfyui']):.1f} / 255)", flush=True)
     print(f"comfyui conditioning (CLIPTextEncode x2 + Apply Prompt Diffusion), once per prompt, not in its batches: "
           f"{setup.conditioning_s:.3f} s", flush=True)
-    rates = {name: report(name, t, config.batch) for name, t in times.items()}
+    rates = {name: report(name, t, config.batch, width=8) for name, t in times.items()}
     print(f"ratio (images/s, ours / comfyui): {rates['ours'] / rates['comfyui']:.3f}", flush=True)
     return 0
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -33,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline  # noqa: E402
 
-from benchmarks.hardware import device_name  # noqa: E402
+from benchmarks.common import device_name, report, time_alternating  # noqa: E402
 from pdiff_core.configs import PRESETS, build_components  # noqa: E402
 from pdiff_core.pipeline import PromptDiffusionPipeline  # noqa: E402
 from pdiff_core.tokenizer import train_clip_tokenizer  # noqa: E402
@@ -136,22 +134,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_alternating(runs: Dict[str, Callable[[], torch.Tensor]], config: BenchConfig) -> Dict[str, List[float]]:
-    """Seconds per batch of each run, interleaved so machine noise hits all of them alike."""
-    for _ in range(config.warmup):
-        for run in runs.values():
-            run()
-    times: Dict[str, List[float]] = {name: [] for name in runs}
-    for _ in range(config.repeats):
-        for name, run in runs.items():
-            sync(config.device)
-            start = time.perf_counter()
-            run()
-            sync(config.device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def apply_options(config: BenchConfig, ours, peer) -> None:
     for pipe in (ours, peer):
         if config.channels_last:
@@ -162,18 +144,6 @@ def apply_options(config: BenchConfig, ours, peer) -> None:
         # diffusers' idiom; the pipeline itself is unchanged. Compilation happens on the first call.
         pipe.unet = torch.compile(pipe.unet)
         pipe.controlnet = torch.compile(pipe.controlnet)
-
-
-def first_calls(runs: Dict[str, Callable[[], torch.Tensor]], config: BenchConfig) -> Dict[str, float]:
-    """Seconds of each run's first call: with --compile this is where torch.compile does its work."""
-    seconds = {}
-    for name, run in runs.items():
-        sync(config.device)
-        start = time.perf_counter()
-        run()
-        sync(config.device)
-        seconds[name] = time.perf_counter() - start
-    return seconds
 
 
 def explore(config: BenchConfig, ours, runs: Dict[str, Callable[[], torch.Tensor]]) -> Dict[str, Callable[[], torch.Tensor]]:
@@ -208,13 +178,6 @@ def memory_format(pipe, fmt):
             module.to(memory_format=torch.contiguous_format)
 
 
-def report(name: str, times: List[float], batch: int) -> float:
-    median = statistics.median(times)
-    print(f"{name:24s} median {median:.3f} s/batch  {batch / median:8.2f} images/s  "
-          f"(runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
-    return batch / median
-
-
 def parse_args(argv: List[str] | None) -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
@@ -243,7 +206,8 @@ def main(argv: List[str] | None = None) -> int:
     ours, peer = build_pair(config)
     apply_options(config, ours, peer)
     runs = make_runs(config, ours, peer)
-    first = first_calls(runs, config)
+    # Each first call timed on its own: with --compile, that is where torch.compile does its work.
+    first = {name: t[0] for name, t in time_alternating(runs, 1, 0, lambda: sync(config.device))[0].items()}
     agree = agreement(config, ours, peer)
     hardware = device_name(config.device)
     print(f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} DDIM steps, "
@@ -253,11 +217,12 @@ def main(argv: List[str] | None = None) -> int:
     print(f"max difference ours vs peer: latents {agree['latent']:.2e} (of max |latent| {agree['latent_scale']:.2f}), "
           f"pixels {agree['pixel']:.3f} / 255; vs a peer given another query: latents {agree['latent_other_query']:.2e}, "
           f"pixels {agree['pixel_other_query']:.3f} / 255", flush=True)
-    times = time_alternating(runs, config)
+    times, _ = time_alternating(runs, config.repeats, config.warmup, lambda: sync(config.device))
     rates = {name: report(name, t, config.batch) for name, t in times.items()}
     print(f"ratio (images/s, ours / peer): {rates['ours'] / rates['peer']:.3f}", flush=True)
     if config.explore:
-        variants = time_alternating(explore(config, ours, runs), config)
+        variants, _ = time_alternating(explore(config, ours, runs), config.repeats, config.warmup,
+                                       lambda: sync(config.device))
         base = report("ours", variants.pop("ours"), config.batch)
         for name, t in variants.items():
             print(f"  {name}: x{report(name, t, config.batch) / base:.3f} vs plain ours")
