@@ -176,6 +176,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args.func(args)
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
+        if args.verbose:
+            logger.debug("pdiff %s failed", args.command, exc_info=True)
         parser.exit(2, f"pdiff {args.command}: error: {err}\n")
     return 0
 

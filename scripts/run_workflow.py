@@ -40,6 +40,10 @@ class WorkflowError(Exception):
     """A workflow that cannot be run as asked; the message says which node and why."""
 
 
+class NodeFailure(Exception):
+    """Nodes that raised while the workflow ran; the message names each node and its error."""
+
+
 # ----------------------------------------------------------------------------- formats
 
 
@@ -212,7 +216,7 @@ def run(prompt: Dict[str, Any], comfy: Dict[str, Any]) -> Dict[str, Any]:
     executor.execute(prompt, prompt_id, {"client_id": "headless"}, outputs)
     if not executor.success:
         failures = [data for event, data in executor.status_messages if event == "execution_error"]
-        raise RuntimeError("\n".join(
+        raise NodeFailure("\n".join(
             f"node {f['node_id']} ({f['node_type']}) failed: {f['exception_type']}: {f['exception_message']}" for f in failures)
             or "execution failed")
     return executor.history_result
@@ -247,7 +251,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except WorkflowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:
+    except NodeFailure as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     written = []

@@ -1,4 +1,8 @@
 import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -9,6 +13,8 @@ from safetensors.torch import save_file
 from pdiff_core.checkpoints import read_state_dict
 from pdiff_core.cli import main
 from test_checkpoints import HEADS, ldm_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -97,3 +103,47 @@ def test_demo_draws_one_row_per_bundled_example(tiny_pipeline_dir, tmp_path):
     # the result column holds a generated image, not the white background
     result_tile = np.asarray(grid)[24:24 + 128, 150 + 3 * 132:150 + 3 * 132 + 128]
     assert result_tile.std() > 1.0
+
+
+def test_verbose_shows_the_traceback_of_a_reported_error(tiny_pipeline_dir, inputs, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="pdiff")
+    inputs["query"] = tmp_path / "nope.png"
+    for verbose in (False, True):
+        caplog.clear()
+        with pytest.raises(SystemExit):
+            main([*(["-v"] if verbose else []), "generate", "--example-source", str(inputs["source"]),
+                  "--example-target", str(inputs["target"]), "--query", str(inputs["query"]), "--out", str(tmp_path / "x.png")])
+        tracebacks = [r.exc_info for r in caplog.records if r.exc_info]
+        assert bool(tracebacks) == verbose
+    assert tracebacks[0][0] is FileNotFoundError
+
+
+# Hides the optional extras (eval: torchmetrics, torch-fidelity, scipy, scikit-image; train: tensorboard,
+# controlnet-aux) in a fresh interpreter, as if `pip install` had been run without them.
+WITHOUT_EXTRAS = """
+import sys
+# A None entry is how an absent module looks to both `import` and importlib.util.find_spec.
+for name in ("torchmetrics", "torch_fidelity", "scipy", "skimage", "tensorboard", "controlnet_aux"):
+    sys.modules[name] = None
+try:
+    import torchmetrics
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit("torchmetrics is still importable: the test would not see the bug")
+from pdiff_core.cli import main
+for command in sys.argv[1:]:
+    try:
+        main([command, "--help"])
+    except SystemExit as done:
+        if done.code:
+            raise
+"""
+
+
+def test_cli_runs_without_the_eval_and_train_extras():
+    result = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, "generate", "eval", "convert"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for command in ("generate", "eval", "convert"):
+        assert f"usage: pdiff {command}" in result.stdout

@@ -108,5 +108,5 @@ def test_runner_reports_each_failing_node(comfyui):
         "4": {"class_type": "PDiff_PromptDiffusionPreview",
               "inputs": {"example_source": ["2", 0], "example_target": ["3", 0], "query": ["1", 0], "result": ["1", 0]}},
     }
-    with pytest.raises(RuntimeError, match=r"node 4 \(PDiff_PromptDiffusionPreview\) failed: ValueError: batches"):
+    with pytest.raises(runner.NodeFailure, match=r"node 4 \(PDiff_PromptDiffusionPreview\) failed: ValueError: batches"):
         runner.run(failing, comfyui)

@@ -83,3 +83,25 @@ def test_overrides_address_nodes_by_title_or_id(tmp_path):
 def test_override_errors_say_what_is_wrong(kwargs, message):
     with pytest.raises(runner.WorkflowError, match=message):
         runner.apply_overrides(runner.ui_to_api(ui_workflow(), INPUT_TYPES.get), overrides(**kwargs))
+
+
+def test_main_exits_1_for_a_failed_node_and_lets_other_errors_through(tmp_path, monkeypatch, capsys):
+    workflow = tmp_path / "empty.json"
+    workflow.write_text("{}")
+    argv = [str(workflow), "--comfyui", str(tmp_path), "--output", str(tmp_path / "out")]
+    monkeypatch.setattr(runner, "boot_comfyui", lambda *args: {"nodes": None})
+
+    def node_fails(prompt, comfy):
+        raise runner.NodeFailure("node 4 (PDiff_PromptDiffusionPreview) failed: ValueError: batches")
+
+    monkeypatch.setattr(runner, "run", node_fails)
+    assert runner.main(argv) == 1
+    assert "node 4 (PDiff_PromptDiffusionPreview) failed" in capsys.readouterr().err
+
+    def boot_fails(*args):
+        raise RuntimeError("CUDA error: out of memory")
+
+    # Not a node's failure: it must surface with its traceback, not as "node failed".
+    monkeypatch.setattr(runner, "boot_comfyui", boot_fails)
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        runner.main(argv)

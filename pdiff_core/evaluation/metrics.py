@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchmetrics.image.fid import FrechetInceptionDistance
+
+# torchmetrics (the `eval` extra) is imported where a score needs it, so `pdiff` runs without it.
+if TYPE_CHECKING:
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -65,6 +67,8 @@ def psnr(prediction: np.ndarray, truth: np.ndarray) -> float:
     _check_size(pred, true)
     if np.array_equal(pred, true):
         return math.inf
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return float(peak_signal_noise_ratio(_tensor(pred), _tensor(true), data_range=1.0))
 
 
@@ -72,6 +76,8 @@ def ssim(prediction: np.ndarray, truth: np.ndarray) -> float:
     """SSIM on RGB [0, 1] (mean over channels and valid window positions)."""
     pred, true = _rgb(prediction), _rgb(truth)
     _check_size(pred, true)
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return float(structural_similarity_index_measure(_tensor(pred), _tensor(true), data_range=1.0))
 
 
@@ -129,6 +135,8 @@ def load_inception(path: Optional[Path] = None) -> torch.nn.Module:
 
 def make_fid(feature_extractor: torch.nn.Module) -> FrechetInceptionDistance:
     """torchmetrics FID over `feature_extractor`, which takes uint8 (B, 3, H, W) batches."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     # reset() keeps the real features, so one real set serves the model and every baseline.
     return FrechetInceptionDistance(feature=feature_extractor, reset_real_features=False, normalize=False)
 
