@@ -139,6 +139,7 @@ class PromptDiffusionControlModel(comfy.cldm.cldm.ControlNet):
                 "the query: apply it with the 'Apply Prompt Diffusion' node (PDiff_ApplyPromptDiffusion), not the "
                 "stock ControlNet apply nodes"
             )
+        # Adapted from ComfyUI 0.3.64 comfy/cldm/cldm.py ControlNet.forward: two hint encoders, an optional mask.
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
         guided_hint = (self.input_hint_block(hint[:, :PAIR_CHANNELS], emb, context)
                        + self.input_cond_block(hint[:, PAIR_CHANNELS:HINT_CHANNELS], emb, context))
@@ -162,6 +163,7 @@ class PromptDiffusionControl(comfy.controlnet.ControlNet):
     """A ComfyUI CONTROL_NET whose hint is the 9/10-channel Prompt Diffusion hint (see `build_hint`)."""
 
     def copy(self) -> "PromptDiffusionControl":
+        # Adapted from ComfyUI 0.3.64 comfy/controlnet.py ControlNet.copy, which would build the base class.
         c = PromptDiffusionControl(None, global_average_pooling=self.global_average_pooling,
                                    load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype)
         c.control_model = self.control_model

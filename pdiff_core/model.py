@@ -147,20 +147,26 @@ class PromptDiffusionControlNetModel(ControlNetModel):
         controlnet_query_cond: Optional[torch.Tensor] = None,
         conditioning_scale: float = 1.0,
         hint_embedding: Optional[torch.Tensor] = None,
+        class_labels: Optional[torch.Tensor] = None,
+        timestep_cond: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        added_cond_kwargs: Optional[Dict[str, torch.Tensor]] = None,
         cross_attention_kwargs: Optional[Dict[str, Any]] = None,
         guess_mode: bool = False,
         return_dict: bool = True,
-        **unused: Any,
     ) -> Union[ControlNetOutput, Tuple[Tuple[torch.Tensor, ...], torch.Tensor]]:
         """Control residuals for the UNet.
 
         `controlnet_cond` is the example pair (B, 6, H, W) and `controlnet_query_cond` the query
         (B, 3, H, W), as in the diffusers research port; or pass `hint_embedding` from
-        `encode_hints` to skip the encoders.
+        `encode_hints` to skip the encoders. `class_labels`, `timestep_cond` and
+        `added_cond_kwargs` are accepted because diffusers' `MultiControlNetModel` passes them,
+        and must be empty: an SD1.5 ControlNet has no class, timestep-condition or SDXL embeddings.
         """
-        if unused.get("class_labels") is not None or unused.get("added_cond_kwargs"):
-            raise ValueError("PromptDiffusionControlNetModel takes no class_labels or added_cond_kwargs")
+        # Adapted from diffusers 0.35 ControlNetModel.forward: the two hint encoders replace
+        # controlnet_cond_embedding, and the hints may come precomputed.
+        if class_labels is not None or timestep_cond is not None or added_cond_kwargs:
+            raise ValueError("PromptDiffusionControlNetModel takes no class_labels, timestep_cond or added_cond_kwargs")
         if hint_embedding is None:
             if controlnet_cond is None or controlnet_query_cond is None:
                 raise ValueError("pass controlnet_cond (example pair) and controlnet_query_cond (query), or hint_embedding")
@@ -235,5 +241,10 @@ class PromptDiffusionControlNetModel(ControlNetModel):
         # keep their fresh initialisation, whose zero output conv leaves the UNet unchanged at first.
         copied = {k: v for k, v in base.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
         missing, unexpected = model.load_state_dict(copied, strict=False)
-        assert not unexpected and all("cond_embedding." in k for k in missing), (missing, unexpected)
+        if unexpected or not all("cond_embedding." in k for k in missing):
+            raise ValueError(
+                f"{type(unet).__name__} does not match a Prompt Diffusion ControlNet: parameters the control branch "
+                f"lacks: {unexpected}; control-branch parameters it did not provide: "
+                f"{[k for k in missing if 'cond_embedding.' not in k]}"
+            )
         return model.to(dtype=unet.dtype)
