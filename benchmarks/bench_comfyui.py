@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # pdiff_core, and the ComfyUI harness
 
 from benchmarks.common import cpu_name, report, time_alternating  # noqa: E402
-from comfy_harness import DEFAULT_MODEL, comfyui_copy, import_comfyui  # noqa: E402
+from comfy_harness import comfyui_copy, import_comfyui  # noqa: E402
+from pdiff_core.defaults import DEFAULT_MODEL, DEFAULT_MODEL_NAME  # noqa: E402
 
-EMBEDDED_MODEL = ROOT / "pdiff_core" / "assets" / "pdiff-toyworld"
 EXAMPLES = ROOT / "pdiff_core" / "assets" / "examples" / "examples.json"
 TASK = "inv_depth"  # depth map -> image, as workflows/depth_to_image.json
 INPUT_PREFIX = "pdiff_"  # how workflows/build.py names the task's images in ComfyUI's input/
@@ -52,7 +52,7 @@ Run = Callable[[], torch.Tensor]
 
 @dataclass
 class BenchConfig:
-    model: Path = EMBEDDED_MODEL
+    model: Path = DEFAULT_MODEL
     steps: int = 20
     batch: int = 4
     guidance: float = 5.0
@@ -86,7 +86,7 @@ def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
     comfy.utils.set_progress_bar_enabled(False)  # ours runs without its progress bar too
     prompt = task_prompt()
     with torch.inference_mode():
-        model, clip, vae, control = nodes.NODE_CLASS_MAPPINGS["PDiff_LoadPromptDiffusionModel"].execute(DEFAULT_MODEL).result
+        model, clip, vae, control = nodes.NODE_CLASS_MAPPINGS["PDiff_LoadPromptDiffusionModel"].execute(DEFAULT_MODEL_NAME).result
         source, target, query = (nodes.LoadImage().load_image(f"{INPUT_PREFIX}{TASK}_{part}.png")[0]
                                  for part in ("example_source", "example_target", "query"))
 
@@ -136,7 +136,7 @@ def max_pixel_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def parse_args(argv: Optional[List[str]]) -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=EMBEDDED_MODEL,
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                    help="a Prompt Diffusion pipeline folder (default: the embedded pdiff-toyworld)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=4)

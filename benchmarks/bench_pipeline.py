@@ -33,10 +33,10 @@ from diffusers import ControlNetModel, StableDiffusionControlNetPipeline  # noqa
 
 from benchmarks.common import device_name, report, time_alternating  # noqa: E402
 from pdiff_core.configs import PRESETS, build_components  # noqa: E402
+from pdiff_core.defaults import DTYPES  # noqa: E402
 from pdiff_core.pipeline import PromptDiffusionPipeline  # noqa: E402
 from pdiff_core.tokenizer import train_clip_tokenizer  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROMPT = "a red sphere and a blue cube on a checkered floor"
 
 

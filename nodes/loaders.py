@@ -8,7 +8,9 @@ from typing import List
 
 import folder_paths
 from comfy_api.latest import io
+
 from pdiff_core.checkpoints import read_controlnet
+from pdiff_core.defaults import DEFAULT_MODEL_NAME, EMBEDDED_MODELS
 
 from .control import build_control
 from .pipeline_folder import load_pipeline_folder
@@ -16,8 +18,6 @@ from .pipeline_folder import load_pipeline_folder
 PIPELINE_FOLDER = "prompt_diffusion"
 """ComfyUI model folder of Prompt Diffusion pipeline folders: `models/prompt_diffusion/<name>/model_index.json`
 (more paths through `extra_model_paths.yaml`, key `prompt_diffusion`), plus the pack's embedded models."""
-DEFAULT_MODEL = "pdiff-toyworld"
-EMBEDDED_MODELS = Path(__file__).resolve().parents[1] / "pdiff_core" / "assets"
 MODEL_INDEX = "model_index.json"
 
 
@@ -30,7 +30,7 @@ def pipeline_folder_names() -> List[str]:
     """Names (relative paths) of the folders holding a model_index.json, the default model first."""
     names = sorted({os.path.dirname(f).replace(os.sep, "/") for f in folder_paths.get_filename_list(PIPELINE_FOLDER)
                     if os.path.basename(f) == MODEL_INDEX and os.path.dirname(f)})
-    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+    return sorted(names, key=lambda n: n != DEFAULT_MODEL_NAME)
 
 
 class LoadPromptDiffusionControlNet(io.ComfyNode):

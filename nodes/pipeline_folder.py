@@ -28,11 +28,10 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 import folder_paths
-from pdiff_core.checkpoints import CheckpointError, read_controlnet
+from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, read_controlnet
 
 from .control import COMFY_GROUP_NORM_GROUPS, PromptDiffusionControl, build_control, group_norm_operations, ldm_unet_config
 
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin")
 # ComfyUI's sampling schedules, by diffusers' names: "linear" in ComfyUI is diffusers' "scaled_linear".
 BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear"}
 PREDICTION_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
@@ -49,9 +48,9 @@ def read_component(folder: Path, name: str) -> Tuple[Dict[str, Any], Dict[str, t
     config_file = sub / "config.json"
     if not config_file.is_file():
         raise PipelineFolderError(f"{config_file} not found: a Prompt Diffusion pipeline folder needs {name}/config.json")
-    weights = next((sub / w for w in WEIGHT_NAMES if (sub / w).is_file()), None)
+    weights = next((sub / w for w in FOLDER_WEIGHT_NAMES if (sub / w).is_file()), None)
     if weights is None:
-        raise PipelineFolderError(f"no weights in {sub}: expected one of {', '.join(WEIGHT_NAMES)}")
+        raise PipelineFolderError(f"no weights in {sub}: expected one of {', '.join(FOLDER_WEIGHT_NAMES)}")
     return json.loads(config_file.read_text()), comfy.utils.load_torch_file(str(weights), safe_load=True)
 
 

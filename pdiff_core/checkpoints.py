@@ -39,6 +39,9 @@ DIFFUSERS_PAIR_ENCODER = "controlnet_cond_embedding."
 DIFFUSERS_QUERY_ENCODER = "controlnet_query_cond_embedding."
 CONFIG_METADATA_KEY = "pdiff_controlnet_config"
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# The weights file of a diffusers model folder (beside its config.json), in order of preference.
+FOLDER_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
+                       "pytorch_model.bin")
 
 
 class CheckpointError(ValueError):
@@ -378,9 +381,9 @@ def _ldm_layers_per_block(ldm: Mapping[str, torch.Tensor]) -> int:
 
 
 def _weights_in_folder(folder: Path) -> Path:
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors"):
+    for name in FOLDER_WEIGHT_NAMES:
         if (folder / name).is_file():
             return folder / name
     raise FileNotFoundError(
-        f"no weights in {folder}: expected diffusion_pytorch_model.safetensors (or .bin) beside config.json"
+        f"no weights in {folder}: expected one of {', '.join(FOLDER_WEIGHT_NAMES)} beside config.json"
     )

@@ -16,11 +16,10 @@ from .checkpoints import (
     read_state_dict,
     save_controlnet,
 )
+from .defaults import DEFAULT_MODEL, DTYPES, default_device
 
 logger = logging.getLogger("pdiff")
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "pdiff-toyworld"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SCHEDULERS = {"ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler", "dpm": "DPMSolverMultistepScheduler",
               "euler": "EulerDiscreteScheduler"}
 
@@ -136,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's (DDIM)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument("--device", default=default_device())
     gen.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     gen.set_defaults(func=cmd_generate)
 
@@ -147,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--guidance", type=float, default=5.0)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    demo.add_argument("--device", default=default_device())
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     demo.set_defaults(func=cmd_demo)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pdiff_core.cli import DEFAULT_MODEL
+from pdiff_core.defaults import DEFAULT_MODEL
 from pdiff_core.pipeline import PromptDiffusionPipeline
 
 MAX_BYTES = 25 * 1024 * 1024

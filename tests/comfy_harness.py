@@ -21,10 +21,11 @@ from typing import Any, Dict, Iterator, Optional
 
 import torch
 
+from pdiff_core.defaults import DEFAULT_MODEL_NAME
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(os.environ.get("COMFYUI_PATH", ROOT.parent / "shared" / "comfyui"))
 PACK_NAME = "ComfyUI-PromptDiffusion"
-DEFAULT_MODEL = "pdiff-toyworld"
 
 # The test models are tiny: threads gain nothing, and on a loaded 2-core machine OpenMP's waiting
 # threads made the same tests 4x slower (measured). Tests and the processes they start use one.
@@ -55,7 +56,7 @@ def comfyui_copy(base: Path, pipeline_dir: Path) -> Path:
         target = base / "ComfyUI"
         shutil.copytree(SNAPSHOT, target, ignore=shutil.ignore_patterns("__pycache__", ".git"))
         (target / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
-        shutil.copytree(pipeline_dir, target / "models" / "prompt_diffusion" / DEFAULT_MODEL)
+        shutil.copytree(pipeline_dir, target / "models" / "prompt_diffusion" / DEFAULT_MODEL_NAME)
         for image in (ROOT / "workflows" / "inputs").glob("*.png"):
             shutil.copy(image, target / "input" / image.name)
         _copy = target

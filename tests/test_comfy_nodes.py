@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from comfy_harness import ROOT, comfyui_copy, import_comfyui, one_torch_thread, pack_module
+from comfy_harness import comfyui_copy, import_comfyui, one_torch_thread, pack_module
 from pdiff_core.checkpoints import CheckpointError, diffusers_to_ldm, read_controlnet, save_controlnet
+from pdiff_core.defaults import DEFAULT_MODEL
 
 NODE_IDS = {
     "PDiff_LoadPromptDiffusionControlNet", "PDiff_LoadPromptDiffusionModel", "PDiff_ApplyPromptDiffusion",
@@ -355,14 +356,11 @@ def test_batch_mismatch_is_a_clear_error(node_classes, loaded):
 # ----------------------------------------------------------------------------- pipeline-folder loader
 
 
-EMBEDDED_MODEL = ROOT / "pdiff_core" / "assets" / "pdiff-toyworld"
-
-
 @pytest.mark.parametrize("which", ["tiny test model", "embedded pdiff-toyworld"])
 def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyui, tiny_pipeline_dir, which):
     from pdiff_core.pipeline import PromptDiffusionPipeline
 
-    folder = tiny_pipeline_dir if which == "tiny test model" else EMBEDDED_MODEL
+    folder = tiny_pipeline_dir if which == "tiny test model" else DEFAULT_MODEL
     if not (folder / "model_index.json").is_file():
         pytest.skip(f"{folder} is not in this checkout")
     model, clip, vae, control = pack_module(comfyui["nodes"], "pipeline_folder").load_pipeline_folder(folder)

@@ -39,7 +39,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pdiff_core.data import DatasetFormatError, FORMAT_NAME, FORMAT_VERSION
+from pdiff_core.data import FORMAT_NAME, FORMAT_VERSION, DatasetFormatError
+from pdiff_core.defaults import default_device
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--resolution", type=int, default=256, help="square output size in pixels")
     parser.add_argument("--detect-resolution", type=int, default=512, help="size the learned annotators run at")
     parser.add_argument("--batch-size", type=int, default=16, help="images per annotator batch")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

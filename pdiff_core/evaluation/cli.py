@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 from ..data import STANDARD_TASKS
+from ..defaults import DTYPES, default_device
 from .toyworld import TOYWORLD_GUIDANCE
 
 
@@ -34,8 +33,8 @@ def _common(parser: argparse.ArgumentParser, out: str, steps: int, guidance: flo
     parser.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale (default: {guidance})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="model weights' precision")
+    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model weights' precision")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and ControlNet (a one-off compile, then faster batches)")
 

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..data import STANDARD_TASKS, DatasetIndex, Group, Task, parse_task
+from ..defaults import DEFAULT_MODEL, DTYPES
 from .metrics import score
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 8
     device: str = "cpu"
-    dtype: str = "fp32"  # a key of pdiff_core.cli.DTYPES
+    dtype: str = "fp32"  # a key of pdiff_core.defaults.DTYPES
     compile: bool = False  # torch.compile the UNet and ControlNet (pays off over many batches)
 
     def fingerprint(self, model_path: Path, data_root: Path, resolution: int) -> Dict[str, Any]:
@@ -250,8 +251,6 @@ def mean_scores(records: Iterable[Dict[str, Any]], task: str) -> Dict[str, Dict[
 
 def model_path(config: EvalConfig) -> Path:
     """`config.model`, or the embedded default; must be a pipeline folder."""
-    from ..cli import DEFAULT_MODEL
-
     path = Path(config.model) if config.model is not None else DEFAULT_MODEL
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"--model: {path} is not a pipeline folder (no model_index.json)")
@@ -260,7 +259,7 @@ def model_path(config: EvalConfig) -> Path:
 
 def load_model(config: EvalConfig) -> Any:
     """The pipeline at `model_path(config)` on `config.device`, without per-step progress bars."""
-    from ..cli import DTYPES, load_pipeline
+    from ..cli import load_pipeline
 
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype {config.dtype!r}: expected one of {sorted(DTYPES)}")
