@@ -75,10 +75,11 @@ def task_prompt() -> str:
 
 
 def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
+    from diffusers import DDIMScheduler
+
     import comfy.sample
     import comfy.samplers
     import comfy.utils
-    from diffusers import DDIMScheduler
 
     from pdiff_core.pipeline import PromptDiffusionPipeline
 

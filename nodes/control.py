@@ -27,6 +27,7 @@ import comfy.supported_models
 import comfy.utils
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
+
 from pdiff_core.checkpoints import CheckpointError, ControlCheckpoint, diffusers_to_ldm
 from pdiff_core.model import PAIR_CHANNELS, QUERY_CHANNELS
 

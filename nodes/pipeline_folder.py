@@ -28,9 +28,16 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 import folder_paths
+
 from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, read_controlnet
 
-from .control import COMFY_GROUP_NORM_GROUPS, PromptDiffusionControl, build_control, group_norm_operations, ldm_unet_config
+from .control import (
+    COMFY_GROUP_NORM_GROUPS,
+    PromptDiffusionControl,
+    build_control,
+    group_norm_operations,
+    ldm_unet_config,
+)
 
 # ComfyUI's sampling schedules, by diffusers' names: "linear" in ComfyUI is diffusers' "scaled_linear".
 BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear"}

@@ -15,12 +15,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers' pipeline loader looks up a component's base class in its module
 from diffusers.models.controlnets.controlnet import (
     ControlNetConditioningEmbedding,
     ControlNetModel,
     ControlNetOutput,
 )
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  diffusers' pipeline loader looks up a component's base class in its module
 
 PAIR_CHANNELS = 6
 QUERY_CHANNELS = 3

@@ -75,6 +75,8 @@ def import_comfyui(comfy_dir: Path) -> Dict[str, ModuleType]:
         args.cpu = True
         args.fp32_text_enc = True
         import utils.extra_config  # noqa: F401  ComfyUI's utils package, imported before nodes.py as main.py does
+
+        # isort: split
         import execution
         import folder_paths
         import nodes

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from safetensors.torch import save_file
 from diffusers import ControlNetModel
+from safetensors.torch import save_file
 
 from pdiff_core.checkpoints import (
     CheckpointError,

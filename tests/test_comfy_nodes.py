@@ -425,9 +425,10 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
     implementations (attention kernels, sigma <-> timestep interpolation): measured 1e-6 on [0, 1] pixels
     with the tiny random-weight model (8 steps, guidance 4), asserted at 1e-5.
     """
+    from diffusers import DDIMScheduler
+
     import comfy.sample
     import comfy.samplers
-    from diffusers import DDIMScheduler
 
     nodes = comfyui["nodes"]
     model, clip, vae, control = request.getfixturevalue("loaded" if prediction_type == "epsilon" else "loaded_v_prediction")

@@ -7,9 +7,9 @@ import pytest
 import scipy.linalg
 import torch
 
+from pdiff_core.cli import main
 from pdiff_core.data import DatasetIndex, load_rgb
 from pdiff_core.evaluation import metrics
-from pdiff_core.cli import main
 from pdiff_core.evaluation.paper import PaperEvalConfig, run_paper_eval
 from training.toyworld import generate
 
