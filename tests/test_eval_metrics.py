@@ -119,3 +119,17 @@ def test_inception_loads_from_a_local_file(tmp_path, monkeypatch):
     torch.save({"not": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="not the FID Inception weights"):
         metrics.load_inception(path)
+
+
+@pytest.mark.parametrize("where", ["given", "torch-fidelity's cache"])
+def test_inception_weights_never_run_a_pickles_code(tmp_path, monkeypatch, where):
+    """torch-fidelity unpickles its weights file freely; ours is read as plain tensors first."""
+    from payloads import plant_pickle
+
+    marker = tmp_path / "marker"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = plant_pickle(metrics.default_inception_path() if where != "given" else tmp_path / "evil.pth", marker)
+    with pytest.raises(ValueError) as info:
+        metrics.load_inception(path if where == "given" else None)
+    assert not marker.exists()
+    assert str(path) in str(info.value)

@@ -11,12 +11,16 @@ port of the TF 2015-12-05 graph), loaded from a local file since nothing is fetc
 
 from __future__ import annotations
 
+import io
 import math
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 # torchmetrics (the `eval` extra) is imported where a score needs it, so `pdiff` runs without it.
 if TYPE_CHECKING:
@@ -111,6 +115,22 @@ def default_inception_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
+def read_inception_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    """The Inception weights at `path` as tensors, read without running code: safetensors, or a
+    PyTorch file through `torch.load(weights_only=True)` (torch-fidelity itself unpickles freely)."""
+    try:
+        if path.suffix == ".safetensors":
+            state_dict = load_file(str(path))
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, SafetensorError) as err:
+        raise ValueError(f"{path}: refused to load as FID Inception weights (only plain tensors are read, "
+                         f"expected {INCEPTION_FILE} or a .safetensors of it): {err}") from err
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path}: not the FID Inception weights ({INCEPTION_FILE}): not a state dict of tensors")
+    return state_dict
+
+
 def load_inception(path: Optional[Path] = None) -> torch.nn.Module:
     """The standard FID Inception (2048 pool features, uint8 input) from a local weights file."""
     path = Path(path) if path is not None else default_inception_path()
@@ -120,10 +140,16 @@ def load_inception(path: Optional[Path] = None) -> torch.nn.Module:
             f"torch-fidelity's PyTorch port of the TF FID Inception (2015-12-05), the file torchmetrics and "
             f"torch-fidelity use; download it where a network exists ({INCEPTION_URL}) and pass its path"
         )
+    state_dict = read_inception_state_dict(path)
+    # torch-fidelity builds the network only through torch.load(weights_only=False) of what it is
+    # given: give it our own re-serialised tensors, never the user's file.
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
         module = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)], feature_extractor_weights_path=str(path)
+            name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)], feature_extractor_weights_path=buffer
         )
     except ModuleNotFoundError as err:
         raise ModuleNotFoundError(f"FID needs torch-fidelity (pip install 'comfyui-promptdiffusion[eval]'): {err}") from err
