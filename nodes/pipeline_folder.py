@@ -30,6 +30,7 @@ import comfy.utils
 import folder_paths
 
 from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, read_controlnet
+from pdiff_core.model_folder import check_model_folder
 
 from .control import (
     COMFY_GROUP_NORM_GROUPS,
@@ -207,6 +208,7 @@ def load_pipeline_folder(folder: Path) -> Tuple[comfy.model_patcher.ModelPatcher
     """MODEL, CLIP, VAE and CONTROL_NET of a Prompt Diffusion pipeline folder."""
     if not (folder / "model_index.json").is_file():
         raise PipelineFolderError(f"{folder} is not a diffusers pipeline folder: model_index.json not found")
+    check_model_folder(folder)  # the rule diffusers' loader is held to, though nothing here imports by name
     vae, vae_scale = load_vae(folder)
     model = load_unet(folder, vae_scale)
     clip = load_clip(folder)

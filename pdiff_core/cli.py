@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -20,6 +21,7 @@ from .defaults import DEFAULT_MODEL, DTYPES, default_device
 
 logger = logging.getLogger("pdiff")
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 SCHEDULERS = {"ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler", "dpm": "DPMSolverMultistepScheduler",
               "euler": "EulerDiscreteScheduler"}
 
@@ -31,8 +33,9 @@ def load_pipeline(model: Path, controlnet: Optional[Path] = None, dtype: torch.d
 
     from .pipeline import PromptDiffusionPipeline
 
-    model = Path(model)
-    if model.exists() and not (model / "model_index.json").is_file():
+    if not Path(model).exists() and not HUB_ID.fullmatch(str(model)):
+        raise FileNotFoundError(f"--model: no such pipeline folder: {model} (nor a hub id owner/name)")
+    if Path(model).exists() and not (Path(model) / "model_index.json").is_file():
         raise FileNotFoundError(f"{model} is not a pipeline folder: model_index.json is missing")
     kwargs = {"torch_dtype": dtype}
     if controlnet is not None:

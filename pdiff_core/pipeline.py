@@ -7,6 +7,7 @@ diffusers research port's argument names (`image_pair=[source, target]`, `image=
 """
 
 import logging
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,8 +22,13 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .model import PromptDiffusionControlNetModel
+from .model_folder import check_model_folder
 
 logger = logging.getLogger(__name__)
+
+# What DiffusionPipeline.download takes of from_pretrained's arguments.
+_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant",
+                    "use_safetensors")
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
 
@@ -55,6 +61,16 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs: Any) -> "PromptDiffusionPipeline":
+        """diffusers' loader, after `check_model_folder` (a hub id is downloaded first, then checked)."""
+        folder = pretrained_model_name_or_path
+        if not os.path.isdir(folder):
+            download_kwargs = {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}
+            folder = cls.download(folder, **download_kwargs)
+        check_model_folder(folder)
+        return super().from_pretrained(folder, **kwargs)
 
     # ------------------------------------------------------------------ inputs
 

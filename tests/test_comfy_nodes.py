@@ -394,6 +394,19 @@ def test_pipeline_folder_errors_name_the_missing_file(comfyui, tiny_pipeline_dir
         pipeline_folder.load_pipeline_folder(broken)
 
 
+def test_pipeline_folder_loader_refuses_code_in_the_folder(comfyui, tiny_pipeline_dir, tmp_path):
+    from payloads import plant_module
+    from pdiff_core.model_folder import ModelFolderError
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(tiny_pipeline_dir, hostile)
+    marker = tmp_path / "marker"
+    module = plant_module(hostile, "unet", marker)
+    with pytest.raises(ModelFolderError) as info:
+        pack_module(comfyui["nodes"], "pipeline_folder").load_pipeline_folder(hostile)
+    assert not marker.exists() and str(module) in str(info.value)
+
+
 # ----------------------------------------------------------------------------- image helpers
 
 
