@@ -154,3 +154,39 @@ def test_cli_reports_bad_config_and_data(tmp_path: Path, data: Path, caplog) -> 
     assert "data.root: dataset folder not found" in caplog.text
     assert main(["--config", str(config), "--resume", "latest"]) == 2
     assert "no checkpoint in" in caplog.text
+
+
+def test_ema_resumes_exactly_from_safetensors_and_never_runs_a_pickle(tmp_path: Path, data: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from payloads import plant_pickle
+    from training.ema_state import EMA_FILE, LEGACY_EMA_FILE, EMAStateError
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    config = _config_file(tmp_path, data, straight)
+    ema = ["train.ema=true", "train.ema_decay=0.5"]  # a short average that differs from the raw weights
+    Trainer(load_config(config, ema)).run()
+    Trainer(load_config(config, [*ema, f"train.output_dir={split}", "train.max_steps=2"])).run()
+    checkpoint = split / "checkpoints" / "checkpoint-000002"
+    assert (checkpoint / EMA_FILE).is_file() and not list(checkpoint.glob("*.pkl"))[1:]  # only accelerate's RNG file
+    Trainer(load_config(config, [*ema, f"train.output_dir={split}"]), resume=str(checkpoint)).run()
+    assert load_file(straight / "controlnet.safetensors").keys() == load_file(split / "controlnet.safetensors").keys()
+    for name, tensor in load_file(straight / "controlnet.safetensors").items():
+        assert torch.equal(tensor, load_file(split / "controlnet.safetensors")[name]), name
+
+    # A checkpoint carrying accelerate's EMA pickle instead (older runs): read only as plain tensors.
+    with safe_open(str(checkpoint / EMA_FILE), "pt") as f:
+        legacy_state = {**json.loads(f.metadata()["ema"]), "shadow_params": [f.get_tensor(k) for k in sorted(f.keys())]}
+    (checkpoint / EMA_FILE).unlink()
+    torch.save(legacy_state, checkpoint / LEGACY_EMA_FILE)
+    (split / "controlnet.safetensors").unlink()
+    Trainer(load_config(config, [*ema, f"train.output_dir={split}"]), resume=str(checkpoint)).run()
+    for name, tensor in load_file(straight / "controlnet.safetensors").items():
+        assert torch.equal(tensor, load_file(split / "controlnet.safetensors")[name]), name
+    marker = tmp_path / "marker"
+    legacy = plant_pickle(checkpoint / LEGACY_EMA_FILE, marker)
+    with pytest.raises(EMAStateError) as info:
+        Trainer(load_config(config, [*ema, f"train.output_dir={split}"]), resume=str(checkpoint)).run()
+    assert not marker.exists()
+    assert str(legacy) in str(info.value)

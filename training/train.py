@@ -50,6 +50,7 @@ from pdiff_core.tokenizer import train_clip_tokenizer
 
 from .config import Config, ConfigError, load_config
 from .dataset import PromptDiffusionDataset, ResumableSampler, collate
+from .ema_state import EMAStateError, accelerate_view, load_ema, save_ema
 
 logger = get_logger(__name__)
 
@@ -242,10 +243,13 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path:
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, config: Config, step: int, samples: int) -> None:
+def save_checkpoint(accelerator: Accelerator, config: Config, step: int, samples: int,
+                    ema: Optional[EMAModel] = None) -> None:
     folder = Path(config.train.output_dir) / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{step:06d}"
-    accelerator.save_state(str(folder))  # model, optimizer, LR scheduler, RNG of every process, EMA
+    accelerator.save_state(str(folder))  # model, optimizer, LR scheduler, RNG of every process
     if accelerator.is_main_process:
+        if ema is not None:
+            save_ema(ema, folder)
         state = {"step": step, "samples": samples, "stage": config.train.stage, "config": config.to_dict()}
         (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
         older = sorted((folder.parent).glob(CHECKPOINT_PREFIX + "*"))[:-config.train.checkpoints_keep]
@@ -389,8 +393,7 @@ class Trainer:
         if self.ema is not None:
             if acc.distributed_type == DistributedType.FSDP:
                 raise ConfigError("train.ema: EMA is not supported with FSDP (parameters are sharded)")
-            self.ema.to(acc.device)
-            acc.register_for_checkpointing(self.ema)
+            self.ema.to(acc.device)  # checkpointed by save_checkpoint as safetensors, not by accelerate's pickle
         if acc.distributed_type == DistributedType.DEEPSPEED:
             # The loader is prepared after load_state, so DeepSpeed cannot read the batch size off it.
             acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
@@ -401,7 +404,10 @@ class Trainer:
             state = json.loads((self.resume_from / TRAINER_STATE).read_text())
             if state["stage"] != t.stage:
                 raise ConfigError(f"--resume {self.resume_from}: a {state['stage']!r} checkpoint, but train.stage is {t.stage!r}")
-            acc.load_state(str(self.resume_from))
+            with accelerate_view(self.resume_from) as folder:
+                acc.load_state(str(folder))
+            if self.ema is not None:
+                load_ema(self.ema, self.resume_from)
             step, samples = state["step"], state["samples"]
             self._truncate_metrics(step)
             logger.info("resumed from %s at step %d", self.resume_from, step)
@@ -456,7 +462,7 @@ class Trainer:
             else:
                 self._append_metrics(step, {"loss": mean_loss})
             if step % t.checkpoint_every == 0 or step == t.max_steps:
-                save_checkpoint(acc, config, step, samples)
+                save_checkpoint(acc, config, step, samples, self.ema)
             if config.validation.every and step % config.validation.every == 0 and step != t.max_steps:
                 self._with_ema(validation, step)
         progress.close()
@@ -627,7 +633,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         config = load_config(args.config, args.override)
         Trainer(config, args.resume).run()
-    except (ConfigError, DatasetFormatError, FileNotFoundError) as err:
+    except (ConfigError, DatasetFormatError, EMAStateError, FileNotFoundError) as err:
         logging.getLogger("training.train").error("%s", err)
         return 2
     return 0
