@@ -63,6 +63,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--{name.replace('_', '-')}: no such image file: {path}")
         images[name] = Image.open(path).convert("RGB")
     pipe = load_pipeline(args.model, args.controlnet, DTYPES[args.dtype], args.device, args.scheduler)
+    if args.fast:
+        pipe.enable_fast_gpu()  # logs and keeps the eager loop when not on CUDA
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     result = pipe(
         args.prompt,
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's (DDIM)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     gen.add_argument("--device", default=default_device())
+    gen.add_argument("--fast", action="store_true",
+                     help="on CUDA: replay each denoising step from a CUDA graph, fused attention projections")
     gen.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     gen.set_defaults(func=cmd_generate)
 

@@ -6,6 +6,7 @@ like the authors' code: classifier-free guidance whose unconditional branch drop
 diffusers research port's argument names (`image_pair=[source, target]`, `image=query`).
 """
 
+import functools
 import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -21,6 +22,7 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .fast_gpu import CudaGraphs, StaticStep, fuse_attention_projections, model_fingerprint, unfuse_attention_projections
 from .model import PromptDiffusionControlNetModel
 from .model_folder import check_model_folder
 
@@ -61,6 +63,8 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._fast_step: Optional[StaticStep] = None  # enable_fast_gpu()
+        self._fast_channels_last = False
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs: Any) -> "PromptDiffusionPipeline":
@@ -212,21 +216,23 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
+        predict = functools.partial(
+            self._predict_noise, guidance_scale=guidance_scale if do_cfg else None,
+            conditioning_scale=controlnet_conditioning_scale, cross_attention_kwargs=cross_attention_kwargs,
+        )
+        fast = self._fast_step_for(device, cross_attention_kwargs)
+        if fast is not None:
+            # Everything the graph bakes in besides its tensor inputs (see fast_gpu.StaticStep).
+            key = (guidance_scale if do_cfg else None, controlnet_conditioning_scale,
+                   model_fingerprint(self.unet, self.controlnet))
         with self.progress_bar(total=num_inference_steps) as progress:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
-                down, mid = self.controlnet(
-                    model_input, t, encoder_hidden_states=text, hint_embedding=hint,
-                    conditioning_scale=controlnet_conditioning_scale, return_dict=False,
-                )
-                noise = self.unet(
-                    model_input, t, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs,
-                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
-                )[0]
-                if do_cfg:
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + guidance_scale * (cond - uncond)
+                if fast is None:
+                    noise = predict(model_input, t, text, hint)
+                else:
+                    noise = fast(predict, key, sample=model_input, t=torch.as_tensor(t, device=device), text=text, hint=hint)
                 latents = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
@@ -243,6 +249,80 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         if not return_dict:
             return (images, None)
         return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)
+
+    def _predict_noise(
+        self, sample: torch.Tensor, t: torch.Tensor, text: torch.Tensor, hint: torch.Tensor, *,
+        guidance_scale: Optional[float], conditioning_scale: float, cross_attention_kwargs: Optional[Dict[str, Any]],
+    ) -> torch.Tensor:
+        """One model evaluation: the ControlNet's residuals into the UNet, then classifier-free guidance
+        (`guidance_scale` None: no unconditional half in the batch). The fast GPU path captures exactly
+        this function, so per-call tensors come in as arguments only."""
+        down, mid = self.controlnet(
+            sample, t, encoder_hidden_states=text, hint_embedding=hint,
+            conditioning_scale=conditioning_scale, return_dict=False,
+        )
+        noise = self.unet(
+            sample, t, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs,
+            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+        )[0]
+        if guidance_scale is not None:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        return noise
+
+    # ------------------------------------------------------------------ fast GPU path
+
+    def enable_fast_gpu(self, fuse_qkv: bool = True, channels_last: bool = False) -> bool:
+        """Replay each denoising step (ControlNet + UNet + guidance) from a CUDA graph, captured on the
+        first call for a given batch, size and guidance (`fast_gpu.StaticStep`; a few steps' time);
+        optionally fuse the attention projections and use channels_last weights. Call it after moving
+        the pipeline to CUDA and loading weights. Not on CUDA, it logs why and changes nothing; returns
+        whether it is enabled. Outputs stay equal to the eager loop's (bit-identical without fusing)."""
+        device = self._execution_device
+        if not (device.type == "cuda" and torch.cuda.is_available()):
+            logger.warning("enable_fast_gpu: the pipeline is on %s, not CUDA; keeping the eager loop "
+                           "(move it with pipe.to('cuda') first)", device)
+            return False
+        self.disable_fast_gpu()
+        if fuse_qkv:
+            for model in (self.unet, self.controlnet):
+                if not fuse_attention_projections(model):
+                    logger.info("enable_fast_gpu: %s has custom attention processors; left unfused", type(model).__name__)
+        if channels_last:
+            for model in (self.unet, self.controlnet):
+                model.to(memory_format=torch.channels_last)
+        self._fast_step = StaticStep(CudaGraphs())
+        self._fast_channels_last = channels_last
+        return True
+
+    def disable_fast_gpu(self) -> None:
+        """Back to the eager loop: graphs dropped, projections unfused, weights contiguous again."""
+        if self._fast_step is None:
+            return
+        self._fast_step.reset()
+        self._fast_step = None
+        for model in (self.unet, self.controlnet):
+            unfuse_attention_projections(model)
+            if self._fast_channels_last:
+                model.to(memory_format=torch.contiguous_format)
+
+    @property
+    def fast_gpu_step(self) -> Optional[StaticStep]:
+        """The graph runner when `enable_fast_gpu` is on: its `captures`, `replays` and `fallback_reason`."""
+        return self._fast_step
+
+    def _fast_step_for(self, device: torch.device, cross_attention_kwargs: Optional[Dict[str, Any]]) -> Optional[StaticStep]:
+        fast = self.fast_gpu_step
+        if fast is None:
+            return None
+        if not fast.backend.supports(device):
+            logger.warning("fast GPU path enabled but the pipeline runs on %s; using the eager loop", device)
+            return None
+        if cross_attention_kwargs is not None:
+            # Its values would be baked into the graph with nothing to say when they change.
+            logger.warning("fast GPU path: cross_attention_kwargs given; using the eager loop")
+            return None
+        return fast
 
     @staticmethod
     def _resolve_aliases(example_pair, query, image_pair, image) -> Tuple[Tuple[ImageInput, ImageInput], ImageInput]:
