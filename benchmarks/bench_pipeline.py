@@ -61,21 +61,25 @@ def build_pair(config: BenchConfig):
     """Our pipeline and the diffusers peer, on the same weights."""
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = train_clip_tokenizer([PROMPT] * 20, folder, vocab_size=600)
-    components = build_components(config.preset, tokenizer, seed=0)
-    controlnet = components["controlnet"]
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        # Random weights leave the zero-initialised convs at zero, and the control would do nothing.
-        for param in controlnet.parameters():
-            if not param.any():
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-        controlnet.controlnet_cond_embedding.conv_out.weight.zero_()
-        controlnet.controlnet_cond_embedding.conv_out.bias.zero_()
-    peer_config = {k: v for k, v in controlnet.config.items() if not k.startswith("_")}
-    peer_controlnet = ControlNetModel(**{**peer_config, "conditioning_channels": 3})
-    state = {k: v for k, v in controlnet.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
-    state = {k.replace("controlnet_query_cond_embedding.", "controlnet_cond_embedding."): v for k, v in state.items()}
-    peer_controlnet.load_state_dict(state)
+    # Built where they run: at SD1.5 size random initialisation takes seconds on a GPU, a minute on a CPU.
+    with torch.device(config.device):
+        components = build_components(config.preset, tokenizer, seed=0)
+        controlnet = components["controlnet"]
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            # Random weights leave the zero-initialised convs at zero, and the control would do nothing.
+            for param in controlnet.parameters():
+                if not param.any():
+                    param.copy_(torch.randn(param.shape, generator=generator, device="cpu") * 0.3)
+            controlnet.controlnet_cond_embedding.conv_out.weight.zero_()
+            controlnet.controlnet_cond_embedding.conv_out.bias.zero_()
+        peer_config = {k: v for k, v in controlnet.config.items() if not k.startswith("_")}
+        peer_controlnet = ControlNetModel(**{**peer_config, "conditioning_channels": 3})
+        state = {k: v for k, v in controlnet.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
+        state = {k.replace("controlnet_query_cond_embedding.", "controlnet_cond_embedding."): v for k, v in state.items()}
+        peer_controlnet.load_state_dict(state)
+    # Schedulers outside: their tables stay on the CPU, as when loaded from a pipeline folder.
+    components["scheduler"] = components["scheduler"].__class__.from_config(components["scheduler"].config)
 
     ours = PromptDiffusionPipeline(**components)
     peer = StableDiffusionControlNetPipeline(

@@ -1,0 +1,305 @@
+"""Every GPU measurement of the fast path in one process, written as JSON after each stage.
+
+The models are `bench_pipeline.build_pair`'s (random weights at a preset's size, the diffusers peer
+on the same weights and the same hint), built on the device. Stages, most important first, each
+skipped with a reason when the deadline (`--deadline-s`) is too near:
+
+1. per batch size (`--batches`): first calls timed alone, then alternating rounds of ours eager and
+   diffusers' `StableDiffusionControlNetPipeline` (the peer, as published), plus at the first batch
+   size diffusers' plain `StableDiffusionPipeline` on the same UNet (what the ControlNet costs
+   diffusers); then `enable_fast_gpu()`, its first call (graph capture included) and alternating
+   rounds of ours fast and the peer; max pixel differences against ours eager;
+2. the peer `torch.compile`d (default mode, as `bench_pipeline --compile both`) at the first batch
+   size: its first call (compilation) and alternating rounds against ours fast;
+3. other settings of the fast path at the first batch size (graph only: bit-identical to eager;
+   graph + fused QKV + channels_last).
+
+    python benchmarks/bench_gpu.py --json out.json        # sd15, 512 px, cuda, fp16, 20 steps, batches 1 and 4
+    python benchmarks/bench_gpu.py --preset tiny --device cpu --dtype fp32 --steps 2 --batches 1 \\
+        --repeats 1 --no-peer-compile --json dry.json   # the plumbing, on a CPU
+
+Off CUDA `enable_fast_gpu()` keeps the eager loop (logged, and `fast_enabled` false in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_pipeline import DTYPES, PROMPT, BenchConfig, build_pair, make_runs, sync  # noqa: E402
+from benchmarks.common import device_name, report, time_alternating  # noqa: E402
+from pdiff_core.configs import PRESETS  # noqa: E402
+
+Run = Callable[[], torch.Tensor]
+
+
+@dataclasses.dataclass
+class GpuBenchConfig:
+    preset: str = "sd15"
+    resolution: int = 512
+    device: str = "cuda"
+    dtype: str = "fp16"
+    steps: int = 20
+    guidance: float = 7.5
+    batches: List[int] = dataclasses.field(default_factory=lambda: [1, 4])
+    repeats: int = 3
+    warmup: int = 0  # every run's first call is timed alone before its rounds, and warms it
+    variants: bool = True
+    peer_compile: bool = True
+    compile_budget_s: float = 50.0  # skip the compile stage with less time than this left
+    threads: int = 0
+    deadline_s: float = 0.0  # 0: no deadline
+    json: Optional[Path] = None
+
+
+class Results:
+    """The JSON document, rewritten whole (atomically) after every stage so a timeout loses only the stage it hit."""
+
+    def __init__(self, path: Optional[Path], deadline_s: float):
+        self.path, self.data = path, {}
+        self.start = time.perf_counter()
+        self.deadline = self.start + deadline_s if deadline_s > 0 else None
+
+    def time_left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+
+    def save(self) -> None:
+        self.data["elapsed_s"] = round(time.perf_counter() - self.start, 2)
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=2))
+            os.replace(tmp, self.path)
+
+
+def summary(times: List[float], batch: int) -> Dict[str, Any]:
+    median = statistics.median(times)
+    return {"median_s": round(median, 4), "images_per_s": round(batch / median, 3), "runs_s": [round(t, 4) for t in times]}
+
+
+def pixel_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b| out of 255, of images in [0, 1] (the pipelines' "pt" output)."""
+    return round(float((a.float() - b.float()).abs().max()) * 255, 4)
+
+
+def first_call(run: Run, device: str) -> Dict[str, float]:
+    """One call timed alone (compilation or graph capture included), with its peak memory on a GPU."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    out = {"s": round(time.perf_counter() - start, 3)}
+    if cuda:
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+def timed(runs: Dict[str, Run], config: GpuBenchConfig, batch: int) -> tuple:
+    times, outputs = time_alternating(runs, config.repeats, config.warmup, lambda: sync(config.device))
+    return {name: summary(t, batch) for name, t in times.items()}, outputs, {n: report(n, t, batch) for n, t in times.items()}
+
+
+def fast_stage(ours, peer_run: Run, ours_run: Run, eager_out: torch.Tensor, config: GpuBenchConfig, batch: int,
+               **fast_options: bool) -> Dict[str, Any]:
+    """enable_fast_gpu(**fast_options), its first call, then ours fast against the peer."""
+    enabled = ours.enable_fast_gpu(**fast_options)
+    stage: Dict[str, Any] = {"options": fast_options, "fast_enabled": enabled}
+    stage["first_call"] = first_call(ours_run, config.device)
+    timings, outputs, rates = timed({"ours_fast": ours_run, "peer": peer_run}, config, batch)
+    step = ours.fast_gpu_step
+    stage.update(
+        timings=timings,
+        ratio_fast_vs_peer=round(rates["ours_fast"] / rates["peer"], 3),
+        capture_s=round(stage["first_call"]["s"] - timings["ours_fast"]["median_s"], 3) if enabled else None,
+        max_pixel_diff_fast_vs_ours_eager=pixel_difference(outputs["ours_fast"], eager_out),
+        graph={"captures": step.captures, "replays": step.replays, "fallback_reason": step.fallback_reason} if step else None,
+    )
+    print(f"  fast {fast_options}: x{stage['ratio_fast_vs_peer']} vs peer, first call {stage['first_call']['s']} s, "
+          f"max pixel diff vs ours eager {stage['max_pixel_diff_fast_vs_ours_eager']} / 255, graph {stage['graph']}", flush=True)
+    return stage
+
+
+def batch_stage(ours, peer, sd_plain, config: GpuBenchConfig, batch: int) -> Dict[str, Any]:
+    bench = BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device, dtype=config.dtype,
+                        steps=config.steps, batch=batch, guidance=config.guidance)
+    runs = make_runs(bench, ours, peer)
+    prompts = [PROMPT] * batch
+
+    def run_sd_plain() -> torch.Tensor:
+        return sd_plain(prompts, height=config.resolution, width=config.resolution, num_inference_steps=config.steps,
+                        guidance_scale=config.guidance, generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+    eager = {"ours": runs["ours"], "peer": runs["peer"]}
+    if batch == config.batches[0]:
+        eager["sd_plain"] = run_sd_plain  # the ControlNet's cost to diffusers, once
+    stage: Dict[str, Any] = {"first_call": {name: first_call(run, config.device) for name, run in eager.items()}}
+    print(f"batch {batch}: eager", flush=True)
+    stage["eager"], outputs, rates = timed(eager, config, batch)
+    stage["ratio_ours_eager_vs_peer"] = round(rates["ours"] / rates["peer"], 3)
+    if "sd_plain" in rates:
+        # The ControlNet pipeline's time over the plain SD pipeline's, in diffusers.
+        stage["diffusers_controlnet_cost"] = round(rates["sd_plain"] / rates["peer"], 3)
+    stage["max_pixel_diff_peer_vs_ours_eager"] = pixel_difference(outputs["peer"], outputs["ours"])
+    stage["fast"] = fast_stage(ours, runs["peer"], runs["ours"], outputs["ours"], config, batch, fuse_qkv=True)
+    stage["eager_output"] = outputs["ours"]  # kept in memory for the later stages; not saved
+    return stage
+
+
+def skipped(results: Results, needed_s: float) -> Optional[Dict[str, str]]:
+    left = results.time_left()
+    return {"skipped": f"{left:.0f} s left before the deadline, {needed_s:.0f} s needed"} if left < needed_s else None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    results = Results(config.json, config.deadline_s)
+    import diffusers
+    import transformers
+
+    results.data["env"] = {
+        "device": device_name(config.device), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+    }
+    results.data["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    print(json.dumps(results.data["env"]), flush=True)
+    if config.device.startswith("cuda"):
+        # Context, cuBLAS and cuDNN start-up outside every timed first call.
+        x = torch.randn(64, 8, 32, 32, device=config.device, dtype=DTYPES[config.dtype])
+        torch.nn.functional.conv2d(x, torch.randn(8, 8, 3, 3, device=x.device, dtype=x.dtype)).sum().item()
+
+    start = time.perf_counter()
+    build = BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device, dtype=config.dtype)
+    ours, peer = build_pair(build)
+    # The peer keeps diffusers' published attention: its own UNet, since the fast path fuses ours.
+    peer.unet = copy.deepcopy(ours.unet)
+    from diffusers import StableDiffusionPipeline
+
+    sd_plain = StableDiffusionPipeline(
+        vae=peer.vae, text_encoder=peer.text_encoder, tokenizer=peer.tokenizer, unet=peer.unet,
+        scheduler=peer.scheduler.__class__.from_config(peer.scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd_plain.set_progress_bar_config(disable=True)
+    results.data["build_s"] = round(time.perf_counter() - start, 2)
+    results.save()
+
+    eager_outputs = {}
+    for batch in config.batches:
+        results.data[f"batch{batch}"] = skipped(results, 20)
+        if results.data[f"batch{batch}"] is None:
+            ours.disable_fast_gpu()
+            stage = batch_stage(ours, peer, sd_plain, config, batch)
+            eager_outputs[batch] = stage.pop("eager_output")
+            results.data[f"batch{batch}"] = stage
+        results.save()
+
+    first = config.batches[0]
+    runs = make_runs(BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device,
+                                 dtype=config.dtype, steps=config.steps, batch=first, guidance=config.guidance), ours, peer)
+    if config.peer_compile and first in eager_outputs:
+        results.data["peer_compiled"] = skipped(results, config.compile_budget_s) or compile_stage(
+            ours, peer, runs, eager_outputs[first], config, first)
+        results.save()
+    if config.variants and first in eager_outputs:
+        variants = results.data[f"batch{first}_fast_variants"] = {}
+        for name, options in {"graph_only": dict(fuse_qkv=False), "fused_channels_last": dict(fuse_qkv=True, channels_last=True)}.items():
+            variants[name] = skipped(results, 10) or fast_stage(
+                ours, runs["peer"], runs["ours"], eager_outputs[first], config, first, **options)
+            results.save()
+    ours.disable_fast_gpu()
+    results.save()
+    print(headline(results.data), flush=True)
+    return 0
+
+
+def headline(data: Dict[str, Any]) -> str:
+    """The numbers the issue asks for, one line each."""
+    lines = [f"{data['env']['device']}, torch {data['env']['torch']}, diffusers {data['env']['diffusers']}"]
+    for key, stage in data.items():
+        if key.startswith("batch") and isinstance(stage, dict) and "fast" in stage:
+            fast = stage["fast"]
+            lines.append(
+                f"{key}: ours fast {fast['timings']['ours_fast']['images_per_s']} img/s, peer {fast['timings']['peer']['images_per_s']} img/s, "
+                f"x{fast['ratio_fast_vs_peer']}; ours eager x{stage['ratio_ours_eager_vs_peer']} vs peer; "
+                f"max pixel diff fast vs ours eager {fast['max_pixel_diff_fast_vs_ours_eager']} / 255; "
+                f"fast first call {fast['first_call']['s']} s (capture ~{fast['capture_s']} s); graph {fast['graph']}")
+            if "diffusers_controlnet_cost" in stage:
+                lines.append(f"{key}: diffusers ControlNet pipeline time / plain SD pipeline time: {stage['diffusers_controlnet_cost']}")
+        elif key.endswith("_fast_variants"):
+            for name, variant in stage.items():
+                lines.append(f"{key} {name}: " + (str(variant) if "skipped" in variant else
+                             f"x{variant['ratio_fast_vs_peer']} vs peer, max pixel diff vs ours eager "
+                             f"{variant['max_pixel_diff_fast_vs_ours_eager']} / 255, graph {variant['graph']}"))
+        elif key.startswith("batch"):
+            lines.append(f"{key}: {stage}")
+    compiled = data.get("peer_compiled")
+    if compiled and "timings" in compiled:
+        lines.append(f"peer compiled: first call {compiled['first_call']['s']} s, ours fast x{compiled['ratio_fast_vs_peer_compiled']} vs it, "
+                     f"its max pixel diff vs ours eager {compiled['max_pixel_diff_peer_compiled_vs_ours_eager']} / 255")
+    elif compiled:
+        lines.append(f"peer compiled: {compiled}")
+    return "\n".join(lines)
+
+
+def compile_stage(ours, peer, runs: Dict[str, Run], eager_out: torch.Tensor, config: GpuBenchConfig, batch: int) -> Dict[str, Any]:
+    """The peer torch.compile'd (diffusers' idiom, default mode) against ours fast."""
+    ours.enable_fast_gpu(fuse_qkv=True)
+    peer.unet = torch.compile(peer.unet)
+    peer.controlnet = torch.compile(peer.controlnet)
+    print("peer compiled: first call (compilation)", flush=True)
+    stage: Dict[str, Any] = {"first_call": first_call(runs["peer"], config.device),
+                             "first_call_ours_fast": first_call(runs["ours"], config.device)}
+    stage["timings"], outputs, rates = timed({"ours_fast": runs["ours"], "peer_compiled": runs["peer"]}, config, batch)
+    stage["ratio_fast_vs_peer_compiled"] = round(rates["ours_fast"] / rates["peer_compiled"], 3)
+    stage["max_pixel_diff_peer_compiled_vs_ours_eager"] = pixel_difference(outputs["peer_compiled"], eager_out)
+    return stage
+
+
+def parse_args(argv: Optional[List[str]]) -> GpuBenchConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="sd15")
+    p.add_argument("--resolution", type=int, default=None, help="default: the preset's")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (medians reported)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed rounds after the first calls")
+    p.add_argument("--no-variants", dest="variants", action="store_false", help="skip the other fast-path settings")
+    p.add_argument("--no-peer-compile", dest="peer_compile", action="store_false", help="skip the compiled peer")
+    p.add_argument("--compile-budget-s", type=float, default=50.0, help="skip the compiled peer with less time left")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--deadline-s", type=float, default=0.0, help="seconds from start after which stages are skipped (0: none)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = vars(p.parse_args(argv))
+    try:
+        batches = [int(b) for b in args.pop("batches").split(",")]
+    except ValueError as err:
+        raise SystemExit(f"--batches: expected comma-separated integers: {err}")
+    if not batches or min(batches) < 1:
+        raise SystemExit(f"--batches: expected positive batch sizes, got {batches}")
+    args["resolution"] = args["resolution"] or PRESETS[args["preset"]].resolution
+    return GpuBenchConfig(batches=batches, **args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

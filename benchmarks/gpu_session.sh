@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 13's GPU measurements in one run of about 150 s: each step under its own time limit, results
+# (bench_gpu.json, one log per step, steps.txt) in $OUT. Expects diffusers and the other wheels the GPU
+# image lacks on PYTHONPATH (../shared/REFERENCE.md, "On a GPU machine").
+#
+#   OUT=results/ bash benchmarks/gpu_session.sh             # sd15 size, 512 px, fp16, 20 DDIM steps, CUDA
+#   OUT=/tmp/dry bash benchmarks/gpu_session.sh --dry-run   # the same plumbing on a CPU, tiny preset
+#
+# GPU_SESSION_SECONDS (default 150) is the whole run's budget; PYTHON picks the interpreter.
+set -u
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder for the results}"
+mkdir -p "$OUT"
+PY=${PYTHON:-$(command -v python || command -v python3)}
+TOTAL=${GPU_SESSION_SECONDS:-150}
+START=$SECONDS
+
+if [ "${1:-}" = "--dry-run" ]; then
+  BENCH=(--preset tiny --device cpu --dtype fp32 --steps 2 --batches 1,2 --repeats 1 --no-peer-compile --threads 1)
+elif [ -z "${1:-}" ]; then
+  BENCH=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --batches 1,4 --repeats 3)
+else
+  echo "usage: OUT=DIR bash benchmarks/gpu_session.sh [--dry-run]" >&2
+  exit 2
+fi
+
+step() {  # NAME LIMIT_S COMMAND...: run under timeout, output to $OUT/NAME.log, one line to steps.txt
+  local name=$1 limit=$2 t0=$SECONDS rc
+  shift 2
+  timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  echo "step $name: exit $rc after $((SECONDS - t0)) s (limit $limit s)$([ $rc = 124 ] && echo ', timed out')" \
+    | tee -a "$OUT/steps.txt"
+}
+
+# bench_gpu.py names torch, CUDA and diffusers itself; this says which code and which card.
+step env 20 bash -c 'git rev-parse HEAD 2>/dev/null || echo "no git: a copy of the working tree"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  echo "PYTHONPATH=${PYTHONPATH:-}"'
+cat "$OUT/env.log"
+
+# What is left of the budget, less a margin for the kill; the script skips its own later stages
+# (the compiled peer, the variants) with a reason rather than run into the limit.
+LEFT=$((TOTAL - (SECONDS - START) - 8))
+step bench_gpu "$LEFT" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --deadline-s $((LEFT - 10)) --json "$OUT/bench_gpu.json"
+tail -n 12 "$OUT/bench_gpu.log"
+echo "total $((SECONDS - START)) s; results in $OUT"
