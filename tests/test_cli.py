@@ -33,13 +33,15 @@ def generate(model, inputs, out, *extra):
                  "--model", str(model), "--steps", "3", *extra])
 
 
-def test_generate_writes_an_image_and_is_seeded(tiny_pipeline_dir, inputs, tmp_path):
+def test_generate_writes_an_image_and_is_seeded(tiny_pipeline_dir, inputs, tmp_path, caplog):
     generate(tiny_pipeline_dir, inputs, tmp_path / "a.png", "--seed", "1")
-    generate(tiny_pipeline_dir, inputs, tmp_path / "b.png", "--seed", "1")
+    # --fast on a CPU: said in the log, and the eager loop's very image.
+    generate(tiny_pipeline_dir, inputs, tmp_path / "b.png", "--seed", "1", "--fast", "--device", "cpu")
     generate(tiny_pipeline_dir, inputs, tmp_path / "c.png", "--seed", "2", "--scheduler", "unipc")
     a, b, c = (np.asarray(PIL.Image.open(tmp_path / f"{n}.png")) for n in "abc")
     assert a.shape == (64, 64, 3)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert "not CUDA; keeping the eager loop" in caplog.text
 
 
 def test_generate_never_overwrites_without_asking(tiny_pipeline_dir, inputs, tmp_path, capsys):

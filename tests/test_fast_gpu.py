@@ -149,7 +149,9 @@ def test_enable_then_disable_on_a_pretend_gpu_restores_the_pipeline(pipe, monkey
     assert np.array_equal(replayed, fused) and pipe.fast_gpu_step.captures == 1
     pipe.disable_fast_gpu()
     assert pipe.fast_gpu_step is None and pipe.unet.conv_in.weight.is_contiguous()
+    assert not any(hasattr(m, "to_qkv") for m in pipe.controlnet.modules())
     assert np.array_equal(run(pipe), eager)
+    pipe.disable_fast_gpu()  # twice: nothing left to undo
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
