@@ -9,10 +9,10 @@ skipped with a reason when the deadline (`--deadline-s`) is too near:
    size diffusers' plain `StableDiffusionPipeline` on the same UNet (what the ControlNet costs
    diffusers); then `enable_fast_gpu()`, its first call (graph capture included) and alternating
    rounds of ours fast and the peer; max pixel differences against ours eager;
-2. the peer `torch.compile`d (default mode, as `bench_pipeline --compile both`) at the first batch
+2. the fast path with the graph alone (no fused projections) at the first batch size;
+3. the peer `torch.compile`d (default mode, as `bench_pipeline --compile both`) at the first batch
    size: its first call (compilation) and alternating rounds against ours fast;
-3. other settings of the fast path at the first batch size (graph only: bit-identical to eager;
-   graph + fused QKV + channels_last).
+4. the fast path with fused projections and channels_last weights at the first batch size.
 
     python benchmarks/bench_gpu.py --json out.json        # sd15, 512 px, cuda, fp16, 20 steps, batches 1 and 4
     python benchmarks/bench_gpu.py --preset tiny --device cpu --dtype fp32 --steps 2 --batches 1 \\
@@ -33,6 +33,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -135,10 +136,14 @@ def fast_stage(ours, peer_run: Run, ours_run: Run, eager_out: torch.Tensor, conf
     return stage
 
 
+def bench_config(config: GpuBenchConfig, batch: int) -> BenchConfig:
+    """bench_pipeline's settings for one batch size (its model building and its runs)."""
+    return BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device, dtype=config.dtype,
+                       steps=config.steps, batch=batch, guidance=config.guidance)
+
+
 def batch_stage(ours, peer, sd_plain, config: GpuBenchConfig, batch: int) -> Dict[str, Any]:
-    bench = BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device, dtype=config.dtype,
-                        steps=config.steps, batch=batch, guidance=config.guidance)
-    runs = make_runs(bench, ours, peer)
+    runs = make_runs(bench_config(config, batch), ours, peer)
     prompts = [PROMPT] * batch
 
     def run_sd_plain() -> torch.Tensor:
@@ -156,9 +161,17 @@ def batch_stage(ours, peer, sd_plain, config: GpuBenchConfig, batch: int) -> Dic
         # The ControlNet pipeline's time over the plain SD pipeline's, in diffusers.
         stage["diffusers_controlnet_cost"] = round(rates["sd_plain"] / rates["peer"], 3)
     stage["max_pixel_diff_peer_vs_ours_eager"] = pixel_difference(outputs["peer"], outputs["ours"])
-    stage["fast"] = fast_stage(ours, runs["peer"], runs["ours"], outputs["ours"], config, batch, fuse_qkv=True)
-    stage["eager_output"] = outputs["ours"]  # kept in memory for the later stages; not saved
+    stage["eager_output"] = outputs["ours"]  # kept in memory for the fast stages; not saved
     return stage
+
+
+def guarded(stage: Callable[..., Dict[str, Any]], *args: Any, **kwargs: Any) -> Dict[str, Any]:
+    """A stage's results, or its error: the GPU run is one shot, and the next stages still have a chance."""
+    try:
+        return stage(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001  recorded in the JSON and the log, then the run goes on
+        traceback.print_exc()
+        return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=8)}
 
 
 def skipped(results: Results, needed_s: float) -> Optional[Dict[str, str]]:
@@ -187,8 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.nn.functional.conv2d(x, torch.randn(8, 8, 3, 3, device=x.device, dtype=x.dtype)).sum().item()
 
     start = time.perf_counter()
-    build = BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device, dtype=config.dtype)
-    ours, peer = build_pair(build)
+    ours, peer = build_pair(bench_config(config, config.batches[0]))
     # The peer keeps diffusers' published attention: its own UNet, since the fast path fuses ours.
     peer.unet = copy.deepcopy(ours.unet)
     from diffusers import StableDiffusionPipeline
@@ -204,29 +216,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     eager_outputs = {}
     for batch in config.batches:
         results.data[f"batch{batch}"] = skipped(results, 20)
-        if results.data[f"batch{batch}"] is None:
-            ours.disable_fast_gpu()
-            stage = batch_stage(ours, peer, sd_plain, config, batch)
-            eager_outputs[batch] = stage.pop("eager_output")
-            results.data[f"batch{batch}"] = stage
+        if results.data[f"batch{batch}"] is not None:
+            continue
+        ours.disable_fast_gpu()
+        stage = guarded(batch_stage, ours, peer, sd_plain, config, batch)
+        eager = stage.pop("eager_output", None)
+        results.data[f"batch{batch}"] = stage
         results.save()
+        if eager is not None:
+            eager_outputs[batch] = eager
+            runs = make_runs(bench_config(config, batch), ours, peer)
+            stage["fast"] = guarded(fast_stage, ours, runs["peer"], runs["ours"], eager, config, batch, fuse_qkv=True)
+            results.save()
 
     print(headline(results.data), flush=True)  # in the log even if a later stage runs into the time limit
     first = config.batches[0]
-    runs = make_runs(BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device,
-                                 dtype=config.dtype, steps=config.steps, batch=first, guidance=config.guidance), ours, peer)
-    if config.peer_compile and first in eager_outputs:
-        results.data["peer_compiled"] = skipped(results, config.compile_budget_s) or compile_stage(
-            ours, peer, runs, eager_outputs[first], config, first)
+    runs = make_runs(bench_config(config, first), ours, peer)
+
+    def variant(name: str, **options: bool) -> None:
+        if not (config.variants and first in eager_outputs):
+            return
+        stage = results.data.setdefault(f"batch{first}_fast_variants", {})
+        stage[name] = skipped(results, 10) or guarded(
+            fast_stage, ours, runs["peer"], runs["ours"], eager_outputs[first], config, first, **options)
+        # Against the peer as it is at that point: compiled once the compile stage has run.
+        stage[name]["peer"] = "compiled" if "timings" in (results.data.get("peer_compiled") or {}) else "eager"
         results.save()
-    if config.variants and first in eager_outputs:
-        # Against the peer as it now is: compiled if the compile stage ran.
-        peer_kind = "compiled" if "timings" in (results.data.get("peer_compiled") or {}) else "eager"
-        variants = results.data[f"batch{first}_fast_variants"] = {"peer": peer_kind}
-        for name, options in {"graph_only": dict(fuse_qkv=False), "fused_channels_last": dict(fuse_qkv=True, channels_last=True)}.items():
-            variants[name] = skipped(results, 10) or fast_stage(
-                ours, runs["peer"], runs["ours"], eager_outputs[first], config, first, **options)
-            results.save()
+
+    # Graph alone first: bit-identical to eager, the default to fall back on if fusing moves pixels too far.
+    variant("graph_only", fuse_qkv=False)
+    if config.peer_compile and first in eager_outputs:
+        results.data["peer_compiled"] = skipped(results, config.compile_budget_s) or guarded(
+            compile_stage, ours, peer, runs, eager_outputs[first], config, first)
+        results.save()
+    variant("fused_channels_last", fuse_qkv=True, channels_last=True)
     ours.disable_fast_gpu()
     results.save()
     print(headline(results.data), flush=True)
@@ -237,7 +260,7 @@ def headline(data: Dict[str, Any]) -> str:
     """The numbers the issue asks for, one line each."""
     lines = [f"{data['env']['device']}, torch {data['env']['torch']}, diffusers {data['env']['diffusers']}"]
     for key, stage in data.items():
-        if key.startswith("batch") and isinstance(stage, dict) and "fast" in stage:
+        if key.startswith("batch") and isinstance(stage, dict) and "timings" in stage.get("fast", {}):
             fast = stage["fast"]
             lines.append(
                 f"{key}: ours fast {fast['timings']['ours_fast']['images_per_s']} img/s, peer {fast['timings']['peer']['images_per_s']} img/s, "
@@ -248,10 +271,8 @@ def headline(data: Dict[str, Any]) -> str:
                 lines.append(f"{key}: diffusers ControlNet pipeline time / plain SD pipeline time: {stage['diffusers_controlnet_cost']}")
         elif key.endswith("_fast_variants"):
             for name, variant in stage.items():
-                if name == "peer":
-                    continue
                 lines.append(f"{key} {name}: " + (str(variant) if "skipped" in variant else
-                             f"x{variant['ratio_fast_vs_peer']} vs peer ({stage['peer']}), max pixel diff vs ours eager "
+                             f"x{variant['ratio_fast_vs_peer']} vs peer ({variant['peer']}), max pixel diff vs ours eager "
                              f"{variant['max_pixel_diff_fast_vs_ours_eager']} / 255, graph {variant['graph']}"))
         elif key.startswith("batch"):
             lines.append(f"{key}: {stage}")
