@@ -16,7 +16,7 @@ TOTAL=${GPU_SESSION_SECONDS:-150}
 START=$SECONDS
 
 if [ "${1:-}" = "--dry-run" ]; then
-  BENCH=(--preset tiny --device cpu --dtype fp32 --steps 2 --batches 1,2 --repeats 1 --no-peer-compile --threads 1)
+  BENCH=(--preset tiny --device cpu --dtype fp32 --steps 1 --batches 1,2 --repeats 1 --no-peer-compile --threads 1)
 elif [ -z "${1:-}" ]; then
   BENCH=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --batches 1,4 --repeats 3)
 else

@@ -283,6 +283,10 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             logger.warning("enable_fast_gpu: the pipeline is on %s, not CUDA; keeping the eager loop "
                            "(move it with pipe.to('cuda') first)", device)
             return False
+        if any(hasattr(model, "_hf_hook") for model in (self.unet, self.controlnet)):
+            # Offloading moves weights inside each call, which a graph cannot replay.
+            logger.warning("enable_fast_gpu: model CPU offload is on; keeping the eager loop")
+            return False
         self.disable_fast_gpu()
         if fuse_qkv:
             for model in (self.unet, self.controlnet):

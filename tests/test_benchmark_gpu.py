@@ -2,6 +2,12 @@
 deadline skips stages with a reason instead of running into the session's time limit."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_gpu_runs_every_stage_on_cpu_and_writes_json(run_benchmark, tmp_path):
@@ -28,3 +34,26 @@ def test_bench_gpu_skips_stages_past_its_deadline(run_benchmark, tmp_path):
     data = json.loads(path.read_text())
     assert "deadline" in data["batch1"]["skipped"] and "deadline" in data["batch2"]["skipped"]
     assert data["build_s"] > 0 and "peer_compiled" not in data
+
+
+def test_gpu_session_dry_run_writes_results_and_a_log_per_step(tmp_path):
+    """The script the GPU run executes, end to end on a CPU (tiny preset): the same steps and files."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    steps = (out / "steps.txt").read_text()
+    assert "step env: exit 0" in steps and "step bench_gpu: exit 0" in steps
+    data = json.loads((out / "bench_gpu.json").read_text())
+    assert {"batch1", "batch2", "batch1_fast_variants"} <= set(data) and data["config"]["device"] == "cpu"
+    assert "batch2: ours fast" in done.stdout
+
+
+def test_gpu_session_refuses_unknown_arguments_and_a_missing_out(tmp_path):
+    script = str(ROOT / "benchmarks" / "gpu_session.sh")
+    wrong = subprocess.run(["bash", script, "--dryrun"], env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "usage" in wrong.stderr
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    missing = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "set OUT" in missing.stderr

@@ -167,3 +167,13 @@ def test_cuda_graph_replay_equals_eager_on_the_gpu(tiny_pipeline_dir):
     assert np.array_equal(graphed[0], eager) and not np.array_equal(graphed[0], graphed[1])
     gpu.enable_fast_gpu(fuse_qkv=True)
     assert np.abs(run(gpu) - eager).max() <= 2 / 255
+
+
+def test_enable_fast_gpu_refuses_model_offload(pipe, monkeypatch, caplog):
+    monkeypatch.setattr(type(pipe), "_execution_device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pipe.unet._hf_hook = object()  # what accelerate's offload hooks leave on a module
+    with caplog.at_level(logging.WARNING, logger="pdiff_core.pipeline"):
+        assert pipe.enable_fast_gpu() is False
+    del pipe.unet._hf_hook
+    assert "offload" in caplog.text and pipe.fast_gpu_step is None
