@@ -2,7 +2,7 @@
 
 The models are `bench_pipeline.build_pair`'s (random weights at a preset's size, the diffusers peer
 on the same weights and the same hint), built on the device. Stages, most important first, each
-skipped with a reason when the deadline (`--deadline-s`) is too near:
+skipped with a reason when the deadline (`--deadline-at`) is too near:
 
 1. per batch size (`--batches`): first calls timed alone, then alternating rounds of ours eager and
    diffusers' `StableDiffusionControlNetPipeline` (the peer, as published), plus at the first batch
@@ -63,27 +63,29 @@ class GpuBenchConfig:
     peer_compile: bool = True
     compile_budget_s: float = 50.0  # skip the compile stage with less time than this left
     threads: int = 0
-    deadline_s: float = 0.0  # 0: no deadline
+    deadline_at: float = 0.0  # Unix time (the caller's clock, imports included); 0: none
     json: Optional[Path] = None
 
 
 class Results:
     """The JSON document, rewritten whole (atomically) after every stage so a timeout loses only the stage it hit."""
 
-    def __init__(self, path: Optional[Path], deadline_s: float):
+    def __init__(self, path: Optional[Path], deadline_at: float):
         self.path, self.data = path, {}
         self.start = time.perf_counter()
-        self.deadline = self.start + deadline_s if deadline_s > 0 else None
+        self.deadline_at = deadline_at if deadline_at > 0 else None
 
     def time_left(self) -> float:
-        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+        return float("inf") if self.deadline_at is None else self.deadline_at - time.time()
 
     def save(self) -> None:
+        """The JSON, and beside it the headline (`headline.txt`), both as they stand now."""
         self.data["elapsed_s"] = round(time.perf_counter() - self.start, 2)
         if self.path is not None:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=2))
-            os.replace(tmp, self.path)
+            for path, text in ((self.path, json.dumps(self.data, indent=2)), (self.path.parent / "headline.txt", headline(self.data))):
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(text)
+                os.replace(tmp, path)
 
 
 def summary(times: List[float], batch: int) -> Dict[str, Any]:
@@ -184,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if config.threads:
         torch.set_num_threads(config.threads)
-    results = Results(config.json, config.deadline_s)
+    results = Results(config.json, config.deadline_at)
     import diffusers
     import transformers
 
@@ -229,7 +231,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             stage["fast"] = guarded(fast_stage, ours, runs["peer"], runs["ours"], eager, config, batch, fuse_qkv=True)
             results.save()
 
-    print(headline(results.data), flush=True)  # in the log even if a later stage runs into the time limit
     first = config.batches[0]
     runs = make_runs(bench_config(config, first), ours, peer)
 
@@ -314,7 +315,8 @@ def parse_args(argv: Optional[List[str]]) -> GpuBenchConfig:
     p.add_argument("--no-peer-compile", dest="peer_compile", action="store_false", help="skip the compiled peer")
     p.add_argument("--compile-budget-s", type=float, default=50.0, help="skip the compiled peer with less time left")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--deadline-s", type=float, default=0.0, help="seconds from start after which stages are skipped (0: none)")
+    p.add_argument("--deadline-at", type=float, default=0.0,
+                   help="Unix time after which no stage starts that would not fit (0: none)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = vars(p.parse_args(argv))
     try:

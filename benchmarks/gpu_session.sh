@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13's GPU measurements in one run of about 150 s: each step under its own time limit, results
-# (bench_gpu.json, one log per step, steps.txt) in $OUT. Expects diffusers and the other wheels the GPU
-# image lacks on PYTHONPATH (../shared/REFERENCE.md, "On a GPU machine").
+# (bench_gpu.json, headline.txt, one log per step, steps.txt) in $OUT. Expects diffusers and the other
+# wheels the GPU image lacks on PYTHONPATH (../shared/REFERENCE.md, "On a GPU machine").
 #
 #   OUT=results/ bash benchmarks/gpu_session.sh             # sd15 size, 512 px, fp16, 20 DDIM steps, CUDA
 #   OUT=/tmp/dry bash benchmarks/gpu_session.sh --dry-run   # the same plumbing on a CPU, tiny preset
@@ -42,6 +42,9 @@ cat "$OUT/env.log"
 # What is left of the budget, less a margin for the kill; the script skips its own later stages
 # (the compiled peer, the variants) with a reason rather than run into the limit.
 LEFT=$((TOTAL - (SECONDS - START) - 8))
-step bench_gpu "$LEFT" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --deadline-s $((LEFT - 10)) --json "$OUT/bench_gpu.json"
-tail -n 12 "$OUT/bench_gpu.log"
+step bench_gpu "$LEFT" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --deadline-at $(($(date +%s) + LEFT - 10)) \
+  --json "$OUT/bench_gpu.json"
+tail -n 5 "$OUT/bench_gpu.log"
+echo "--- headline (as of the last finished stage)"
+cat "$OUT/headline.txt" 2>/dev/null
 echo "total $((SECONDS - START)) s; results in $OUT"
