@@ -22,7 +22,13 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .fast_gpu import CudaGraphs, StaticStep, fuse_attention_projections, model_fingerprint, unfuse_attention_projections
+from .fast_gpu import (
+    CudaGraphs,
+    StaticStep,
+    fuse_attention_projections,
+    model_fingerprint,
+    unfuse_attention_projections,
+)
 from .model import PromptDiffusionControlNetModel
 from .model_folder import check_model_folder
 
