@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .model import PromptDiffusionControlNetModel
@@ -59,7 +59,10 @@ def read_state_dict(path: PathLike) -> StateDict:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: not a readable .safetensors file (empty, truncated or corrupt?): {err}") from None
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -81,8 +84,11 @@ def read_state_dict(path: PathLike) -> StateDict:
 def read_metadata(path: PathLike) -> Dict[str, str]:
     if Path(path).suffix.lower() != ".safetensors":
         return {}
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable .safetensors file (empty, truncated or corrupt?): {err}") from None
 
 
 # --------------------------------------------------------------------------- recognising
@@ -293,7 +299,25 @@ class ControlCheckpoint:
     state_dict: StateDict
     config: Dict[str, Any]
 
+    def check(self) -> None:
+        """Build the model on the meta device (no memory) and compare its shapes with the weights',
+        so a config that disagrees with them (a typo, a hostile metadata entry asking for a huge
+        model) is refused before anything is allocated."""
+        try:
+            with torch.device("meta"):
+                model = PromptDiffusionControlNetModel(**self.config)
+        except (ValueError, TypeError, KeyError, ZeroDivisionError, RuntimeError) as err:
+            raise CheckpointError(f"{self.source}: its config {self.config} does not describe a ControlNet: "
+                                  f"{type(err).__name__}: {err}") from None
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        wrong = [f"{k} {tuple(v.shape)} (config: {expected[k]})" for k, v in self.state_dict.items()
+                 if k in expected and tuple(v.shape) != expected[k]]
+        if wrong:
+            raise CheckpointError(f"{self.source}: {len(wrong)} tensor(s) do not have the shapes its config gives: "
+                                  f"{', '.join(wrong[:5])}")
+
     def build(self, dtype: Optional[torch.dtype] = None) -> PromptDiffusionControlNetModel:
+        self.check()
         model = PromptDiffusionControlNetModel(**self.config)
         missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
         if missing or unexpected:
@@ -322,19 +346,25 @@ def read_controlnet(path: PathLike, config: Optional[Mapping[str, Any]] = None) 
         state_dict = read_state_dict(path)
         config_file = path.parent / "config.json"
     kind = _require_prompt_diffusion(state_dict, str(weights))
-    if kind == "prompt-diffusion-ldm":
-        ldm = ldm_control_weights(state_dict)
-        layers_per_block = _ldm_layers_per_block(ldm)
-        state_dict = ldm_to_diffusers(ldm, layers_per_block)
-        layout = "ldm"
-    else:
-        layout = "diffusers"
-    resolved = config_from_diffusers_weights(state_dict)
+    try:
+        if kind == "prompt-diffusion-ldm":
+            ldm = ldm_control_weights(state_dict)
+            layers_per_block = _ldm_layers_per_block(ldm)
+            state_dict = ldm_to_diffusers(ldm, layers_per_block)
+            layout = "ldm"
+        else:
+            layout = "diffusers"
+        resolved = config_from_diffusers_weights(state_dict)
+    except CheckpointError as err:
+        raise CheckpointError(f"{weights}: {err}") from None
+    except (KeyError, IndexError, StopIteration, ValueError, ZeroDivisionError) as err:
+        # Names and shapes that a Prompt Diffusion ControlNet always has are missing or malformed.
+        raise CheckpointError(f"{weights}: malformed Prompt Diffusion weights ({type(err).__name__}: {err})") from None
     metadata = read_metadata(weights)
     if CONFIG_METADATA_KEY in metadata:
-        resolved.update(json.loads(metadata[CONFIG_METADATA_KEY]))
+        resolved.update(_json_object(metadata[CONFIG_METADATA_KEY], f"{weights} (metadata {CONFIG_METADATA_KEY})"))
     elif layout == "diffusers" and config_file.is_file():
-        resolved.update(_model_config(json.loads(config_file.read_text())))
+        resolved.update(_model_config(_json_object(config_file.read_text(encoding="utf-8", errors="replace"), str(config_file))))
     if config:
         resolved.update(config)
     logger.info("read %s (%s layout)", weights, layout)
@@ -367,6 +397,16 @@ def save_controlnet(model: PromptDiffusionControlNetModel, path: PathLike, layou
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state_dict, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(config), "format": "pt"})
     return path
+
+
+def _json_object(text: str, where: str) -> Dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: expected a JSON object (a config), got {type(value).__name__}")
+    return value
 
 
 def _model_config(config: Mapping[str, Any]) -> Dict[str, Any]:

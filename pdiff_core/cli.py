@@ -6,10 +6,11 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .arguments import finite_float, positive_int, seed
 from .checkpoints import (
     CheckpointError,
     describe_state_dict,
@@ -21,9 +22,18 @@ from .defaults import DEFAULT_MODEL, DTYPES, default_device
 
 logger = logging.getLogger("pdiff")
 
+LARGE_FACTOR = 2  # sides beyond this many times the trained one need --allow-large
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 SCHEDULERS = {"ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler", "dpm": "DPMSolverMultistepScheduler",
               "euler": "EulerDiscreteScheduler"}
+
+
+def check_model_argument(model: Path) -> None:
+    """--model names an existing pipeline folder, or (where a network exists) a hub id owner/name."""
+    if not Path(model).exists() and not HUB_ID.fullmatch(str(model)):
+        raise FileNotFoundError(f"--model: no such pipeline folder: {model} (nor a hub id owner/name)")
+    if Path(model).exists() and not (Path(model) / "model_index.json").is_file():
+        raise FileNotFoundError(f"--model: {model} is not a pipeline folder: model_index.json is missing")
 
 
 def load_pipeline(model: Path, controlnet: Optional[Path] = None, dtype: torch.dtype = torch.float32, device: str = "cpu", scheduler: Optional[str] = None):
@@ -31,19 +41,42 @@ def load_pipeline(model: Path, controlnet: Optional[Path] = None, dtype: torch.d
     id), optionally with another Prompt Diffusion ControlNet (any supported checkpoint)."""
     import diffusers
 
-    from .pipeline import PromptDiffusionPipeline
+    from .pipeline import ControlNetMismatchError, PromptDiffusionPipeline
 
-    if not Path(model).exists() and not HUB_ID.fullmatch(str(model)):
-        raise FileNotFoundError(f"--model: no such pipeline folder: {model} (nor a hub id owner/name)")
-    if Path(model).exists() and not (Path(model) / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model} is not a pipeline folder: model_index.json is missing")
+    check_model_argument(model)
     kwargs = {"torch_dtype": dtype}
     if controlnet is not None:
         kwargs["controlnet"] = read_controlnet(controlnet).build(dtype)
-    pipe = PromptDiffusionPipeline.from_pretrained(str(model), **kwargs)
+    try:
+        pipe = PromptDiffusionPipeline.from_pretrained(str(model), **kwargs)
+    except ControlNetMismatchError as err:
+        raise CheckpointError(f"--controlnet {controlnet} does not fit --model {model}: {err}") from None
     if scheduler is not None:
         pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
     return pipe.to(device)
+
+
+def trained_side(model: Path) -> Optional[int]:
+    """The image side a local pipeline folder was trained at (UNet sample size x VAE downscale),
+    from its configs; None where they do not say."""
+    try:
+        unet = json.loads((Path(model) / "unet" / "config.json").read_text())
+        vae = json.loads((Path(model) / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_size(model: Path, sizes: Dict[str, Tuple[int, int]], allow_large: bool) -> None:
+    """Refuse a size far past the model's (memory grows with the square of the side, and the
+    output is poor): over LARGE_FACTOR times its trained side, unless --allow-large."""
+    side = trained_side(model)
+    if side is None or allow_large:
+        return
+    for what, (width, height) in sizes.items():
+        if max(width, height) > LARGE_FACTOR * side:
+            raise ValueError(f"{what}: {width}x{height} is over {LARGE_FACTOR}x the {side}x{side} this model was "
+                             f"trained at; pass --height/--width to resize, or --allow-large to run it anyway")
 
 
 def _refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -52,16 +85,20 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from PIL import Image
+    from .image_io import check_output_path, image_size, read_image, save_image_atomic
 
-    out = Path(args.out)
+    # Everything that can be refused is refused before the model loads.
+    out = check_output_path(args.out)
     _refuse_overwrite(out, args.overwrite)
-    images = {}
-    for name in ("example_source", "example_target", "query"):
-        path = Path(getattr(args, name))
-        if not path.is_file():
-            raise FileNotFoundError(f"--{name.replace('_', '-')}: no such image file: {path}")
-        images[name] = Image.open(path).convert("RGB")
+    check_model_argument(args.model)
+    if (args.height is None) != (args.width is None):
+        raise ValueError(f"--height and --width go together (got --height {args.height}, --width {args.width})")
+    flags = {name: f"--{name.replace('_', '-')}" for name in ("example_source", "example_target", "query")}
+    sizes = {flag: image_size(getattr(args, name), flag) for name, flag in flags.items()}
+    if args.height is not None:
+        sizes = {"--width x --height": (args.width, args.height)}
+    _check_size(args.model, sizes, args.allow_large)
+    images = {name: read_image(getattr(args, name), flag) for name, flag in flags.items()}
     pipe = load_pipeline(args.model, args.controlnet, DTYPES[args.dtype], args.device, args.scheduler)
     if args.fast:
         pipe.enable_fast_gpu()  # logs and keeps the eager loop when not on CUDA
@@ -77,8 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         negative_prompt=args.negative_prompt,
         generator=generator,
     ).images[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result.save(out)
+    save_image_atomic(result, out)
     logger.info("wrote %s", out)
 
 
@@ -96,9 +132,11 @@ def cmd_info(args: argparse.Namespace) -> None:
         raise CheckpointError(f"{path} is a pipeline folder without a controlnet/ subfolder")
     try:
         checkpoint = read_controlnet(path)
-    except CheckpointError:
+        checkpoint.check()
+    except CheckpointError as err:
         if path.is_file():
-            print(json.dumps({"path": str(path), "kind": describe_state_dict(read_state_dict(path))}, indent=2))
+            print(json.dumps({"path": str(path), "kind": describe_state_dict(read_state_dict(path)), "usable": False,
+                              "error": str(err)}, indent=2))
             return
         raise
     params = sum(v.numel() for v in checkpoint.state_dict.values())
@@ -109,13 +147,14 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import draw_grid, load_examples, run_examples
 
-    out = Path(args.out)
+    from .image_io import check_output_path, save_image_atomic
+
+    out = check_output_path(args.out)
     _refuse_overwrite(out, args.overwrite)
     examples = load_examples(args.examples) if args.examples else load_examples()
     pipe = load_pipeline(args.model, device=args.device)
     results = run_examples(pipe, examples, steps=args.steps, guidance=args.guidance, seed=args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    draw_grid(examples, results).save(out)
+    save_image_atomic(draw_grid(examples, results), out)
     logger.info("wrote %s: %d tasks (example source -> target | query -> result | exact answer)", out, len(examples))
 
 
@@ -133,11 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output PNG path")
     gen.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
     gen.add_argument("--controlnet", type=Path, default=None, help="another Prompt Diffusion ControlNet (LDM .ckpt/.safetensors or diffusers)")
-    gen.add_argument("--steps", type=int, default=50)
-    gen.add_argument("--guidance", type=float, default=9.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--steps", type=positive_int, default=50)
+    gen.add_argument("--guidance", type=finite_float, default=9.0)
+    gen.add_argument("--seed", type=seed, default=0)
+    gen.add_argument("--height", type=positive_int, default=None, help="resize the inputs to this height (with --width)")
+    gen.add_argument("--width", type=positive_int, default=None, help="resize the inputs to this width (with --height)")
+    gen.add_argument("--allow-large", action="store_true",
+                     help=f"run sizes over {LARGE_FACTOR}x the model's trained side (slow, memory-hungry, poor output)")
     gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's (DDIM)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     gen.add_argument("--device", default=default_device())
@@ -150,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo.png")
     demo.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
     demo.add_argument("--examples", type=Path, default=None, help="examples folder (default: the bundled ones)")
-    demo.add_argument("--steps", type=int, default=20)
-    demo.add_argument("--guidance", type=float, default=5.0)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=positive_int, default=20)
+    demo.add_argument("--guidance", type=finite_float, default=5.0)
+    demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--device", default=default_device())
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     demo.set_defaults(func=cmd_demo)

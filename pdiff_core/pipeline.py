@@ -8,6 +8,7 @@ diffusers research port's argument names (`image_pair=[source, target]`, `image=
 
 import functools
 import logging
+import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,6 +30,7 @@ from .fast_gpu import (
     model_fingerprint,
     unfuse_attention_projections,
 )
+from .image_io import to_rgb8
 from .model import PromptDiffusionControlNetModel
 from .model_folder import check_model_folder
 
@@ -37,6 +39,13 @@ logger = logging.getLogger(__name__)
 # What DiffusionPipeline.download takes of from_pretrained's arguments.
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant",
                     "use_safetensors")
+
+class ControlNetMismatchError(ValueError):
+    """A ControlNet made for another base model than the pipeline's UNet."""
+
+
+# What the ControlNet's residuals must agree with the UNet on.
+CONTROLNET_MUST_MATCH_UNET = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim")
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
 
@@ -64,6 +73,11 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             raise TypeError(
                 f"controlnet must be a PromptDiffusionControlNetModel (two hint encoders), got {type(controlnet).__name__}"
             )
+        differ = {key: (controlnet.config.get(key), unet.config.get(key)) for key in CONTROLNET_MUST_MATCH_UNET
+                  if _as_list(controlnet.config.get(key)) != _as_list(unet.config.get(key))}
+        if differ:
+            raise ControlNetMismatchError("the controlnet does not fit the unet (a ControlNet is made for one base model): "
+                             + ", ".join(f"{k} {c} vs {u}" for k, (c, u) in differ.items()))
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=scheduler
         )
@@ -103,6 +117,26 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         if len(sizes) > 1:
             raise ValueError(f"{name}: images of different sizes {sizes}; pass height and width to resize them")
         return torch.cat(tensors) * 2.0 - 1.0
+
+    @staticmethod
+    def check_call_arguments(num_inference_steps: int = 50, timesteps: Optional[List[int]] = None,
+                             guidance_scale: float = 9.0, eta: float = 0.0, controlnet_conditioning_scale: float = 1.0,
+                             height: Optional[int] = None, width: Optional[int] = None) -> None:
+        """Refuse the scalar arguments of `__call__` that would fail late or silently give noise or NaN
+        (callable before a model is loaded)."""
+        if timesteps is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
+        for name, value in (("guidance_scale", guidance_scale), ("eta", eta),
+                            ("controlnet_conditioning_scale", controlnet_conditioning_scale)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
+        if (height is None) != (width is None):
+            raise ValueError(f"pass height and width together (got height={height}, width={width})")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
     @staticmethod
     def _batch_size(prompt: Union[str, List[str], None], prompt_embeds: Optional[torch.Tensor]) -> int:
@@ -164,6 +198,8 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         or lists of them; every size a multiple of 8. A single prompt, pair or query is broadcast
         over the batch of the others. `output_type`: "pil", "np", "pt" or "latent".
         """
+        self.check_call_arguments(num_inference_steps, timesteps, guidance_scale, eta, controlnet_conditioning_scale,
+                                  height, width)
         example_pair, query = self._resolve_aliases(example_pair, query, image_pair, image)
         batch = self._batch_size(prompt, prompt_embeds)
         if num_images_per_prompt < 1:
@@ -351,10 +387,14 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         return (example_pair[0], example_pair[1]), query
 
 
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def _to_unit_tensor(item: Any, name: str) -> torch.Tensor:
     """(B, 3, H, W) float32 in [0, 1] from a PIL image, numpy array or tensor."""
     if isinstance(item, PIL.Image.Image):
-        item = np.asarray(item.convert("RGB"))
+        item = to_rgb8(item)
     if isinstance(item, np.ndarray):
         array = item.astype(np.float32) / 255.0 if item.dtype == np.uint8 else item.astype(np.float32)
         array = array[None] if array.ndim == 3 else array
@@ -368,6 +408,8 @@ def _to_unit_tensor(item: Any, name: str) -> torch.Tensor:
         tensor = tensor.float()
     else:
         raise TypeError(f"{name}: expected PIL images, numpy arrays or torch tensors, got {type(item).__name__}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name}: the image holds NaN or infinite values")
     low, high = float(tensor.min()), float(tensor.max())
     if low < -1e-3 or high > 1 + 1e-3:
         raise ValueError(f"{name}: float images must be in [0, 1], got values in [{low:.3f}, {high:.3f}]")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pdiff_core.checkpoints import read_controlnet
+from pdiff_core.data import DatasetFormatError
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from test_training_support import make_dataset
 from training.config import load_config
@@ -190,3 +191,66 @@ def test_ema_resumes_exactly_from_safetensors_and_never_runs_a_pickle(tmp_path: 
         Trainer(load_config(config, [*ema, f"train.output_dir={split}"]), resume=str(checkpoint)).run()
     assert not marker.exists()
     assert str(legacy) in str(info.value)
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path, data: Path, caplog) -> None:
+    from training.run_folder import CheckpointRestoreError
+
+    out = tmp_path / "run"
+    config = _config_file(tmp_path, data, out)
+    Trainer(load_config(config, ["train.max_steps=2"])).run()
+    before = (out / "controlnet.safetensors").read_bytes()
+    with pytest.raises(CheckpointRestoreError, match=f"train.output_dir {out} holds a run"):
+        Trainer(load_config(config, ["train.max_steps=2"]))
+    assert main(["--config", str(config), "--override", "train.max_steps=2"]) == 2
+    assert "--overwrite" in caplog.text
+    assert (out / "controlnet.safetensors").read_bytes() == before  # untouched
+
+    # --overwrite starts afresh: no step, checkpoint or metric of the old run remains.
+    assert main(["--config", str(config), "--override", "train.max_steps=4", "train.checkpoint_every=4",
+                 "--overwrite"]) == 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-000004"]
+    assert len(_losses(out)) == 4
+
+
+def test_a_broken_latest_checkpoint_is_named_and_resume_falls_back_to_the_previous(tmp_path: Path, data: Path,
+                                                                                    caplog) -> None:
+    from training.run_folder import CheckpointRestoreError
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    config = _config_file(tmp_path, data, straight)
+    Trainer(load_config(config)).run()
+    Trainer(load_config(config, [f"train.output_dir={split}", "train.max_steps=3", "train.checkpoint_every=1"])).run()
+    latest = split / "checkpoints" / "checkpoint-000003"
+    broken = latest / "random_states_0.pkl"
+    broken.write_bytes(broken.read_bytes()[:100])  # accelerate itself only logged this and went on, inexact
+    with pytest.raises(CheckpointRestoreError, match=str(broken)):
+        Trainer(load_config(config, [f"train.output_dir={split}"]), resume=str(latest))
+    # A kill while appending left half a metrics line; resume must not trip on it.
+    with (split / METRICS_FILE).open("a") as f:
+        f.write('{"step": 4, "lo')
+    Trainer(load_config(config, [f"train.output_dir={split}"]), resume="latest").run()
+    assert f"skipping {latest}" in caplog.text and "checkpoint-000002" in caplog.text
+    assert _losses(split) == _losses(straight)  # exact from the previous checkpoint
+
+    with pytest.raises(ValueError, match=r"train.train_modules: \['controlnet', 'unet'\], but checkpoint"):
+        Trainer(load_config(config, [f"train.output_dir={split}", "train.train_modules=[controlnet,unet]"]),
+                resume="latest").run()
+
+    weights = split / "checkpoints" / "checkpoint-000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointRestoreError, match=str(weights)):
+        Trainer(load_config(config, [f"train.output_dir={split}"]), resume=str(weights.parent))
+
+
+def test_a_truncated_dataset_image_stops_the_run_before_step_one(tmp_path: Path, data: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    image = sorted(copy.rglob("*.png"))[3]
+    image.write_bytes(image.read_bytes()[:len(image.read_bytes()) // 2])
+    out = tmp_path / "run"
+    with pytest.raises(DatasetFormatError, match=str(image)):
+        Trainer(load_config(_config_file(tmp_path, copy, out)))
+    assert not (out / METRICS_FILE).exists()

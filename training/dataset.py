@@ -11,6 +11,7 @@ the samples an uninterrupted run would, whatever the number of loader workers.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Union
 
@@ -66,6 +67,32 @@ class PromptDiffusionDataset(Dataset):
     def captions(self) -> List[str]:
         """Every text the model can be prompted with in training (for a tokenizer)."""
         return [g.caption for g in self.index.groups] + [map_prompt(t.map) for t in self.tasks if not t.inverse]
+
+    def verify_files(self, workers: int = 4) -> int:
+        """Decode once every file the configured tasks read and compare each source with its target's
+        size, so a bad file stops the run before step 1 rather than at the draw that meets it.
+        Raises naming every bad file; returns how many files were read."""
+        pairs = {task.paths(item) for group in self.index.groups for item in group.items for task in self.tasks}
+        files = sorted({path for pair in pairs for path in pair})
+        shapes: Dict[Path, tuple] = {}
+        problems: List[str] = []
+
+        def read(path: Path) -> None:
+            try:
+                shapes[path] = load_rgb(path).shape
+            except DatasetFormatError as err:
+                problems.append(str(err))
+
+        with ThreadPoolExecutor(workers) as pool:  # PIL decodes without the GIL
+            list(pool.map(read, files))
+        problems.sort()
+        for source, target in sorted(pairs):
+            if source in shapes and target in shapes and shapes[source][:2] != shapes[target][:2]:
+                problems.append(f"{target}: size {shapes[target][:2]} differs from {source} {shapes[source][:2]}")
+        if problems:
+            shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise DatasetFormatError(f"dataset {self.index.root}: {len(problems)} bad file(s) of {len(files)}: {shown}")
+        return len(files)
 
     def __getitem__(self, k: int) -> Dict[str, Union[torch.Tensor, str]]:
         k = int(k)

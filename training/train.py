@@ -51,13 +51,21 @@ from pdiff_core.tokenizer import train_clip_tokenizer
 from .config import Config, ConfigError, load_config
 from .dataset import PromptDiffusionDataset, ResumableSampler, collate
 from .ema_state import EMAStateError, accelerate_view, load_ema, save_ema
+from .run_folder import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_PREFIX,
+    METRICS_FILE,
+    TRAINER_STATE,
+    CheckpointRestoreError,
+    find_checkpoint,
+    prepare_output_dir,
+    read_metrics,
+    read_trainer_state,
+    write_atomic,
+)
 
 logger = get_logger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE = "trainer_state.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -229,20 +237,6 @@ def _dataset(config: Config) -> PromptDiffusionDataset:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def find_checkpoint(output_dir: Path, resume: str) -> Path:
-    """`latest` (the highest step in output_dir/checkpoints) or a checkpoint folder."""
-    if resume == "latest":
-        found = sorted((output_dir / CHECKPOINT_DIR).glob(CHECKPOINT_PREFIX + "*"))
-        found = [p for p in found if (p / TRAINER_STATE).is_file()]
-        if not found:
-            raise FileNotFoundError(f"--resume latest: no checkpoint in {output_dir / CHECKPOINT_DIR}")
-        return found[-1]
-    path = Path(resume)
-    if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {TRAINER_STATE})")
-    return path
-
-
 def save_checkpoint(accelerator: Accelerator, config: Config, step: int, samples: int,
                     ema: Optional[EMAModel] = None) -> None:
     folder = Path(config.train.output_dir) / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{step:06d}"
@@ -251,7 +245,7 @@ def save_checkpoint(accelerator: Accelerator, config: Config, step: int, samples
         if ema is not None:
             save_ema(ema, folder)
         state = {"step": step, "samples": samples, "stage": config.train.stage, "config": config.to_dict()}
-        (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+        write_atomic(folder / TRAINER_STATE, json.dumps(state, indent=2))  # last: it marks the checkpoint complete
         older = sorted((folder.parent).glob(CHECKPOINT_PREFIX + "*"))[:-config.train.checkpoints_keep]
         for old in older:
             shutil.rmtree(old)
@@ -281,7 +275,7 @@ def save_grid(rows: List[List[torch.Tensor]], path: Path, accelerator: Accelerat
 class Trainer:
     """One training run; `run()` trains from scratch or from `resume` and writes the outputs."""
 
-    def __init__(self, config: Config, resume: Optional[str] = None) -> None:
+    def __init__(self, config: Config, resume: Optional[str] = None, overwrite: bool = False) -> None:
         self.config = config
         t = config.train
         self.output_dir = Path(t.output_dir)
@@ -292,8 +286,14 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             cpu=t.cpu,
         )
-        self.resume_from = find_checkpoint(self.output_dir, resume) if resume else None
+        acc = self.accelerator
+        prepare_output_dir(self.output_dir, overwrite, resume is not None, remove=acc.is_main_process)
+        acc.wait_for_everyone()
+        self.resume_from = find_checkpoint(self.output_dir, resume, acc.process_index) if resume else None
         self.dataset = _dataset(config)
+        with acc.main_process_first():
+            if acc.is_main_process:
+                logger.info("checked the %d dataset files the run reads", self.dataset.verify_files())
         set_seed(t.seed)  # identical weights on every process
         self.components = build_components(config, self.dataset, self.accelerator)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
@@ -401,9 +401,13 @@ class Trainer:
 
         step, samples = 0, 0
         if self.resume_from is not None:
-            state = json.loads((self.resume_from / TRAINER_STATE).read_text())
+            state = read_trainer_state(self.resume_from)
             if state["stage"] != t.stage:
                 raise ConfigError(f"--resume {self.resume_from}: a {state['stage']!r} checkpoint, but train.stage is {t.stage!r}")
+            saved_modules = state.get("config", {}).get("train", {}).get("train_modules")
+            if saved_modules is not None and list(saved_modules) != list(t.train_modules):
+                raise ConfigError(f"train.train_modules: {list(t.train_modules)}, but checkpoint {self.resume_from} "
+                                  f"trained {list(saved_modules)}; resume with the same modules")
             with accelerate_view(self.resume_from) as folder:
                 acc.load_state(str(folder))
             if self.ema is not None:
@@ -480,8 +484,8 @@ class Trainer:
         """Drop the records of steps after `step` that a resumed run will redo."""
         path = self.output_dir / METRICS_FILE
         if self.accelerator.is_main_process and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [record for record in read_metrics(path) if record["step"] <= step]
+            write_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def _with_ema(self, fn, step: int) -> Any:
         """Run `fn(step)` on the EMA weights when EMA is on (then restore the trained ones)."""
@@ -628,12 +632,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="set a config value, e.g. train.max_steps=100 data.root=/data/toy")
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the latest or a given checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in train.output_dir (its checkpoints, metrics and outputs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.override)
-        Trainer(config, args.resume).run()
-    except (ConfigError, DatasetFormatError, EMAStateError, FileNotFoundError) as err:
+        Trainer(config, args.resume, args.overwrite).run()
+    except (ConfigError, DatasetFormatError, EMAStateError, CheckpointRestoreError, FileNotFoundError) as err:
         logging.getLogger("training.train").error("%s", err)
         return 2
     return 0

@@ -18,6 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..image_io import to_rgb8
+
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "pdiff-groups"
@@ -196,10 +198,7 @@ def load_rgb(path: PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode == "L":
-                arr = np.asarray(im)
-                return np.repeat(arr[:, :, None], 3, axis=2)
-            return np.asarray(im.convert("RGB"))
+            return to_rgb8(im)  # 16-bit maps scaled, not clipped white
     except (OSError, ValueError, SyntaxError) as e:
         # PIL raises any of these for missing, truncated or non-image files.
         raise DatasetFormatError(f"{path}: cannot read as an image ({e})") from e

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..arguments import finite_float, positive_int, seed
 from ..data import STANDARD_TASKS
 from ..defaults import DTYPES, default_device
 from .toyworld import TOYWORLD_GUIDANCE
@@ -26,13 +27,13 @@ def _common(parser: argparse.ArgumentParser, out: str, steps: int, guidance: flo
     parser.add_argument("--tasks", type=_task_list, default=None, help="comma-separated tasks, e.g. depth,inv_depth")
     parser.add_argument("--trained-tasks", type=_task_list, default=list(STANDARD_TASKS),
                         help="tasks the model was trained on; others are reported as unseen (default: the paper's six)")
-    parser.add_argument("--groups-limit", type=int, default=None, help="evaluate only the first N groups")
-    parser.add_argument("--pairs-per-group", type=int, default=1, help="pair p: example from item p, query from item p+1")
-    parser.add_argument("--resolution", type=int, default=None, help="resize to this size (default: the dataset's)")
-    parser.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default: {steps})")
-    parser.add_argument("--guidance", type=float, default=guidance, help=f"guidance scale (default: {guidance})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--groups-limit", type=positive_int, default=None, help="evaluate only the first N groups")
+    parser.add_argument("--pairs-per-group", type=positive_int, default=1, help="pair p: example from item p, query from item p+1")
+    parser.add_argument("--resolution", type=positive_int, default=None, help="resize to this size (default: the dataset's)")
+    parser.add_argument("--steps", type=positive_int, default=steps, help=f"sampling steps (default: {steps})")
+    parser.add_argument("--guidance", type=finite_float, default=guidance, help=f"guidance scale (default: {guidance})")
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model weights' precision")
     parser.add_argument("--compile", action="store_true",

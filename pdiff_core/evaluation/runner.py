@@ -169,9 +169,14 @@ class ResultStore:
         if run_file.is_file():
             stored = json.loads(run_file.read_text())
             changed = {k: (stored.get(k), v) for k, v in fingerprint.items() if stored.get(k) != v}
-            if changed:
+            samples = self.out / SAMPLES_FILE
+            stored_nothing = not samples.is_file() or samples.stat().st_size == 0
+            if changed and not stored_nothing:
                 detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
                 raise ValueError(f"{self.out} holds results of another run ({detail}); choose another output folder")
+            if changed:  # a run that failed before its first sample: nothing of it to keep
+                logger.info("%s: replacing the settings of an earlier run that stored no result", run_file)
+                run_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
         else:
             run_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
         self.path = self.out / SAMPLES_FILE
