@@ -146,7 +146,6 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import draw_grid, load_examples, run_examples
-
     from .image_io import check_output_path, save_image_atomic
 
     out = check_output_path(args.out)
