@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
@@ -381,22 +382,51 @@ def save_controlnet(model: PromptDiffusionControlNetModel, path: PathLike, layou
     `.safetensors` with its config in the metadata (what ComfyUI's controlnet folder holds), or the
     authors' LDM layout (`layout="ldm"`, `control_model.*` keys)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    check_save_target(path, layout, overwrite)
     config = _model_config(dict(model.config))
     state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
-        model.save_pretrained(str(path), safe_serialization=True)
+        _write_replacing(path, lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True))
         return path
-    if path.suffix.lower() != ".safetensors":
-        raise CheckpointError(f"{path}: this project writes weights as .safetensors only")
     if layout == "ldm":
         state_dict = diffusers_to_ldm(state_dict, config["layers_per_block"])
-    elif layout != "diffusers":
-        raise ValueError(f"layout must be 'diffusers' or 'ldm', got {layout!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(config), "format": "pt"})
+    metadata = {CONFIG_METADATA_KEY: json.dumps(config), "format": "pt"}
+    _write_replacing(path, lambda tmp: save_file(state_dict, str(tmp), metadata=metadata))
     return path
+
+
+def check_save_target(path: Path, layout: str = "diffusers", overwrite: bool = False) -> None:
+    """Refuse, before any work, an output `save_controlnet` would not write as asked."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if layout not in ("diffusers", "ldm"):
+        raise ValueError(f"layout must be 'diffusers' or 'ldm', got {layout!r}")
+    suffix = path.suffix.lower()
+    if suffix in WEIGHT_SUFFIXES and suffix != ".safetensors":
+        raise CheckpointError(f"{path}: this project writes weights as .safetensors only")
+    if layout == "ldm" and suffix != ".safetensors":
+        raise CheckpointError(f"{path}: the LDM layout is a single file; name it .safetensors (a folder is diffusers)")
+
+
+def _write_replacing(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` beside `path`, then rename it over `path`: a failed or killed write leaves the
+    previous file or folder as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
 
 
 def _json_object(text: str, where: str) -> Dict[str, Any]:

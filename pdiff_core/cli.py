@@ -13,6 +13,7 @@ import torch
 from .arguments import finite_float, positive_int, seed
 from .checkpoints import (
     CheckpointError,
+    check_save_target,
     describe_state_dict,
     read_controlnet,
     read_state_dict,
@@ -119,6 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    check_save_target(args.output, args.to, args.overwrite)
     config = {"attention_head_dim": args.attention_head_dim} if args.attention_head_dim else None
     checkpoint = read_controlnet(args.input, config)
     model = checkpoint.build()

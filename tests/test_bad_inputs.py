@@ -271,3 +271,25 @@ def test_a_failed_eval_run_does_not_block_the_fixed_rerun(tmp_path):
     store.append({"key": "k", "image": "k.png"})
     with pytest.raises(ValueError, match=f"{tmp_path} holds results of another run"):
         ResultStore(tmp_path, {"model": "b", "steps": 20})
+
+
+def test_convert_checks_its_output_before_reading_and_writes_whole_files(tiny_pipeline_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    import pdiff_core.checkpoints as checkpoints
+
+    err = run_cli(["convert", tmp_path / "never-read.ckpt", tmp_path / "folder", "--to", "ldm"], capsys)
+    assert f"{tmp_path / 'folder'}: the LDM layout is a single file" in err
+    err = run_cli(["convert", tmp_path / "never-read.ckpt", tmp_path / "out.ckpt"], capsys)
+    assert "writes weights as .safetensors only" in err
+
+    out = _tiny_controlnet_file(tmp_path, tiny_pipeline_dir)
+    before = out.read_bytes()
+
+    def torn(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints, "save_file", torn)
+    with pytest.raises(OSError, match="disk full"):
+        save_controlnet(read_controlnet(tiny_pipeline_dir).build(), out, overwrite=True)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["cn.safetensors"]
