@@ -52,6 +52,8 @@ def load_pipeline(model: Path, controlnet: Optional[Path] = None, dtype: torch.d
         pipe = PromptDiffusionPipeline.from_pretrained(str(model), **kwargs)
     except ControlNetMismatchError as err:
         raise CheckpointError(f"--controlnet {controlnet} does not fit --model {model}: {err}") from None
+    except OSError as err:  # diffusers' word for a missing or unreadable component file, or a hub id not reachable
+        raise CheckpointError(f"--model {model}: {err}") from None
     if scheduler is not None:
         pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
     return pipe.to(device)

@@ -293,3 +293,12 @@ def test_convert_checks_its_output_before_reading_and_writes_whole_files(tiny_pi
     with pytest.raises(OSError, match="disk full"):
         save_controlnet(read_controlnet(tiny_pipeline_dir).build(), out, overwrite=True)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["cn.safetensors"]
+
+
+def test_a_model_folder_missing_a_weights_file_is_named(tiny_pipeline_dir, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    for weights in (folder / "unet").glob("diffusion_pytorch_model.*"):
+        weights.unlink()
+    err = run_cli(["demo", "--model", folder, "--out", tmp_path / "demo.png", "--steps", 1], capsys)
+    assert f"--model {folder}:" in err and "unet" in err

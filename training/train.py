@@ -67,7 +67,6 @@ from .run_folder import (
 logger = get_logger(__name__)
 
 
-
 # --------------------------------------------------------------------------- the recipe
 
 
