@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant",
                     "use_safetensors")
 
+
 class ControlNetMismatchError(ValueError):
     """A ControlNet made for another base model than the pipeline's UNet."""
 
@@ -76,8 +77,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         differ = {key: (controlnet.config.get(key), unet.config.get(key)) for key in CONTROLNET_MUST_MATCH_UNET
                   if _as_list(controlnet.config.get(key)) != _as_list(unet.config.get(key))}
         if differ:
-            raise ControlNetMismatchError("the controlnet does not fit the unet (a ControlNet is made for one base model): "
-                             + ", ".join(f"{k} {c} vs {u}" for k, (c, u) in differ.items()))
+            raise ControlNetMismatchError(
+                "the controlnet does not fit the unet (a ControlNet is made for one base model): "
+                + ", ".join(f"{k} {c} vs {u}" for k, (c, u) in differ.items()))
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=scheduler
         )
