@@ -1,22 +1,24 @@
 """Every GPU measurement of the fast path in one process, written as JSON after each stage.
 
 The models are `bench_pipeline.build_pair`'s (random weights at a preset's size, the diffusers peer
-on the same weights and the same hint), built on the device. Stages, most important first, each
+on the same weights and the same hint), built on the device. Stages (`--stages`), in this order, each
 skipped with a reason when the deadline (`--deadline-at`) is too near:
 
-1. per batch size (`--batches`): first calls timed alone, then alternating rounds of ours eager and
-   diffusers' `StableDiffusionControlNetPipeline` (the peer, as published), plus at the first batch
-   size diffusers' plain `StableDiffusionPipeline` on the same UNet (what the ControlNet costs
-   diffusers); then `enable_fast_gpu()`, its first call (graph capture included) and alternating
-   rounds of ours fast and the peer; max pixel differences against ours eager;
-2. the fast path with the graph alone (no fused projections) at the first batch size;
-3. the peer `torch.compile`d (default mode, as `bench_pipeline --compile both`) at the first batch
-   size: its first call (compilation) and alternating rounds against ours fast;
-4. the fast path with fused projections and channels_last weights at the first batch size.
+1. `batches`, first batch size (`--batches`): first calls timed alone, then alternating rounds of ours
+   eager, diffusers' `StableDiffusionControlNetPipeline` (the peer, as published) and diffusers' plain
+   `StableDiffusionPipeline` on the same UNet (what the ControlNet costs diffusers); then
+   `enable_fast_gpu()`, its first call (graph capture included) and alternating rounds of ours fast
+   and the peer; max pixel differences against ours eager;
+2. `graph_only`: the fast path without fused projections, first batch size;
+3. `batches`, the other batch sizes, as in 1 without the plain pipeline;
+4. `compile`: the peer `torch.compile`d (default mode, as `bench_pipeline --compile both`), first
+   batch size: its first call (compilation) and alternating rounds against ours fast;
+5. `channels_last`: the fast path with fused projections and channels_last weights.
 
     python benchmarks/bench_gpu.py --json out.json        # sd15, 512 px, cuda, fp16, 20 steps, batches 1 and 4
-    python benchmarks/bench_gpu.py --preset tiny --device cpu --dtype fp32 --steps 2 --batches 1 \\
-        --repeats 1 --no-peer-compile --json dry.json   # the plumbing, on a CPU
+    python benchmarks/bench_gpu.py --stages compile --batches 1 --json compile.json   # the compiled peer alone
+    python benchmarks/bench_gpu.py --preset tiny --device cpu --dtype fp32 --steps 2 --batches 1 \
+        --repeats 1 --stages batches,graph_only --json dry.json   # the plumbing, on a CPU
 
 Off CUDA `enable_fast_gpu()` keeps the eager loop (logged, and `fast_enabled` false in the JSON).
 """
@@ -35,7 +37,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -46,6 +48,9 @@ from benchmarks.common import device_name, report, time_alternating  # noqa: E40
 from pdiff_core.configs import PRESETS  # noqa: E402
 
 Run = Callable[[], torch.Tensor]
+# In the order they run: batch 1 eager and fast, graph only, the other batch sizes, the compiled peer,
+# fused projections with channels_last.
+STAGES = ("batches", "graph_only", "compile", "channels_last")
 
 
 @dataclasses.dataclass
@@ -59,8 +64,7 @@ class GpuBenchConfig:
     batches: List[int] = dataclasses.field(default_factory=lambda: [1, 4])
     repeats: int = 3
     warmup: int = 0  # every run's first call is timed alone before its rounds, and warms it
-    variants: bool = True
-    peer_compile: bool = True
+    stages: Tuple[str, ...] = STAGES
     compile_budget_s: float = 50.0  # skip the compile stage with less time than this left
     threads: int = 0
     deadline_at: float = 0.0  # Unix time (the caller's clock, imports included); 0: none
@@ -79,10 +83,11 @@ class Results:
         return float("inf") if self.deadline_at is None else self.deadline_at - time.time()
 
     def save(self) -> None:
-        """The JSON, and beside it the headline (`headline.txt`), both as they stand now."""
+        """The JSON, and beside it the headline (NAME.headline.txt), both as they stand now."""
         self.data["elapsed_s"] = round(time.perf_counter() - self.start, 2)
         if self.path is not None:
-            for path, text in ((self.path, json.dumps(self.data, indent=2)), (self.path.parent / "headline.txt", headline(self.data))):
+            text_path = self.path.with_name(self.path.stem + ".headline.txt")
+            for path, text in ((self.path, json.dumps(self.data, indent=2)), (text_path, headline(self.data))):
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(text)
                 os.replace(tmp, path)
@@ -215,11 +220,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     results.data["build_s"] = round(time.perf_counter() - start, 2)
     results.save()
 
-    eager_outputs = {}
-    for batch in config.batches:
+    first = config.batches[0]
+    eager_outputs: Dict[int, torch.Tensor] = {}
+
+    def batch_stages(batch: int) -> None:
         results.data[f"batch{batch}"] = skipped(results, 20)
         if results.data[f"batch{batch}"] is not None:
-            continue
+            return
         ours.disable_fast_gpu()
         stage = guarded(batch_stage, ours, peer, sd_plain, config, batch)
         eager = stage.pop("eager_output", None)
@@ -231,11 +238,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             stage["fast"] = guarded(fast_stage, ours, runs["peer"], runs["ours"], eager, config, batch, fuse_qkv=True)
             results.save()
 
-    first = config.batches[0]
     runs = make_runs(bench_config(config, first), ours, peer)
 
     def variant(name: str, **options: bool) -> None:
-        if not (config.variants and first in eager_outputs):
+        if name not in config.stages or first not in eager_outputs:
             return
         stage = results.data.setdefault(f"batch{first}_fast_variants", {})
         stage[name] = skipped(results, 10) or guarded(
@@ -244,13 +250,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         stage[name]["peer"] = "compiled" if "timings" in (results.data.get("peer_compiled") or {}) else "eager"
         results.save()
 
-    # Graph alone first: bit-identical to eager, the default to fall back on if fusing moves pixels too far.
+    if "batches" in config.stages:
+        batch_stages(first)
+    else:
+        ours.disable_fast_gpu()
+        eager_outputs[first] = runs["ours"]()  # the reference the later stages compare with
+    # Graph alone next: bit-identical to eager, the default to fall back on if fusing moves pixels too far.
     variant("graph_only", fuse_qkv=False)
-    if config.peer_compile and first in eager_outputs:
+    if "batches" in config.stages:
+        for batch in config.batches[1:]:
+            batch_stages(batch)
+    if "compile" in config.stages and first in eager_outputs:
         results.data["peer_compiled"] = skipped(results, config.compile_budget_s) or guarded(
             compile_stage, ours, peer, runs, eager_outputs[first], config, first)
         results.save()
-    variant("fused_channels_last", fuse_qkv=True, channels_last=True)
+    variant("channels_last", fuse_qkv=True, channels_last=True)
     ours.disable_fast_gpu()
     results.save()
     print(headline(results.data), flush=True)
@@ -311,8 +325,8 @@ def parse_args(argv: Optional[List[str]]) -> GpuBenchConfig:
     p.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (medians reported)")
     p.add_argument("--warmup", type=int, default=0, help="untimed rounds after the first calls")
-    p.add_argument("--no-variants", dest="variants", action="store_false", help="skip the other fast-path settings")
-    p.add_argument("--no-peer-compile", dest="peer_compile", action="store_false", help="skip the compiled peer")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated, run in this order whatever the order given: {', '.join(STAGES)}")
     p.add_argument("--compile-budget-s", type=float, default=50.0, help="skip the compiled peer with less time left")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--deadline-at", type=float, default=0.0,
@@ -325,6 +339,11 @@ def parse_args(argv: Optional[List[str]]) -> GpuBenchConfig:
         raise SystemExit(f"--batches: expected comma-separated integers: {err}")
     if not batches or min(batches) < 1:
         raise SystemExit(f"--batches: expected positive batch sizes, got {batches}")
+    stages = tuple(args.pop("stages").split(","))
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"--stages: unknown {unknown}; expected some of {', '.join(STAGES)}")
+    args["stages"] = stages
     args["resolution"] = args["resolution"] or PRESETS[args["preset"]].resolution
     return GpuBenchConfig(batches=batches, **args)
 

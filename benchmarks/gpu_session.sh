@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Issue 13's GPU measurements in one run of about 150 s: each step under its own time limit, results
-# (bench_gpu.json, headline.txt, one log per step, steps.txt) in $OUT. Expects diffusers and the other
-# wheels the GPU image lacks on PYTHONPATH (../shared/REFERENCE.md, "On a GPU machine").
+# (bench_gpu.json and .headline.txt, one log per step, steps.txt) in $OUT; --compile writes
+# bench_gpu_compile.* beside them. Expects diffusers and the other wheels the GPU image lacks on
+# PYTHONPATH (../shared/REFERENCE.md, "On a GPU machine").
 #
 #   OUT=results/ bash benchmarks/gpu_session.sh             # sd15 size, 512 px, fp16, 20 DDIM steps, CUDA
+#   OUT=results/ bash benchmarks/gpu_session.sh --compile   # the compiled diffusers peer alone, if time allows
 #   OUT=/tmp/dry bash benchmarks/gpu_session.sh --dry-run   # the same plumbing on a CPU, tiny preset
 #
 # GPU_SESSION_SECONDS (default 150) is the whole run's budget; PYTHON picks the interpreter.
@@ -15,14 +17,22 @@ PY=${PYTHON:-$(command -v python || command -v python3)}
 TOTAL=${GPU_SESSION_SECONDS:-150}
 START=$SECONDS
 
-if [ "${1:-}" = "--dry-run" ]; then
-  BENCH=(--preset tiny --device cpu --dtype fp32 --steps 1 --batches 1,2 --repeats 1 --no-peer-compile --threads 1)
-elif [ -z "${1:-}" ]; then
-  BENCH=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --batches 1,4 --repeats 3)
-else
-  echo "usage: OUT=DIR bash benchmarks/gpu_session.sh [--dry-run]" >&2
-  exit 2
-fi
+case "${1:-}" in
+  "")  # everything but what does not fit: the compiled peer gets the time that is left
+    NAME=bench_gpu
+    BENCH=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --batches 1,4 --repeats 3) ;;
+  --compile)  # the compiled peer alone (its first call is ~100 s cold) against ours fast, batch 1
+    NAME=bench_gpu_compile
+    BENCH=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --batches 1 --repeats 3
+           --stages compile --compile-budget-s 0) ;;
+  --dry-run)  # the plumbing, on a CPU
+    NAME=bench_gpu
+    BENCH=(--preset tiny --device cpu --dtype fp32 --steps 1 --batches 1,2 --repeats 1 --threads 1
+           --stages batches,graph_only,channels_last) ;;
+  *)
+    echo "usage: OUT=DIR bash benchmarks/gpu_session.sh [--compile | --dry-run]" >&2
+    exit 2 ;;
+esac
 
 step() {  # NAME LIMIT_S COMMAND...: run under timeout, output to $OUT/NAME.log, one line to steps.txt
   local name=$1 limit=$2 t0=$SECONDS rc
@@ -34,17 +44,17 @@ step() {  # NAME LIMIT_S COMMAND...: run under timeout, output to $OUT/NAME.log,
 }
 
 # bench_gpu.py names torch, CUDA and diffusers itself; this says which code and which card.
-step env 20 bash -c 'git rev-parse HEAD 2>/dev/null || echo "no git: a copy of the working tree"
+step "env_$NAME" 20 bash -c 'git rev-parse HEAD 2>/dev/null || echo "no git: a copy of the working tree"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   echo "PYTHONPATH=${PYTHONPATH:-}"'
-cat "$OUT/env.log"
+cat "$OUT/env_$NAME.log"
 
 # What is left of the budget, less a margin for the kill; the script skips its own later stages
 # (the compiled peer, the variants) with a reason rather than run into the limit.
 LEFT=$((TOTAL - (SECONDS - START) - 8))
-step bench_gpu "$LEFT" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --deadline-at $(($(date +%s) + LEFT - 10)) \
-  --json "$OUT/bench_gpu.json"
-tail -n 5 "$OUT/bench_gpu.log"
+step "$NAME" "$LEFT" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --deadline-at $(($(date +%s) + LEFT - 10)) \
+  --json "$OUT/$NAME.json"
+tail -n 5 "$OUT/$NAME.log"
 echo "--- headline (as of the last finished stage)"
-cat "$OUT/headline.txt" 2>/dev/null
+cat "$OUT/$NAME.headline.txt" 2>/dev/null
 echo "total $((SECONDS - START)) s; results in $OUT"

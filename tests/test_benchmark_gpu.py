@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_gpu_runs_every_stage_on_cpu_and_writes_json(run_benchmark, tmp_path):
     path = tmp_path / "gpu.json"
     out = run_benchmark("bench_gpu", ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "1",
-                                      "--batches", "1", "--repeats", "1", "--no-peer-compile", "--threads", "1",
+                                      "--batches", "1", "--repeats", "1", "--stages", "batches,graph_only,channels_last", "--threads", "1",
                                       "--json", str(path)])
     data = json.loads(path.read_text())
     stage = data["batch1"]
@@ -21,7 +21,7 @@ def test_bench_gpu_runs_every_stage_on_cpu_and_writes_json(run_benchmark, tmp_pa
     # Same weights and hint: the peer agrees with ours; off CUDA the fast path is the eager loop itself.
     assert stage["max_pixel_diff_peer_vs_ours_eager"] < 0.5
     assert stage["fast"]["fast_enabled"] is False and stage["fast"]["max_pixel_diff_fast_vs_ours_eager"] == 0
-    assert set(data["batch1_fast_variants"]) == {"graph_only", "fused_channels_last"}
+    assert set(data["batch1_fast_variants"]) == {"graph_only", "channels_last"}
     assert data["batch1_fast_variants"]["graph_only"]["peer"] == "eager"
     assert "peer_compiled" not in data
     assert "batch1: ours fast" in out and "diffusers ControlNet pipeline time / plain SD pipeline time" in out
@@ -44,10 +44,10 @@ def test_gpu_session_dry_run_writes_results_and_a_log_per_step(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     steps = (out / "steps.txt").read_text()
-    assert "step env: exit 0" in steps and "step bench_gpu: exit 0" in steps
+    assert "step env_bench_gpu: exit 0" in steps and "step bench_gpu: exit 0" in steps
     data = json.loads((out / "bench_gpu.json").read_text())
     assert {"batch1", "batch2", "batch1_fast_variants"} <= set(data) and data["config"]["device"] == "cpu"
-    assert "batch2: ours fast" in (out / "headline.txt").read_text() and "batch2: ours fast" in done.stdout
+    assert "batch2: ours fast" in (out / "bench_gpu.headline.txt").read_text() and "batch2: ours fast" in done.stdout
 
 
 def test_gpu_session_refuses_unknown_arguments_and_a_missing_out(tmp_path):
@@ -57,3 +57,12 @@ def test_gpu_session_refuses_unknown_arguments_and_a_missing_out(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     missing = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "set OUT" in missing.stderr
+
+
+def test_bench_gpu_runs_a_later_stage_alone_against_an_eager_reference(run_benchmark, tmp_path):
+    path = tmp_path / "gpu.json"
+    run_benchmark("bench_gpu", ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "1", "--batches", "1",
+                                "--repeats", "1", "--stages", "graph_only", "--threads", "1", "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert "batch1" not in data and data["batch1_fast_variants"]["graph_only"]["max_pixel_diff_fast_vs_ours_eager"] == 0
+    assert (tmp_path / "gpu.headline.txt").read_text().startswith(data["env"]["device"])
