@@ -87,7 +87,7 @@ class Results:
         self.data["elapsed_s"] = round(time.perf_counter() - self.start, 2)
         if self.path is not None:
             text_path = self.path.with_name(self.path.stem + ".headline.txt")
-            for path, text in ((self.path, json.dumps(self.data, indent=2)), (text_path, headline(self.data))):
+            for path, text in ((self.path, json.dumps(self.data, indent=2)), (text_path, headline(self.data) + "\n")):
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(text)
                 os.replace(tmp, path)
