@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pdiff_core.data import DatasetIndex, parse_task
 from pdiff_core.demo import EXAMPLES_DIR
-from training.dataset import map_prompt
+from pdiff_core.data import map_prompt
 
 SEEN = ("depth", "hed", "seg", "inv_depth", "inv_hed", "inv_seg")
 UNSEEN = ("normal", "albedo", "inv_normal")

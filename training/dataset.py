@@ -20,15 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from pdiff_core.data import DatasetFormatError, DatasetIndex, GroupItem, Task, load_rgb, parse_task
-
-# The prompts the authors use for forward tasks; other maps get "<name> map".
-MAP_PROMPTS = {"seg": "segmentation map", "depth": "depth map", "hed": "hed map"}
-
-
-def map_prompt(map_name: str) -> str:
-    return MAP_PROMPTS.get(map_name, f"{map_name.replace('_', ' ')} map")
-
+from pdiff_core.data import DatasetFormatError, DatasetIndex, GroupItem, Task, load_rgb, map_prompt, parse_task
 
 class PromptDiffusionDataset(Dataset):
     """Indexed by draw number `k`: draw `k` uses group `k % len(self)`.

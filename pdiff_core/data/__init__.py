@@ -16,6 +16,7 @@ from .format import (
     load_rgb,
     parse_task,
 )
+from .prompts import map_prompt
 
 __all__ = [
     "FORMAT_NAME",
@@ -28,5 +29,6 @@ __all__ = [
     "GroupItem",
     "Task",
     "load_rgb",
+    "map_prompt",
     "parse_task",
 ]

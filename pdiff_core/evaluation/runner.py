@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data import STANDARD_TASKS, DatasetIndex, Group, Task, parse_task
+from ..data import STANDARD_TASKS, DatasetIndex, Group, Task, map_prompt, parse_task
 from ..defaults import DEFAULT_MODEL, DTYPES
+from ..loading import load_pipeline
 from .metrics import score
 
 logger = logging.getLogger(__name__)
@@ -145,8 +146,6 @@ def rgb(image: np.ndarray) -> np.ndarray:
 
 def prompt_for(sample: Sample) -> str:
     """The prompt training used: the caption for inverse tasks, "depth map" etc. for forward ones."""
-    from training.dataset import map_prompt
-
     return sample.group.caption if sample.task.inverse else map_prompt(sample.task.map)
 
 
@@ -264,8 +263,6 @@ def model_path(config: EvalConfig) -> Path:
 
 def load_model(config: EvalConfig) -> Any:
     """The pipeline at `model_path(config)` on `config.device`, without per-step progress bars."""
-    from ..cli import load_pipeline
-
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype {config.dtype!r}: expected one of {sorted(DTYPES)}")
     pipe = load_pipeline(model_path(config), dtype=DTYPES[config.dtype], device=config.device)
