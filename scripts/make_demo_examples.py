@@ -11,9 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from pdiff_core.data import DatasetIndex, parse_task
+from pdiff_core.data import DatasetIndex, map_prompt, parse_task
 from pdiff_core.demo import EXAMPLES_DIR
-from pdiff_core.data import map_prompt
 
 SEEN = ("depth", "hed", "seg", "inv_depth", "inv_hed", "inv_seg")
 UNSEEN = ("normal", "albedo", "inv_normal")
