@@ -78,10 +78,12 @@ def test_wrong_format_tag_and_version(tmp_path: Path) -> None:
         DatasetIndex.load(tmp_path / "ds")
 
 
-def test_group_with_one_item(tmp_path: Path) -> None:
+def test_group_with_one_item_loads_and_one_without_items_does_not(tmp_path: Path) -> None:
     _write(tmp_path / "ds")
     _rewrite_groups(tmp_path / "ds", lambda rs: rs[1].update(items=rs[1]["items"][:1]))
-    expected = r"groups\.jsonl:2 \(group 000001\): expected \"items\" to list at least 2 items, found 1"
+    assert [len(g.items) for g in DatasetIndex.load(tmp_path / "ds").groups][1] == 1  # a single photo
+    _rewrite_groups(tmp_path / "ds", lambda rs: rs[1].update(items=[]))
+    expected = r"groups\.jsonl:2 \(group 000001\): expected \"items\" to list at least 1 item, found 0"
     with pytest.raises(DatasetFormatError, match=expected):
         DatasetIndex.load(tmp_path / "ds")
 
@@ -149,8 +151,8 @@ def test_writer_rejects_bad_items(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     with DatasetWriter(tmp_path / "ds", MAPS, resolution=8, source="test") as w:
         image, maps = _item(rng)
-        with pytest.raises(DatasetFormatError, match="expected at least 2 items"):
-            w.add_group("c", [(image, maps)])
+        with pytest.raises(DatasetFormatError, match="expected at least 1 item, got none"):
+            w.add_group("c", [])
         with pytest.raises(DatasetFormatError, match=r"expected maps \['depth', 'seg'\], got \['depth'\]"):
             w.add_group("c", [(image, {"depth": maps["depth"]})] * 2)
         with pytest.raises(DatasetFormatError, match="expected a uint8 array, got dtype float64"):

@@ -62,7 +62,7 @@ class GroupItem:
 
 @dataclass(frozen=True)
 class Group:
-    """Images sharing one caption (the paper's prompt folder)."""
+    """Images sharing one caption (the paper's prompt folder), or a single photo."""
 
     id: str
     caption: str
@@ -175,9 +175,9 @@ def _parse_group(line: str, where: str, root: Path, maps: list[str], check_files
     where = f"{where} (group {gid})"
     if not isinstance(caption, str):
         raise DatasetFormatError(f"{where}: expected a string \"caption\", found {caption!r}")
-    if not isinstance(items, list) or len(items) < 2:
+    if not isinstance(items, list) or not items:
         n = len(items) if isinstance(items, list) else items
-        raise DatasetFormatError(f"{where}: expected \"items\" to list at least 2 items, found {n!r}")
+        raise DatasetFormatError(f"{where}: expected \"items\" to list at least 1 item, found {n!r}")
     parsed: list[GroupItem] = []
     for k, item in enumerate(items):
         iw = f"{where} item {k}"
@@ -310,8 +310,8 @@ class DatasetWriter:
             raise RuntimeError("DatasetWriter.add_group called outside its `with` block")
         items = list(items)
         gid = f"{self.n_groups:06d}"
-        if len(items) < 2:
-            raise DatasetFormatError(f"group {gid}: expected at least 2 items, got {len(items)}")
+        if not items:
+            raise DatasetFormatError(f"group {gid}: expected at least 1 item, got none")
         prepared = []
         for k, (image, maps) in enumerate(items):
             img = _to_uint8(image, f"group {gid} item {k} image")
