@@ -91,6 +91,35 @@ def test_example_and_query_come_from_different_items_of_one_group(coded: Path) -
     assert len(flips) == 4  # example and query are flipped independently of each other
 
 
+def test_single_photos_take_their_example_from_another_photo(tmp_path: Path) -> None:
+    """One photo per group (its own caption, or none): the query is the photo, the example pair
+    another photo of the dataset under the same task, and the photo's own caption prompts."""
+    with DatasetWriter(tmp_path / "singles", maps=["depth", "seg"], resolution=RES, source="test") as writer:
+        for g in range(GROUPS):
+            writer.add_group("" if g == 0 else f"caption {g}",
+                             [(_half(_image_color(g, 0), 0, 3), {"depth": _half(_depth_value(g, 0), 255, 1),
+                                                                  "seg": _half(_seg_color(g, 0), 255, 3)})])
+    ds = PromptDiffusionDataset(tmp_path / "singles", ["depth", "inv_depth", "inv_seg"], RES)
+    partners = {g: set() for g in range(GROUPS)}
+    for k in range(120):
+        s = ds[k]
+        g, e = k % GROUPS, int(s["example_group"])
+        assert s["group"] == f"{g:06d}" and e != g and s["example_item"] == s["query_item"] == 0
+        partners[g].add(e)
+        assert (_left_color(s["example_pair"][:3])[0], _left_color(s["example_pair"][3:])[0]) == _expected(s["task"], e, 0)
+        assert (_left_color(s["query"])[0], _left_color(s["target"])[0]) == _expected(s["task"], g, 0)
+        if s["task"].startswith("inv_"):
+            assert s["caption"] == ("" if g == 0 else f"caption {g}")
+    assert all(p == set(range(GROUPS)) - {g} for g, p in partners.items())  # every other photo serves as example
+
+
+def test_one_image_in_all_cannot_train(tmp_path: Path) -> None:
+    with DatasetWriter(tmp_path / "one", maps=["depth"], resolution=RES, source="test") as writer:
+        writer.add_group("alone", [(_half(_image_color(0, 0), 0, 3), {"depth": _half(9, 255, 1)})])
+    with pytest.raises(DatasetFormatError, match="one image in all; training needs at least 2"):
+        PromptDiffusionDataset(tmp_path / "one", ["depth"], RES)
+
+
 def test_draws_are_reproducible_and_collate(coded: Path) -> None:
     ds = PromptDiffusionDataset(coded, ["depth", "inv_seg"], RES, seed=3)
     again = PromptDiffusionDataset(coded, ["depth", "inv_seg"], RES, seed=3)

@@ -2,7 +2,8 @@
 
 Each draw picks a group, a task uniformly from the configured ones, and two different items of
 the group: the example pair is (source, target) of the first item, the query and the target come
-from the second. Forward tasks (image -> map) are prompted with the map's name ("depth map"), as
+from the second. A group of one photo (a photo with its own caption, or none) takes its example
+from a photo of another group, drawn uniformly: the same task on a different picture. Forward tasks (image -> map) are prompted with the map's name ("depth map"), as
 the authors do; inverse tasks (map -> image) with the group caption.
 
 Every draw is a pure function of (seed, draw number), so a run resumed from step N sees exactly
@@ -26,8 +27,9 @@ class PromptDiffusionDataset(Dataset):
     """Indexed by draw number `k`: draw `k` uses group `k % len(self)`.
 
     Sample: `example_pair` (6, H, W), `query` (3, H, W), `target` (3, H, W), all float32 in
-    [-1, 1]; `caption` (str); `task` (str); `group` (str id); `example_item` and `query_item`
-    (the two items' indices in the group).
+    [-1, 1]; `caption` (str); `task` (str); `group` (str id); `example_group` (the example's
+    group id: `group`, or another one for a single photo); `example_item` and `query_item` (the
+    two items' indices in their groups).
     """
 
     def __init__(
@@ -47,6 +49,11 @@ class PromptDiffusionDataset(Dataset):
                 self.tasks.append(parse_task(name, self.index.maps))
             except DatasetFormatError as err:
                 raise DatasetFormatError(f"data.tasks: {err} (dataset {self.index.root / 'dataset.json'})") from None
+        if sum(len(g.items) for g in self.index.groups) < 2:
+            raise DatasetFormatError(
+                f"{self.index.root}: one image in all; training needs at least 2 (the example and the query "
+                "come from different photos)"
+            )
         self.resolution = resolution
         self.flip_prob = flip_prob
         self.min_crop_scale = min_crop_scale
@@ -91,8 +98,14 @@ class PromptDiffusionDataset(Dataset):
         group = self.index.groups[k % len(self)]
         rng = np.random.default_rng([self.seed, k])
         task = self.tasks[rng.integers(len(self.tasks))]
-        example_i, query_i = rng.choice(len(group.items), size=2, replace=False)
-        example_source, example_target = self._pair(group.items[example_i], task, rng)
+        if len(group.items) > 1:
+            example_group = group
+            example_i, query_i = rng.choice(len(group.items), size=2, replace=False)
+        else:
+            # A single photo: the example comes from another group (an offset of 1..n-1 never lands on this one).
+            example_group = self.index.groups[(k + rng.integers(1, len(self))) % len(self)]
+            example_i, query_i = rng.integers(len(example_group.items)), 0
+        example_source, example_target = self._pair(example_group.items[example_i], task, rng)
         query, target = self._pair(group.items[query_i], task, rng)
         use_caption = task.inverse or self.forward_prompt == "caption"
         return {
@@ -102,6 +115,7 @@ class PromptDiffusionDataset(Dataset):
             "caption": group.caption if use_caption else map_prompt(task.map),
             "task": task.name,
             "group": group.id,
+            "example_group": example_group.id,
             "example_item": int(example_i),
             "query_item": int(query_i),
         }
