@@ -23,7 +23,7 @@ def _captioned_folder(root: Path, groups: int = 3, per_group: int = 2, size: int
         for i in range(per_group):
             Image.fromarray(shapes_image(rng, size)).save(root / f"g{g}_{i}.png")
             (root / f"g{g}_{i}.txt").write_text(f"shapes number {g}")
-    Image.fromarray(shapes_image(rng, size)).save(root / "alone.png")  # a caption with one image: skipped
+    Image.fromarray(shapes_image(rng, size)).save(root / "alone.png")  # a caption with one image: a single photo
     (root / "alone.txt").write_text("a lonely caption")
     return root
 
@@ -33,8 +33,8 @@ def test_fallback_maps_make_a_loadable_dataset(tmp_path: Path) -> None:
     assert main(["--input", str(source), "--out", str(out), "--maps", "hed,seg,canny", "--fallback",
                  "--resolution", "32", "--no-progress"]) == 0
     index = DatasetIndex.load(out)
-    assert len(index) == 3 and index.maps == ["hed", "seg", "canny"]
-    assert {g.caption for g in index.groups} == {f"shapes number {g}" for g in range(3)}
+    assert len(index) == 4 and index.maps == ["hed", "seg", "canny"]
+    assert {g.caption: len(g.items) for g in index.groups} == {"a lonely caption": 1, **{f"shapes number {g}": 2 for g in range(3)}}
     meta = json.loads((out / "dataset.json").read_text())
     assert "fallback" in meta["annotators"]["hed"] and "fallback" in meta["annotators"]["seg"]
     assert meta["classical_maps"] == ["hed", "seg", "canny"] and meta["source"] == "annotate"
@@ -52,9 +52,13 @@ def test_missing_weights_are_listed(tmp_path: Path, caplog) -> None:
     with pytest.raises(AnnotatorWeightsError, match="sam_vit_h_4b8939.pth"):
         build_annotators(["seg"], tmp_path, fallback=False, segmenter="sam")
     assert "--fallback" in message
-    # depth has no classical stand-in: --fallback does not hide its missing weights.
+    # depth has no classical stand-in: --fallback leaves it out, says so, and goes on with the others...
+    with caplog.at_level("WARNING"):
+        assert [a.map for a in build_annotators(["depth", "hed"], None, fallback=True)] == ["hed"]
+    assert "left out, no weights and no classical fallback: depth" in caplog.text and "['hed']" in caplog.text
+    # ...but never down to no map at all.
     with pytest.raises(AnnotatorWeightsError, match="depth.*no classical fallback"):
-        build_annotators(["depth", "hed"], None, fallback=True)
+        build_annotators(["depth"], None, fallback=True)
     source = _captioned_folder(tmp_path / "in")
     assert main(["--input", str(source), "--out", str(tmp_path / "out"), "--maps", "depth",
                  "--annotator-weights", str(tmp_path)]) == 2
@@ -62,9 +66,39 @@ def test_missing_weights_are_listed(tmp_path: Path, caplog) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_weights_stop_with_a_command_that_works(tmp_path: Path, caplog) -> None:
+    source, out = _captioned_folder(tmp_path / "in"), tmp_path / "out"
+    assert main(["--input", str(source), "--out", str(out), "--resolution", "32", "--no-progress"]) == 2
+    command = caplog.text.split("A command that works with what is here now:")[1].strip().splitlines()[0]
+    assert "--maps hed,seg --fallback" in command and not out.exists()
+    caplog.clear()
+    assert main(command.split()[3:] + ["--no-progress"]) == 0  # the printed command, as given
+    assert DatasetIndex.load(out).maps == ["hed", "seg"]
+
+
+def test_greyscale_photos_are_stored_rgb_and_unreadable_files_are_skipped(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(5)
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.fromarray(shapes_image(rng, 24)[..., 0]).save(source / "grey.png")  # an L-mode photo
+    Image.fromarray(shapes_image(rng, 24)).save(source / "colour.jpg")
+    (source / "broken.png").write_bytes(b"not a png")
+    (source / "notes.pdf").write_bytes(b"%PDF")
+    out = tmp_path / "out"
+    assert main(["--input", str(source), "--out", str(out), "--maps", "hed", "--fallback", "--resolution", "24",
+                 "--no-progress"]) == 0
+    assert f"skipped {source / 'broken.png'}: cannot read as an image" in caplog.text
+    assert f"skipped {source / 'notes.pdf'}: not an image file (.pdf" in caplog.text
+    index = DatasetIndex.load(out)
+    assert [(g.caption, len(g.items)) for g in index.groups] == [("", 1), ("", 1)]  # uncaptioned: single photos
+    for group in index.groups:
+        assert Image.open(group.items[0].image).mode == "RGB"
+        assert Image.open(group.items[0].maps["hed"]).mode == "L"
+
+
 def test_second_run_resumes_and_skips_done_groups(tmp_path: Path, monkeypatch) -> None:
     source, out = _captioned_folder(tmp_path / "in", groups=4), tmp_path / "out"
-    groups = annotate.folder_groups(source)
+    groups = annotate.folder_groups(source).groups
     annotators = build_annotators(["sobel"], None, fallback=False)
     calls = []
 
@@ -85,14 +119,14 @@ def test_second_run_resumes_and_skips_done_groups(tmp_path: Path, monkeypatch) -
         annotate.annotate(groups, out, annotators, 32, batch_size=2, progress=False)
     assert not (out / "dataset.json").exists()
     first = (out / "groups.jsonl").read_text()
-    assert len(first.splitlines()) == 2
+    assert len(first.splitlines()) == 3  # the single photo, groups 0 and 1
 
     monkeypatch.setattr(annotate, "load_square", real_load)
     calls.clear()
     assert annotate.annotate(groups, out, annotators, 32, batch_size=2, progress=False) == 2
     assert sum(calls) == 4  # only the two missing groups' images were annotated
     assert (out / "groups.jsonl").read_text().startswith(first)
-    assert len(DatasetIndex.load(out)) == 4
+    assert len(DatasetIndex.load(out)) == 5
 
     calls.clear()
     assert annotate.annotate(groups, out, annotators, 32, batch_size=2, progress=False) == 0
@@ -111,7 +145,7 @@ def test_ip2p_layout(tmp_path: Path) -> None:
             for k in (0, 1):
                 Image.fromarray(shapes_image(rng, 24)).save(root / name / f"{seed}_{k}.jpg")
     (root / "seeds.json").write_text(json.dumps([["p0", [11, 12]], ["p1", [13]]]))
-    groups = annotate.ip2p_groups(root)
+    groups = annotate.ip2p_groups(root).groups
     assert [(g.caption, len(g.images)) for g in groups] == [("out p0", 4), ("out p1", 2)]
 
 
@@ -139,7 +173,7 @@ def test_folder_layouts(tmp_path: Path) -> None:
         Image.fromarray(shapes_image(rng, 16)).save(meta / f"{i}.png")
         lines.append(json.dumps({"file_name": f"{i}.png", "text": caption}))
     (meta / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    assert [(g.caption, len(g.images)) for g in annotate.folder_groups(meta)] == [("a", 3), ("b", 2)]
+    assert [(g.caption, len(g.images)) for g in annotate.folder_groups(meta).groups] == [("a", 3), ("b", 2)]
 
     sub = tmp_path / "sub"
     for name in ("x", "y"):
@@ -147,13 +181,18 @@ def test_folder_layouts(tmp_path: Path) -> None:
         (sub / name / "caption.txt").write_text(f"caption {name}\n")
         for i in range(2):
             Image.fromarray(shapes_image(rng, 16)).save(sub / name / f"{i}.jpg")
-    assert [(g.key, g.caption, len(g.images)) for g in annotate.folder_groups(sub)] == [("x", "caption x", 2), ("y", "caption y", 2)]
+    (sub / "z").mkdir()
+    Image.fromarray(shapes_image(rng, 16)).save(sub / "z" / "0.png")
+    found = annotate.folder_groups(sub)
+    assert [(g.key, g.caption, len(g.images)) for g in found.groups] == [("x", "caption x", 2), ("y", "caption y", 2)]
+    assert found.skipped == [(sub / "z" / "0.png", "its folder z/ has no caption.txt")]
 
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    Image.fromarray(shapes_image(rng, 16)).save(empty / "uncaptioned.png")
-    with pytest.raises(annotate.DatasetFormatError, match="no captioned images found"):
-        annotate.folder_groups(empty)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("b", "a"):
+        Image.fromarray(shapes_image(rng, 16)).save(plain / f"{name}.png")
+    assert [(g.key, g.caption, len(g.images)) for g in annotate.folder_groups(plain).groups] == [
+        ("file:a.png", "", 1), ("file:b.png", "", 1)]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")

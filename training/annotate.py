@@ -3,21 +3,17 @@
     python -m training.annotate --input DIR --out DIR [--layout folder|ip2p] [--maps depth,hed,seg]
         [--annotator-weights DIR] [--fallback] [--resolution 256] [--batch-size 16] [--device cpu]
 
-Input layouts:
-- `folder`: either `metadata.jsonl` lines `{"file_name": ..., "text": ...}` (the Hugging Face
-  imagefolder convention), or one subfolder per group holding its images and a `caption.txt`, or
-  images each with a sidecar `<name>.txt` caption. Images with the same caption form one group.
-- `ip2p`: the InstructPix2Pix layout the paper used: `seeds.json` (`[[name, [seed, ...]], ...]`)
-  and per prompt folder `prompt.json` (its `output` caption) with `<seed>_0.jpg` / `<seed>_1.jpg`;
-  every image of a prompt folder joins its group (the authors draw the example from the `_0`
-  images and the query from the `_1` ones).
+Input layouts (`pdiff_core.data.photos`, `docs/dataset-format.md`): `folder` (captioned subfolders,
+`metadata.jsonl`, or photos with optional sidecar `.txt` captions; photos sharing a caption form a
+group, the others are groups of one) and `ip2p` (the InstructPix2Pix layout the paper used).
 
 Maps: `depth` (MiDaS DPT-Hybrid, `dpt_hybrid-midas-501f0c75.pt`), `hed` (ControlNet HED,
 `ControlNetHED.pth`) and `seg` (`--segmenter upernet`: a transformers UperNet ADE20K folder
 `upernet-convnext-small/`, painted in the ADE20K palette; or `sam`: `sam_vit_h_4b8939.pth`) load
 their weights from `--annotator-weights` only (nothing is downloaded). `--fallback` replaces missing
 ones with classical OpenCV maps where one exists (hed: Sobel soft edges, seg: k-means colour
-regions; depth has none); `canny` and `sobel` are always classical. dataset.json records which
+regions) and leaves out, with a warning before any work, a map that has none (depth); `canny`
+and `sobel` are always classical. dataset.json records which
 annotator made each map. Groups are committed one by one, so an interrupted run resumes where it
 stopped when started again with the same arguments.
 """
@@ -40,11 +36,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pdiff_core.data import FORMAT_NAME, FORMAT_VERSION, DatasetFormatError
+from pdiff_core.data.photos import PhotoFolder, SourceGroup, folder_groups, ip2p_groups, load_square
 from pdiff_core.defaults import default_device
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SETTINGS_FILE = "annotate.json"
 GROUPS_FILE = "groups.jsonl"
 # Learned annotators: (name recorded in dataset.json, file or folder in --annotator-weights).
@@ -173,7 +169,9 @@ def upernet_batch(model: torch.nn.Module, processor: Any, device: str) -> BatchF
 
 def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback: bool, device: str = "cpu",
                      detect_resolution: int = 512, segmenter: str = "upernet") -> List[Annotator]:
-    """One annotator per map; raises AnnotatorWeightsError listing every missing weight file."""
+    """One annotator per map. With `fallback`, a map without weights gets its classical stand-in,
+    or is left out with a warning when it has none (depth); without it (or when no map is left),
+    raises AnnotatorWeightsError listing every missing weight file."""
     annotators: List[Annotator] = []
     missing: List[str] = []
     learned = {**WEIGHTS, "seg": SEGMENTERS[segmenter]}
@@ -193,6 +191,11 @@ def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback:
             annotators.append(Annotator(name, FALLBACKS[name][0], True, _per_image(FALLBACKS[name][1])))
         else:
             missing.append(f"{name}: {path or filename}" + ("" if name in FALLBACKS else " (no classical fallback exists)"))
+    if fallback and missing and annotators:
+        logger.warning(
+            "left out, no weights and no classical fallback: %s. The dataset will have the maps %s; to include them, put "
+            "the files in --annotator-weights and annotate into a new --out", "; ".join(missing), [a.map for a in annotators])
+        return annotators
     if missing:
         raise AnnotatorWeightsError(
             "missing annotator weights (nothing is downloaded):\n  " + "\n  ".join(missing)
@@ -200,6 +203,15 @@ def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback:
             "pass --fallback to use classical OpenCV maps where they exist, or drop the map from --maps."
         )
     return annotators
+
+
+def makeable_maps(maps: Sequence[str], weights_dir: Optional[Path], segmenter: str = "upernet") -> List[str]:
+    """The maps of `maps` that can be made now: classical, with a fallback, or with their weights present."""
+    learned = {**WEIGHTS, "seg": SEGMENTERS[segmenter]}
+    def present(name: str) -> bool:
+        path = weights_dir / learned[name][1] if weights_dir is not None and name in learned else None
+        return path is not None and (path.is_file() or (path / "config.json").is_file())
+    return [m for m in maps if m in CLASSICAL or m in FALLBACKS or present(m)]
 
 
 def _load_learned(name: str, path: Path, device: str, detect_resolution: int) -> BatchFn:
@@ -221,84 +233,6 @@ def _load_learned(name: str, path: Path, device: str, detect_resolution: int) ->
     detector.mask_generator.predictor.model.to(device)
     # Segment Anything generates masks one image at a time.
     return _per_image(lambda im: np.asarray(detector(im, detect_resolution=im.shape[0], image_resolution=im.shape[0], output_type="np")))
-
-
-# --------------------------------------------------------------------------- input layouts
-
-
-@dataclass
-class SourceGroup:
-    key: str  # stable name of the group in the input, checked on resume
-    caption: str
-    images: List[Path]
-
-
-def _images_in(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def _by_caption(pairs: Sequence[Tuple[Path, str]]) -> List[SourceGroup]:
-    groups: Dict[str, List[Path]] = {}
-    for path, caption in pairs:
-        groups.setdefault(caption.strip(), []).append(path)
-    return [SourceGroup(caption, caption, sorted(paths)) for caption, paths in sorted(groups.items())]
-
-
-def folder_groups(root: Path) -> List[SourceGroup]:
-    """Groups of the `folder` layout (see the module docstring)."""
-    metadata = root / "metadata.jsonl"
-    if metadata.is_file():
-        pairs = []
-        for n, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                pairs.append((root / record["file_name"], str(record["text"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DatasetFormatError(f"{metadata}:{n}: expected {{\"file_name\": ..., \"text\": ...}} ({err})") from None
-        return _by_caption(pairs)
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "caption.txt").is_file())
-    if subfolders:
-        return [SourceGroup(p.name, (p / "caption.txt").read_text(encoding="utf-8").strip(), _images_in(p)) for p in subfolders]
-    pairs = [(p, p.with_suffix(".txt").read_text(encoding="utf-8")) for p in _images_in(root) if p.with_suffix(".txt").is_file()]
-    if not pairs:
-        raise DatasetFormatError(
-            f"{root}: no captioned images found; expected metadata.jsonl, subfolders with caption.txt, "
-            "or images with sidecar .txt captions"
-        )
-    return _by_caption(pairs)
-
-
-def ip2p_groups(root: Path) -> List[SourceGroup]:
-    """Groups of the InstructPix2Pix layout: one per prompt folder, captioned with its output prompt."""
-    seeds_file = root / "seeds.json"
-    if not seeds_file.is_file():
-        raise DatasetFormatError(f"{seeds_file}: not found; the ip2p layout needs seeds.json")
-    groups = []
-    for name, seeds in json.loads(seeds_file.read_text()):
-        folder = root / name
-        prompt_file = folder / "prompt.json"
-        try:
-            caption = json.loads(prompt_file.read_text(encoding="utf-8"))["output"]
-        except (OSError, json.JSONDecodeError, KeyError) as err:
-            raise DatasetFormatError(f"{prompt_file}: cannot read its \"output\" caption ({err})") from None
-        images = [folder / f"{seed}_{k}.jpg" for seed in seeds for k in (0, 1)]
-        groups.append(SourceGroup(name, caption, images))
-    return groups
-
-
-def load_square(path: Path, resolution: int) -> np.ndarray:
-    """Centre square crop resized to `resolution`, uint8 RGB; names the file when it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            side = min(im.size)
-            left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.LANCZOS)
-            return np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DatasetFormatError(f"{path}: cannot read as an image ({err})") from None
 
 
 # --------------------------------------------------------------------------- the resumable writer
@@ -340,9 +274,9 @@ def _check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    if array.ndim == 3 and array.shape[2] == 3 and (array[..., :1] == array).all():
-        array = array[..., 0]  # grey maps are stored single-channel, as the format asks
+def _save_png(array: np.ndarray, path: Path, is_map: bool = True) -> None:
+    if is_map and array.ndim == 3 and array.shape[2] == 3 and (array[..., :1] == array).all():
+        array = array[..., 0]  # grey maps are stored single-channel; images stay RGB, greyscale photos too
     Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB").save(path, format="PNG")
 
 
@@ -362,13 +296,14 @@ def _batches(groups: List[Tuple[str, SourceGroup]], batch_size: int) -> Iterator
 
 def annotate(groups: List[SourceGroup], out: Path, annotators: List[Annotator], resolution: int,
              batch_size: int = 16, source: str = "annotate", progress: bool = True) -> int:
-    """Write (or complete) the dataset in `out`; returns the number of groups annotated in this run."""
-    usable = [g for g in groups if len(g.images) >= 2]
-    if len(usable) < len(groups):
-        logger.warning("%d group(s) with fewer than 2 images skipped (a group needs an example and a query)",
-                       len(groups) - len(usable))
-    if not usable:
-        raise DatasetFormatError(f"no group with at least 2 images to write into {out}")
+    """Write (or complete) the dataset in `out`; returns the number of groups annotated in this run.
+    Groups of one photo are kept: training takes their example pair from another photo."""
+    usable = [g for g in groups if g.images]
+    if sum(len(g.images) for g in usable) < 2:
+        raise DatasetFormatError(f"fewer than 2 images to write into {out}: training needs an example and a query photo")
+    singles = sum(len(g.images) == 1 for g in usable)
+    logger.info("%d group(s) of 2+ images (example and query from the same group), %d single photo(s) (example from "
+                "another photo), %d without a caption", len(usable) - singles, singles, sum(not g.caption for g in usable))
     maps = [a.map for a in annotators]
     settings = {"format": FORMAT_NAME, "maps": maps, "resolution": resolution,
                 "annotators": {a.map: a.kind for a in annotators}, "groups": [g.key for g in usable]}
@@ -387,7 +322,7 @@ def annotate(groups: List[SourceGroup], out: Path, annotators: List[Annotator], 
                 (out / gid).mkdir(exist_ok=True)
                 items = []
                 for n in range(len(group.images)):
-                    _save_png(images[k], out / gid / f"{n}.png")
+                    _save_png(images[k], out / gid / f"{n}.png", is_map=False)
                     item_maps = {}
                     for name in maps:
                         _save_png(results[name][k], out / gid / f"{n}_{name}.png")
@@ -408,16 +343,27 @@ def annotate(groups: List[SourceGroup], out: Path, annotators: List[Annotator], 
     return len(todo)
 
 
+def working_command(args: argparse.Namespace) -> str:
+    """The command line of this run with --maps reduced to what can be made now and --fallback on."""
+    maps = makeable_maps([m for m in args.maps.split(",") if m], args.annotator_weights, args.segmenter)
+    command = ["python -m training.annotate", f"--input {args.input}", f"--out {args.out}", f"--layout {args.layout}",
+               f"--maps {','.join(maps)}", "--fallback", f"--resolution {args.resolution}"]
+    if args.annotator_weights is not None:
+        command.append(f"--annotator-weights {args.annotator_weights}")
+    return " ".join(command)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.annotate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, type=Path, help="folder of captioned images (see --layout)")
+    parser.add_argument("--input", required=True, type=Path, help="folder of photos (see --layout)")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write or resume")
     parser.add_argument("--layout", choices=("folder", "ip2p"), default="folder")
     parser.add_argument("--maps", default="depth,hed,seg", help="comma-separated: depth, hed, seg, canny, sobel")
     parser.add_argument("--annotator-weights", type=Path,
                         help="folder with " + ", ".join(f for _, f in [*WEIGHTS.values(), *SEGMENTERS.values()]))
     parser.add_argument("--segmenter", choices=sorted(SEGMENTERS), default="upernet", help="the seg map's annotator")
-    parser.add_argument("--fallback", action="store_true", help="classical OpenCV maps where learned weights are missing")
+    parser.add_argument("--fallback", action="store_true",
+                        help="classical OpenCV maps where learned weights are missing; maps without one (depth) are left out")
     parser.add_argument("--resolution", type=int, default=256, help="square output size in pixels")
     parser.add_argument("--detect-resolution", type=int, default=512, help="size the learned annotators run at")
     parser.add_argument("--batch-size", type=int, default=16, help="images per annotator batch")
@@ -427,10 +373,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         maps = [m for m in args.maps.split(",") if m]
-        annotators = build_annotators(maps, args.annotator_weights, args.fallback, args.device, args.detect_resolution,
-                                      args.segmenter)
-        groups = folder_groups(args.input) if args.layout == "folder" else ip2p_groups(args.input)
-        annotate(groups, args.out, annotators, args.resolution, args.batch_size, progress=not args.no_progress)
+        try:
+            annotators = build_annotators(maps, args.annotator_weights, args.fallback, args.device, args.detect_resolution,
+                                          args.segmenter)
+        except AnnotatorWeightsError as err:
+            if makeable_maps(maps, args.annotator_weights, args.segmenter):
+                raise AnnotatorWeightsError(f"{err}\nA command that works with what is here now:\n  {working_command(args)}") from None
+            raise
+        found: PhotoFolder = folder_groups(args.input) if args.layout == "folder" else ip2p_groups(args.input)
+        for path, reason in found.skipped:
+            logger.warning("skipped %s: %s", path, reason)
+        annotate(found.groups, args.out, annotators, args.resolution, args.batch_size, progress=not args.no_progress)
     except (AnnotatorWeightsError, DatasetFormatError, ValueError) as err:
         logger.error("%s", err)
         return 2
