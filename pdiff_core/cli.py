@@ -126,6 +126,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     logger.info("wrote %s: %d tasks (example source -> target | query -> result | exact answer)", out, len(examples))
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check
+
+    report = check(args.folder, args.tasks, args.layout)
+    sys.stdout.write(report.text())
+    return 1 if report.problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdiff", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -178,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluation_subcommands(sub)
 
+    data = sub.add_parser("data", help="datasets: check what training (or annotation) will see").add_subparsers(
+        dest="data_command", required=True)
+    data_check = data.add_parser("check", help="groups, maps, tasks and skipped images of a dataset or a photo folder")
+    data_check.add_argument("folder", type=Path, help="a pdiff-groups dataset, or a folder of photos to annotate")
+    data_check.add_argument("--tasks", type=lambda text: [t for t in text.split(",") if t], default=None,
+                            help="the training config's data.tasks, comma-separated (default: every task of the maps)")
+    data_check.add_argument("--layout", choices=("folder", "ip2p"), default="folder", help="a photo folder's layout")
+    data_check.set_defaults(func=cmd_data_check)
+
     info = sub.add_parser("info", help="what kind of file a checkpoint is, and its config")
     info.add_argument("checkpoint", type=Path)
     info.set_defaults(func=cmd_info)
@@ -189,12 +206,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
         if args.verbose:
             logger.debug("pdiff %s failed", args.command, exc_info=True)
         parser.exit(2, f"pdiff {args.command}: error: {err}\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from .format import (
     Group,
     GroupItem,
     Task,
+    dataset_tasks,
     load_rgb,
     parse_task,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Group",
     "GroupItem",
     "Task",
+    "dataset_tasks",
     "load_rgb",
     "map_prompt",
     "parse_task",

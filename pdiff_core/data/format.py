@@ -375,13 +375,19 @@ class Task:
         return item.path(self.source), item.path(self.target)
 
 
+def dataset_tasks(maps: Iterable[str]) -> list[str]:
+    """Every task the maps make: each map forward, then each inverse."""
+    maps = list(maps)
+    return maps + [INVERSE_PREFIX + m for m in maps]
+
+
 def parse_task(name: str, available_maps: Iterable[str]) -> Task:
     """``"depth"`` → image→depth; ``"inv_depth"`` → depth→image."""
     available = list(available_maps)
     inverse = name.startswith(INVERSE_PREFIX)
     map_name = name[len(INVERSE_PREFIX):] if inverse else name
     if map_name not in available:
-        tasks = available + [INVERSE_PREFIX + m for m in available]
+        tasks = dataset_tasks(available)
         raise DatasetFormatError(
             f"unknown task {name!r}: map {map_name!r} is not among the available maps {available}; "
             f"valid tasks are {tasks}"
