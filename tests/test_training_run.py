@@ -104,6 +104,19 @@ def test_resume_continues_exactly(tmp_path: Path, data: Path) -> None:
     assert all(torch.equal(v, resumed.controlnet.state_dict()[k]) for k, v in pipe.controlnet.state_dict().items())
 
 
+def test_resuming_with_a_longer_cosine_schedule_says_it_is_not_the_longer_run(tmp_path: Path, data: Path, caplog) -> None:
+    config = _config_file(tmp_path, data, tmp_path / "cosine")
+    Trainer(load_config(config, ["train.max_steps=2", "optim.lr_scheduler=cosine"])).run()
+    with caplog.at_level("WARNING"):
+        Trainer(load_config(config, ["train.max_steps=3", "optim.lr_scheduler=cosine"]), resume="latest").run()
+    assert "train.max_steps changed from 2 to 3 on resume: the 'cosine' learning-rate schedule depends on max_steps" in caplog.text
+    caplog.clear()
+    Trainer(load_config(config, [f"train.output_dir={tmp_path / 'constant'}", "train.max_steps=2"])).run()
+    with caplog.at_level("WARNING"):
+        Trainer(load_config(config, [f"train.output_dir={tmp_path / 'constant'}", "train.max_steps=3"]), resume="latest").run()
+    assert "max_steps changed" not in caplog.text  # a constant rate does not depend on it
+
+
 def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "vae-run"
     config = load_config(_config_file(tmp_path, data, out),
@@ -152,7 +165,8 @@ def test_cli_reports_bad_config_and_data(tmp_path: Path, data: Path, caplog) -> 
     assert main(["--config", str(config), "--override", "data.tasks=[depth,normal]"]) == 2
     assert "data.tasks" in caplog.text and "unknown task 'normal'" in caplog.text
     assert main(["--config", str(config), "--override", f"data.root={tmp_path / 'nowhere'}"]) == 2
-    assert "data.root: dataset folder not found" in caplog.text
+    assert f"data.root: {tmp_path / 'nowhere' / 'dataset.json'} (a pdiff-groups dataset" in caplog.text
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
     assert main(["--config", str(config), "--resume", "latest"]) == 2
     assert "no checkpoint in" in caplog.text
 

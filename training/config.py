@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     root: str = ""  # a pdiff-groups dataset folder (docs/dataset-format.md)
-    tasks: List[str] = field(default_factory=lambda: list(STANDARD_TASKS))
+    # null: every task the dataset's maps make (each map forward and inverse).
+    tasks: Optional[List[str]] = field(default_factory=lambda: list(STANDARD_TASKS))
     resolution: int = 64
     # The authors' EditDataset takes flip_prob but never applies it: 0.0 reproduces their data.
     flip_prob: float = 0.5
@@ -49,7 +50,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # Exactly one of `pretrained` (a local diffusers SD1.5 folder with unet/ vae/ text_encoder/
-    # tokenizer/) or `preset` (pdiff_core.configs: tiny, small, sd15; random weights).
+    # tokenizer/, or a Prompt Diffusion pipeline folder, whose controlnet/ is then kept) or `preset`
+    # (pdiff_core.configs: tiny, small, sd15; random weights).
     pretrained: Optional[str] = None
     preset: Optional[str] = None
     # Preset only: a CLIP-format tokenizer folder; without it one is trained on the captions.
@@ -57,7 +59,8 @@ class ModelConfig:
     tokenizer_vocab_size: int = 1024
     # An AutoencoderKL folder (the output of `stage: vae`) replacing the built or pretrained VAE.
     vae: Optional[str] = None
-    # Start the control branch from an existing Prompt Diffusion ControlNet instead of the UNet.
+    # Start the control branch from this Prompt Diffusion ControlNet (any checkpoint load_controlnet
+    # reads) instead of model.pretrained's controlnet/ or, without one, a copy of the UNet.
     controlnet: Optional[str] = None
     seed: int = 0  # weights of preset models
     # What the UNet predicts: "epsilon" (SD1.5, the published model) or "v_prediction" (SD2's; small
@@ -226,6 +229,24 @@ def _check(condition: bool, where: str, key: str, message: str) -> None:
         raise ConfigError(f"{where}: {key}: {message}")
 
 
+def missing_inputs(config: Config) -> List[str]:
+    """Every local file or folder the config names that is not there, as "key: path (what is expected)"."""
+    d, m = config.data, config.model
+    missing = []
+    if d.root and not (Path(d.root) / "dataset.json").is_file():
+        missing.append(f"data.root: {Path(d.root) / 'dataset.json'} (a pdiff-groups dataset; python -m training.annotate makes one)")
+    if m.pretrained is not None:
+        missing += [f"model.pretrained: {Path(m.pretrained) / sub} (diffusers subfolder)"
+                    for sub in ("unet", "vae", "text_encoder", "tokenizer") if not (Path(m.pretrained) / sub).is_dir()]
+    if m.vae is not None and not (Path(m.vae) / "config.json").is_file():
+        missing.append(f"model.vae: {Path(m.vae) / 'config.json'} (an AutoencoderKL folder, e.g. a `stage: vae` run's vae/)")
+    if m.controlnet is not None and not Path(m.controlnet).exists():
+        missing.append(f"model.controlnet: {m.controlnet} (a Prompt Diffusion ControlNet checkpoint or folder)")
+    if m.tokenizer is not None and not (Path(m.tokenizer) / "vocab.json").is_file():
+        missing.append(f"model.tokenizer: {Path(m.tokenizer) / 'vocab.json'} (a CLIP tokenizer folder)")
+    return missing
+
+
 def validate(config: Config, where: str = "config") -> None:
     """Cross-field checks; raises ConfigError naming the key."""
     t, d, m = config.train, config.data, config.model
@@ -243,7 +264,7 @@ def validate(config: Config, where: str = "config") -> None:
            f"expected one of {PREDICTION_TYPES} or null, got {m.prediction_type!r}")
     _check(t.snr_gamma is None or t.snr_gamma > 0, where, "train.snr_gamma", f"must be positive or null, got {t.snr_gamma}")
     _check(d.forward_prompt in FORWARD_PROMPTS, where, "data.forward_prompt", f"expected one of {FORWARD_PROMPTS}")
-    _check(bool(d.tasks), where, "data.tasks", "empty: list at least one task")
+    _check(d.tasks is None or bool(d.tasks), where, "data.tasks", "empty: list at least one task, or null for all")
     for key, value in (("data.resolution", d.resolution), ("train.max_steps", t.max_steps),
                        ("train.batch_size", t.batch_size),
                        ("train.gradient_accumulation_steps", t.gradient_accumulation_steps),

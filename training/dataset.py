@@ -3,8 +3,9 @@
 Each draw picks a group, a task uniformly from the configured ones, and two different items of
 the group: the example pair is (source, target) of the first item, the query and the target come
 from the second. A group of one photo (a photo with its own caption, or none) takes its example
-from a photo of another group, drawn uniformly: the same task on a different picture. Forward tasks (image -> map) are prompted with the map's name ("depth map"), as
-the authors do; inverse tasks (map -> image) with the group caption.
+from a photo of another group, drawn uniformly: the same task on a different picture. Forward
+tasks (image -> map) are prompted with the map's name ("depth map"), as the authors do; inverse
+tasks (map -> image) with the group caption.
 
 Every draw is a pure function of (seed, draw number), so a run resumed from step N sees exactly
 the samples an uninterrupted run would, whatever the number of loader workers.
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from pdiff_core.data import DatasetFormatError, DatasetIndex, GroupItem, Task, load_rgb, map_prompt, parse_task
+from pdiff_core.data import (DatasetFormatError, DatasetIndex, GroupItem, Task, dataset_tasks, load_rgb, map_prompt,
+                             parse_task)
 
 class PromptDiffusionDataset(Dataset):
     """Indexed by draw number `k`: draw `k` uses group `k % len(self)`.
@@ -35,7 +37,7 @@ class PromptDiffusionDataset(Dataset):
     def __init__(
         self,
         root: Union[str, Path],
-        tasks: Sequence[str],
+        tasks: Optional[Sequence[str]],
         resolution: int,
         flip_prob: float = 0.5,
         min_crop_scale: float = 1.0,
@@ -44,7 +46,7 @@ class PromptDiffusionDataset(Dataset):
     ) -> None:
         self.index = DatasetIndex.load(root)
         self.tasks: List[Task] = []
-        for name in tasks:
+        for name in dataset_tasks(self.index.maps) if tasks is None else tasks:
             try:
                 self.tasks.append(parse_task(name, self.index.maps))
             except DatasetFormatError as err:

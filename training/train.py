@@ -39,6 +39,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pdiff_core import configs as presets
@@ -48,7 +49,7 @@ from pdiff_core.model import PromptDiffusionControlNetModel
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.tokenizer import train_clip_tokenizer
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, missing_inputs
 from .dataset import PromptDiffusionDataset, ResumableSampler, collate
 from .ema_state import EMAStateError, accelerate_view, load_ema, save_ema
 from .run_folder import (
@@ -160,18 +161,20 @@ def build_components(config: Config, dataset: PromptDiffusionDataset, accelerato
     m = config.model
     if m.pretrained is not None:
         root = Path(m.pretrained)
-        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (root / s).is_dir()]
-        if missing:
-            raise ConfigError(f"model.pretrained: {root} lacks the diffusers subfolder(s) {missing}")
         unet = UNet2DConditionModel.from_pretrained(root / "unet")
         components = dict(
             unet=unet,
             vae=AutoencoderKL.from_pretrained(root / "vae"),
             text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
             tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
-            controlnet=PromptDiffusionControlNetModel.from_unet(unet),
             scheduler=_pretrained_scheduler(root),
         )
+        if m.controlnet is None and (root / "controlnet" / "config.json").is_file():
+            # A Prompt Diffusion pipeline folder: fine-tuning continues its trained control branch.
+            components["controlnet"] = load_controlnet(root / "controlnet")
+            logger.info("control branch: %s (the pipeline's own)", root / "controlnet")
+        else:
+            components["controlnet"] = PromptDiffusionControlNetModel.from_unet(unet)
     else:
         try:
             presets.get_preset(m.preset)
@@ -179,11 +182,12 @@ def build_components(config: Config, dataset: PromptDiffusionDataset, accelerato
             raise ConfigError(f"model.preset: {err}") from None
         components = presets.build_components(m.preset, _tokenizer(config, dataset, accelerator), seed=m.seed)
     if m.vae is not None:
-        if not (Path(m.vae) / "config.json").is_file():
-            raise ConfigError(f"model.vae: {m.vae} is not an AutoencoderKL folder (no config.json)")
         components["vae"] = AutoencoderKL.from_pretrained(m.vae)
     if m.controlnet is not None:
         components["controlnet"] = load_controlnet(m.controlnet)
+        logger.info("control branch: %s (model.controlnet)", m.controlnet)
+    elif m.pretrained is None or not (Path(m.pretrained) / "controlnet" / "config.json").is_file():
+        logger.info("control branch: a copy of the UNet's encoder (no model.controlnet)")
     if m.prediction_type is not None:
         scheduler = components["scheduler"]
         components["scheduler"] = scheduler.__class__.from_config(scheduler.config, prediction_type=m.prediction_type)
@@ -202,10 +206,7 @@ def _pretrained_scheduler(root: Path) -> DDIMScheduler:
 
 def _tokenizer(config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator) -> CLIPTokenizer:
     if config.model.tokenizer is not None:
-        folder = Path(config.model.tokenizer)
-        if not (folder / "vocab.json").is_file():
-            raise ConfigError(f"model.tokenizer: {folder} has no vocab.json (a CLIP tokenizer folder)")
-        return CLIPTokenizer.from_pretrained(folder)
+        return CLIPTokenizer.from_pretrained(Path(config.model.tokenizer))
     # Trained once on the dataset's texts by the main process; the others read its files.
     folder = Path(config.train.output_dir) / "tokenizer"
     with accelerator.main_process_first():
@@ -227,10 +228,15 @@ def _check_resolution(config: Config, components: Dict[str, Any]) -> None:
 
 def _dataset(config: Config) -> PromptDiffusionDataset:
     d = config.data
-    if not Path(d.root).is_dir():
-        raise ConfigError(f"data.root: dataset folder not found: {d.root}")
     return PromptDiffusionDataset(d.root, d.tasks, d.resolution, d.flip_prob, d.min_crop_scale,
                                   d.forward_prompt, seed=config.train.seed)
+
+
+def check_inputs(config: Config) -> None:
+    """Raise one ConfigError naming every local file or folder the config needs and lacks."""
+    missing = missing_inputs(config)
+    if missing:
+        raise ConfigError("missing local files (nothing is downloaded):\n  " + "\n  ".join(missing))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -277,6 +283,7 @@ class Trainer:
     def __init__(self, config: Config, resume: Optional[str] = None, overwrite: bool = False) -> None:
         self.config = config
         t = config.train
+        check_inputs(config)  # before anything is written
         self.output_dir = Path(t.output_dir)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -286,6 +293,8 @@ class Trainer:
             cpu=t.cpu,
         )
         acc = self.accelerator
+        logger.info("%d process(es), %s, device %s, mixed precision %s", acc.num_processes,
+                    acc.distributed_type.value, acc.device, acc.mixed_precision)
         prepare_output_dir(self.output_dir, overwrite, resume is not None, remove=acc.is_main_process)
         acc.wait_for_everyone()
         self.resume_from = find_checkpoint(self.output_dir, resume, acc.process_index) if resume else None
@@ -412,6 +421,7 @@ class Trainer:
             if self.ema is not None:
                 load_ema(self.ema, self.resume_from)
             step, samples = state["step"], state["samples"]
+            self._warn_schedule_change(state.get("config", {}))
             self._truncate_metrics(step)
             logger.info("resumed from %s at step %d", self.resume_from, step)
         else:
@@ -473,6 +483,18 @@ class Trainer:
         out = self._with_ema(self._save_outputs if diffusion else self._save_vae, step)
         acc.end_training()
         return out
+
+    def _warn_schedule_change(self, saved: Dict[str, Any]) -> None:
+        """A learning-rate schedule shaped by max_steps (cosine, linear...) bends differently once
+        max_steps changes: the resumed run follows neither the old run nor a fresh longer one."""
+        o, t = self.config.optim, self.config.train
+        old_steps = saved.get("train", {}).get("max_steps")
+        if old_steps is not None and old_steps != t.max_steps and o.lr_scheduler not in ("constant", "constant_with_warmup"):
+            logger.warning(
+                "train.max_steps changed from %s to %d on resume: the %r learning-rate schedule depends on max_steps, "
+                "so from here the rate follows a %d-step schedule from where the %s-step one stopped; the run does not "
+                "repeat an uninterrupted %d-step run", old_steps, t.max_steps, o.lr_scheduler, t.max_steps, old_steps,
+                t.max_steps)
 
     def _append_metrics(self, step: int, metrics: Dict[str, float]) -> None:
         if self.accelerator.is_main_process:
@@ -633,15 +655,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the latest or a given checkpoint folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in train.output_dir (its checkpoints, metrics and outputs)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the config, its local files and the dataset, print what training would see, write nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # accelerate logs every file of every checkpoint at INFO; our one "saved" line says it.
+    for name in ("accelerate.checkpointing", "accelerate.accelerator"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         config = load_config(args.config, args.override)
-        Trainer(config, args.resume, args.overwrite).run()
+        if args.check:
+            return check_config(config)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not onto it
+            Trainer(config, args.resume, args.overwrite).run()
     except (ConfigError, DatasetFormatError, EMAStateError, CheckpointRestoreError, FileNotFoundError) as err:
         logging.getLogger("training.train").error("%s", err)
         return 2
     return 0
+
+
+def check_config(config: Config) -> int:
+    """`--check`: the config's missing local files and the dataset report (pdiff data check); 0 if all is there."""
+    from pdiff_core.data.check import check_dataset
+
+    missing = missing_inputs(config)
+    for line in missing:
+        print(f"missing: {line}")
+    if (Path(config.data.root) / "dataset.json").is_file():
+        report = check_dataset(Path(config.data.root), config.data.tasks)
+        print(report.text(), end="")
+        missing += report.problems
+    print("ready to train" if not missing else "not ready: see above")
+    return 0 if not missing else 2
 
 
 if __name__ == "__main__":
