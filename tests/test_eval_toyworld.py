@@ -132,3 +132,20 @@ def test_compile_option_compiles_unet_and_controlnet(tiny_pipeline_dir, monkeypa
     assert compiled == []
     load_model(ToyworldEvalConfig(model=tiny_pipeline_dir, compile=True))
     assert compiled == ["UNet2DConditionModel", "PromptDiffusionControlNetModel"]
+
+
+def test_single_photos_take_the_example_from_the_next_group(tmp_path):
+    from pdiff_core.data import DatasetWriter, parse_task
+    from pdiff_core.evaluation.runner import load_sample, plan_samples
+
+    with DatasetWriter(tmp_path / "singles", maps=["depth"], resolution=8, source="test") as writer:
+        for g in range(3):
+            writer.add_group(f"photo {g}", [(np.full((8, 8, 3), 10 * g, np.uint8), {"depth": np.full((8, 8), 100 + g, np.uint8)})])
+    index = DatasetIndex.load(tmp_path / "singles")
+    samples = plan_samples(index, [parse_task("depth", index.maps)], None, 1)
+    assert [(s.group.id, s.example_group.id) for s in samples] == [("000000", "000001"), ("000001", "000002"), ("000002", "000000")]
+    assert len({s.key for s in samples}) == 3
+    images = load_sample(samples[0], 8)
+    assert (images.example_source[0, 0, 0], images.example_target[0, 0], images.query[0, 0, 0], images.truth[0, 0]) == (10, 101, 0, 100)
+    with pytest.raises(ValueError, match="single photo and the only group"):
+        plan_samples(index, [parse_task("depth", index.maps)], 1, 1)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data import STANDARD_TASKS, DatasetIndex, Group, Task, map_prompt, parse_task
+from ..data import STANDARD_TASKS, DatasetIndex, Group, GroupItem, Task, map_prompt, parse_task
 from ..defaults import DEFAULT_MODEL, DTYPES
 from ..loading import load_pipeline
 from .metrics import score
@@ -79,14 +79,23 @@ class Sample:
     group: Group
     example_item: int
     query_item: int
+    example_group: Optional[Group] = None  # None: `group`
+
+    @property
+    def example(self) -> GroupItem:
+        return (self.example_group or self.group).items[self.example_item]
+
+    @property
+    def _example_id(self) -> str:
+        return f"{self.example_group.id}." if self.example_group is not None else ""
 
     @property
     def key(self) -> str:
-        return f"{self.task.name}/{self.group.id}/{self.example_item}-{self.query_item}"
+        return f"{self.task.name}/{self.group.id}/{self._example_id}{self.example_item}-{self.query_item}"
 
     @property
     def image_name(self) -> str:
-        return f"{self.task.name}/{self.group.id}-{self.example_item}-{self.query_item}.png"
+        return f"{self.task.name}/{self.group.id}-{self._example_id}{self.example_item}-{self.query_item}.png"
 
     def seed(self, base: int) -> int:
         # crc32 is stable across processes (hash() of a str is not).
@@ -117,10 +126,15 @@ def plan_samples(index: DatasetIndex, tasks: Sequence[Task], groups_limit: Optio
     groups = index.groups[:groups_limit] if groups_limit else index.groups
     samples = []
     for task in tasks:
-        for group in groups:
+        for g, group in enumerate(groups):
             n = len(group.items)
             if pairs_per_group > n:
                 raise ValueError(f"group {group.id} has {n} items: at most {n} pairs per group, got {pairs_per_group}")
+            if n == 1:
+                if len(groups) == 1:
+                    raise ValueError(f"group {group.id} is a single photo and the only group: no other photo to take the example from")
+                samples.append(Sample(task, group, 0, 0, example_group=groups[(g + 1) % len(groups)]))
+                continue
             samples.extend(Sample(task, group, p, (p + 1) % n) for p in range(pairs_per_group))
     return samples
 
@@ -135,7 +149,7 @@ def read_image(path: Path, resolution: int) -> np.ndarray:
 
 
 def load_sample(sample: Sample, resolution: int) -> SampleImages:
-    example_source, example_target = sample.task.paths(sample.group.items[sample.example_item])
+    example_source, example_target = sample.task.paths(sample.example)
     query, truth = sample.task.paths(sample.group.items[sample.query_item])
     return SampleImages(*(read_image(p, resolution) for p in (example_source, example_target, query, truth)))
 
@@ -234,6 +248,7 @@ def run_samples(
                 "key": sample.key,
                 "task": sample.task.name,
                 "group": sample.group.id,
+                "example_group": (sample.example_group or sample.group).id,
                 "example_item": sample.example_item,
                 "query_item": sample.query_item,
                 "image": sample.image_name,
