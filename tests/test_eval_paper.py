@@ -96,3 +96,20 @@ def test_missing_inception_fails_before_generating(tiny_pipeline_dir, annotated,
     main(["eval", "--model", str(tiny_pipeline_dir), "--data", str(annotated), "--out", str(out), "--tasks", "depth",
           "--groups-limit", "2", "--steps", "1", "--inception-weights", str(missing)])
     assert "Image→Depth RMSE" in (out / "results.md").read_text()
+
+
+def test_table_says_fallback_maps_are_not_comparable_with_the_paper(tiny_pipeline, tiny_pipeline_dir, annotated, tmp_path):
+    import shutil
+
+    data = tmp_path / "fallback"
+    shutil.copytree(annotated, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "classical_maps": ["hed", "seg"]}))
+    config = PaperEvalConfig(model=tiny_pipeline_dir, data=data, out=tmp_path / "eval", steps=1, tasks=["depth", "hed"])
+    run_paper_eval(config, pipe=tiny_pipeline)
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "Not comparable with the paper: this dataset's hed maps were made by classical stand-ins" in table
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["classical_maps"] == ["hed"]
+    config = PaperEvalConfig(model=tiny_pipeline_dir, data=annotated, out=tmp_path / "exact", steps=1, tasks=["depth"])
+    run_paper_eval(config, pipe=tiny_pipeline)
+    assert "Not comparable" not in (tmp_path / "exact" / "results.md").read_text()

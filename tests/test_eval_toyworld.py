@@ -149,3 +149,53 @@ def test_single_photos_take_the_example_from_the_next_group(tmp_path):
     assert (images.example_source[0, 0, 0], images.example_target[0, 0], images.query[0, 0, 0], images.truth[0, 0]) == (10, 101, 0, 100)
     with pytest.raises(ValueError, match="single photo and the only group"):
         plan_samples(index, [parse_task("depth", index.maps)], 1, 1)
+
+
+def test_two_processes_give_the_single_process_table_and_resume(tiny_pipeline_dir, toy_data, tmp_path):
+    """`accelerate launch` with 2 CPU processes: each generates half the samples into its own file,
+    the main one merges them once and writes the table, equal to one process's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    args = ["eval-toyworld", "--model", str(tiny_pipeline_dir), "--data", str(toy_data), "--steps", "1",
+            "--batch-size", "1", "--tasks", "depth,inv_depth,inv_seg"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main([*args, "--out", str(single)]) == 0
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(repo / "training" / "configs" / "accelerate_cpu_ddp.yaml"), "-m", "pdiff_core.evaluation.cli",
+               *args, "--out", str(sharded)]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "process 1 of 2: 4 of 9 pending samples" in result.stderr  # the work was split
+    assert not list(sharded.glob("samples.rank-*.jsonl"))  # merged once, into samples.jsonl
+    rows = lambda out: json.loads((out / "results.json").read_text())["rows"]  # noqa: E731
+    assert rows(sharded) == rows(single)
+    records = lambda out: sorted((json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()),  # noqa: E731
+                                 key=lambda r: r["key"])
+    assert records(sharded) == records(single)
+    # Resumable as one process is: nothing left to generate, same table.
+    (sharded / "results.json").unlink()
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "9 of 9 samples already done" in result.stderr
+    assert rows(sharded) == rows(single)
+
+
+def test_a_new_run_merges_what_an_interrupted_sharded_run_left(tiny_pipeline, tiny_pipeline_dir, toy_data, tmp_path):
+    out = tmp_path / "run"
+    counting = CountingPipeline(tiny_pipeline)
+    run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out), pipe=counting)
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    # As if two processes had each written half and been killed before the merge (one mid-line).
+    (out / "samples.jsonl").unlink()
+    (out / "samples.rank-0.jsonl").write_text("\n".join(lines[0::2]) + "\n")
+    (out / "samples.rank-1.jsonl").write_text("\n".join(lines[1::2]) + "\n" + lines[0][:20])
+    counting.samples = 0
+    run_toyworld_eval(config(tiny_pipeline_dir, toy_data, out), pipe=counting)
+    assert counting.samples == 0
+    assert sorted((out / "samples.jsonl").read_text().splitlines()) == sorted(lines)
+    assert not list(out.glob("samples.rank-*.jsonl"))

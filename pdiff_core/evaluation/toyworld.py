@@ -19,13 +19,14 @@ from ..data import DatasetIndex, Task
 from .metrics import better
 from .runner import (
     EvalConfig,
-    ResultStore,
     config_dict,
     dataset_resolution,
     load_model,
     mean_scores,
     model_path,
+    open_store,
     plan_samples,
+    process_state,
     resolve_tasks,
     run_samples,
     write_json,
@@ -99,21 +100,26 @@ def all_tasks(index: DatasetIndex, trained: List[str]) -> List[str]:
 
 def run_toyworld_eval(config: ToyworldEvalConfig, pipe: Any = None) -> List[ToyworldRow]:
     """Evaluate, write `results.md` and `results.json` into `config.out`, return the rows.
-    `pipe`: an already loaded pipeline for `config.model` (default: load it)."""
+    `pipe`: an already loaded pipeline for `config.model` (default: load it). Under several
+    processes each generates its share; the main process alone writes the table (the others return [])."""
+    state = process_state()
     if config.data is not None:
         root = Path(config.data)
     else:
-        root = heldout_dataset(config.cache_dir, config.heldout_groups, config.resolution or HELDOUT_RESOLUTION)
+        with state.main_process_first():
+            root = heldout_dataset(config.cache_dir, config.heldout_groups, config.resolution or HELDOUT_RESOLUTION)
     index = DatasetIndex.load(root)
     resolution = dataset_resolution(index, config)
     trained = list(config.trained_tasks)
     tasks = resolve_tasks(index, config.tasks, all_tasks(index, trained))
     samples = plan_samples(index, tasks, config.groups_limit, config.pairs_per_group)
     model = model_path(config)
-    store = ResultStore(Path(config.out), config.fingerprint(model, root, resolution))
+    store = open_store(Path(config.out), config.fingerprint(model, root, resolution))
     if pipe is None:
         pipe = load_model(config)
     records = run_samples(pipe, samples, store, config, resolution)
+    if not state.is_main_process:
+        return []
 
     rows = rows_from_records(records, tasks, trained)
     markdown = format_table(rows, model, root, config)
