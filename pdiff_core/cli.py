@@ -52,6 +52,12 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
+def generation_size(size: Tuple[int, int], multiple: int) -> Tuple[int, int]:
+    """(height, width) of an image of `size` (width, height) rounded to the nearest multiple, as ComfyUI does."""
+    width, height = size
+    return tuple(max(multiple, round(v / multiple) * multiple) for v in (height, width))
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from .image_io import check_output_path, image_size, read_image, save_image_atomic
 
@@ -70,13 +76,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
     pipe = load_pipeline(args.model, args.controlnet, DTYPES[args.dtype], args.device, args.scheduler)
     if args.fast:
         pipe.enable_fast_gpu()  # logs and keeps the eager loop when not on CUDA
+    height, width = args.height, args.width
+    if height is None:
+        height, width = generation_size(images["query"].size, pipe.vae_scale_factor)
+        if {im.size for im in images.values()} != {(width, height)}:
+            logger.info("generating at %dx%d: the query's %dx%d to the nearest multiple of %d, every input resized to it "
+                        "(--height/--width choose another size)", width, height, *images["query"].size, pipe.vae_scale_factor)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     result = pipe(
         args.prompt,
         example_pair=(images["example_source"], images["example_target"]),
         query=images["query"],
-        height=args.height,
-        width=args.width,
+        height=height,
+        width=width,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         negative_prompt=args.negative_prompt,
@@ -151,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=positive_int, default=50)
     gen.add_argument("--guidance", type=finite_float, default=9.0)
     gen.add_argument("--seed", type=seed, default=0)
-    gen.add_argument("--height", type=positive_int, default=None, help="resize the inputs to this height (with --width)")
-    gen.add_argument("--width", type=positive_int, default=None, help="resize the inputs to this width (with --height)")
+    gen.add_argument("--height", type=positive_int, default=None, help="resize the inputs to this height (with --width; default: the query's, to the nearest multiple of 8)")
+    gen.add_argument("--width", type=positive_int, default=None, help="resize the inputs to this width (with --height; default: the query's, to the nearest multiple of 8)")
     gen.add_argument("--allow-large", action="store_true",
                      help=f"run sizes over {LARGE_FACTOR}x the model's trained side (slow, memory-hungry, poor output)")
     gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's (DDIM)")

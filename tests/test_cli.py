@@ -44,6 +44,18 @@ def test_generate_writes_an_image_and_is_seeded(tiny_pipeline_dir, inputs, tmp_p
     assert "not CUDA; keeping the eager loop" in caplog.text
 
 
+def test_generate_takes_any_photo_size_at_the_nearest_multiple_of_8(tiny_pipeline_dir, inputs, tmp_path, caplog):
+    PIL.Image.new("RGB", (61, 43), (200, 30, 30)).save(inputs["query"])  # a photo's odd size
+    with caplog.at_level(logging.INFO):
+        assert generate(tiny_pipeline_dir, inputs, tmp_path / "a.png") == 0
+    assert PIL.Image.open(tmp_path / "a.png").size == (64, 40)
+    assert "generating at 64x40: the query's 61x43 to the nearest multiple of 8" in caplog.text
+    assert generate(tiny_pipeline_dir, inputs, tmp_path / "b.png", "--height", "32", "--width", "48") == 0
+    assert PIL.Image.open(tmp_path / "b.png").size == (48, 32)
+    with pytest.raises(SystemExit):
+        generate(tiny_pipeline_dir, inputs, tmp_path / "c.png", "--height", "32")
+
+
 def test_generate_never_overwrites_without_asking(tiny_pipeline_dir, inputs, tmp_path, capsys):
     out = tmp_path / "mine.png"
     out.write_bytes(b"a user's file")
