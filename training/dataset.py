@@ -22,8 +22,17 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from pdiff_core.data import (DatasetFormatError, DatasetIndex, GroupItem, Task, dataset_tasks, load_rgb, map_prompt,
-                             parse_task)
+from pdiff_core.data import (
+    DatasetFormatError,
+    DatasetIndex,
+    GroupItem,
+    Task,
+    dataset_tasks,
+    load_rgb,
+    map_prompt,
+    parse_task,
+)
+
 
 class PromptDiffusionDataset(Dataset):
     """Indexed by draw number `k`: draw `k` uses group `k % len(self)`.

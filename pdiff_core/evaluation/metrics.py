@@ -24,7 +24,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .inception import FID_HELPER_FILE, fid_helper_weights, is_torchscript, read_torchscript_tensors, torchscript_to_fidelity
+from .inception import (
+    FID_HELPER_FILE,
+    fid_helper_weights,
+    is_torchscript,
+    read_torchscript_tensors,
+    torchscript_to_fidelity,
+)
 
 # torchmetrics (the `eval` extra) is imported where a score needs it, so `pdiff` runs without it.
 if TYPE_CHECKING:
