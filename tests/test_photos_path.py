@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pdiff_core.checkpoints import load_controlnet, save_controlnet
 from pdiff_core.cli import main as pdiff
-from pdiff_core.loading import DEFAULT_MODEL
+from pdiff_core.defaults import DEFAULT_MODEL
 from pdiff_core.model import PromptDiffusionControlNetModel
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from test_training_support import make_dataset, shapes_image
