@@ -3,7 +3,7 @@
     python scripts/run_workflow.py workflows/api/depth_to_image.json --comfyui ~/ComfyUI --cpu \\
         --image "query=my_depth.png" --prompt "a red sphere on a plain floor" --seed 7 --output out/
 
-The workflow may be in API format (workflows/api/) or UI format (workflows/, as saved by the UI).
+The workflow may be in API format (workflows/api/) or UI format (example_workflows/, as saved by the UI).
 Nodes are addressed by title (`_meta.title` / the UI title) or id: `--image TITLE=PATH` sets a
 LoadImage node's file, `--prompt` / `--negative` the texts of the nodes titled "positive prompt" /
 "negative prompt", `--seed` every sampler's seed, `--set NODE.INPUT=VALUE` any input (VALUE as JSON,
