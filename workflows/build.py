@@ -70,6 +70,7 @@ VIRTUAL_NODE_TYPES = {"Note"}  # drawn by the frontend, never sent to the server
 # UI-only widget values the API does not take, by node type and position.
 UI_ONLY_VALUES = {"LoadImage": {1: "image"}, "KSampler": {1: "fixed"}}
 MARGIN, COLUMN_GAP, ROW_GAP, TITLE_HEIGHT = 40, 60, 70, 30
+ZOOM = 0.75  # the graph's initial zoom: below 0.6 the frontend stops drawing text
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def ui_format(nodes: Graph) -> Dict[str, Any]:
             "widgets_values": values,
         })
     return {"last_node_id": max(n[0] for n in nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+            "groups": [], "config": {}, "extra": {"ds": {"scale": ZOOM, "offset": [0, 0]}}, "version": 0.4}
 
 
 def examples(inputs: Optional[Path] = None) -> List[Example]:
