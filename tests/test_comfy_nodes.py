@@ -320,13 +320,12 @@ def test_mask_limits_where_the_control_applies(node_classes, loaded):
         c = prepared(apply(node_classes, control, *images, mask=mask)[0][0][1]["control"], model)
         return comfy_control(c, model, x, sigma, context, 1)
 
-    unmasked, ones, zeros = run(None), run(torch.ones(1, 32, 32)), run(torch.zeros(32, 32))
+    unmasked, ones = run(None), run(torch.ones(1, 32, 32))
     left = torch.zeros(1, 32, 32)
     left[..., :16] = 1.0
     half = run(left)
-    for a, b, z, h in zip(unmasked[0], ones[0], zeros[0], half[0]):
+    for a, b, h in zip(unmasked[0], ones[0], half[0]):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
-        assert float(z.abs().max()) == 0.0
         width = h.shape[-1]
         if width >= 2:  # coarser residuals average the mask's edge
             torch.testing.assert_close(h[..., : width // 2], a[..., : width // 2], atol=ATOL, rtol=1e-4)
@@ -345,6 +344,50 @@ def test_apply_refuses_a_plain_controlnet_and_stock_apply_refuses_prompt_diffusi
     c = prepared(positive[0][1]["control"], model)
     with pytest.raises(ValueError, match="Apply Prompt Diffusion"):
         comfy_control(c, model, torch.randn(1, 4, 4, 4), torch.tensor([1.0]), torch.randn(1, 77, 32), 1)
+
+
+def test_settings_that_would_silently_give_no_control_are_errors(node_classes, loaded):
+    _, _, _, control = loaded
+    images = [torch.rand(1, 32, 32, 3) for _ in range(3)]
+    with pytest.raises(ValueError, match="start_percent 0.8 is after end_percent 0.2"):
+        apply(node_classes, control, *images, start=0.8, end=0.2)
+    apply(node_classes, control, *images, start=0.5, end=0.5)  # an empty range is the user's explicit choice
+    # LoadImage's MASK for an opaque image: zeros everywhere
+    with pytest.raises(ValueError, match="mask is 0 everywhere.*without an alpha channel"):
+        apply(node_classes, control, *images, mask=torch.zeros(1, 64, 64))
+
+
+def test_more_queries_than_latents_is_an_error_not_a_silent_broadcast(node_classes, loaded):
+    model, _, _, control = loaded
+    pair = [torch.rand(1, 32, 32, 3) for _ in range(2)]
+    c = prepared(apply(node_classes, control, *pair, torch.rand(2, 32, 32, 3))[0][0][1]["control"], model)
+    sigma = model.model.model_sampling.sigma(torch.tensor([500.0, 500.0]))
+    x, context = torch.randn(2, 4, 4, 4), torch.randn(2, 77, 32)
+    # a latent batch of 1: cond and uncond in one batch (ComfyUI would feed query 2 nowhere) or alone
+    for batch, batched_number in ((2, 2), (1, 1)):
+        with pytest.raises(ValueError, match="batch of 2 .* but the latent batch is 1"):
+            comfy_control(c, model, x[:batch], sigma[:batch], context[:batch], batched_number)
+    comfy_control(c, model, x, sigma, context, batched_number=1)  # a latent batch of 2 is what it needs
+
+
+def test_a_pair_of_another_aspect_ratio_is_cropped_with_a_warning(node_classes, loaded, caplog):
+    _, _, _, control = loaded
+    query = torch.rand(1, 32, 32, 3)
+    apply(node_classes, control, torch.rand(1, 64, 65, 3), torch.rand(1, 64, 64, 3), query)  # within 2 %: quiet
+    assert "centre-cropped" not in caplog.text
+    apply(node_classes, control, torch.rand(1, 32, 64, 3), torch.rand(1, 64, 64, 3), query)
+    warnings = [r.getMessage() for r in caplog.records if "centre-cropped" in r.getMessage()]
+    assert len(warnings) == 1 and "example_source is 64x32 and the query 32x32" in warnings[0]
+
+
+def test_every_input_and_output_has_a_tooltip_and_one_category(node_classes):
+    for node_id in sorted(NODE_IDS):
+        node = node_classes[node_id]
+        inputs = {**node.INPUT_TYPES()["required"], **node.INPUT_TYPES().get("optional", {})}
+        missing = [name for name, spec in inputs.items() if not (len(spec) > 1 and spec[1].get("tooltip"))]
+        assert not missing, f"{node_id}: no tooltip on {missing}"
+        assert all(node.OUTPUT_TOOLTIPS), f"{node_id}: outputs {node.OUTPUT_TOOLTIPS}"
+        assert node.CATEGORY.split("/")[0] == "Prompt Diffusion", (node_id, node.CATEGORY)
 
 
 def test_batch_mismatch_is_a_clear_error(node_classes, loaded):
@@ -489,6 +532,9 @@ def test_annotator_runs_from_local_weights_and_names_missing_ones(comfyui, node_
         annotate.execute(torch.rand(1, 32, 32, 3), "soft edge (PiDiNet)")
     torch.manual_seed(0)
     torch.save(ControlNetHED_Apache2().state_dict(), weights / "ControlNetHED.pth")  # random weights: wiring only
-    edges = annotate.execute(torch.rand(2, 40, 48, 3), "soft edge (HED)").result[0]
+    images = torch.rand(2, 40, 48, 3)
+    edges = annotate.execute(images, "soft edge (HED)", resolution=64).result[0]
     assert edges.shape == (2, 40, 48, 3)
     assert 0.0 <= float(edges.min()) and float(edges.max()) <= 1.0 and float(edges.std()) > 0
+    finer = annotate.execute(images, "soft edge (HED)", resolution=128).result[0]
+    assert finer.shape == edges.shape and float((finer - edges).abs().max()) > 0.01  # the resolution is used
