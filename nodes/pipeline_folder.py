@@ -29,7 +29,7 @@ import comfy.supported_models_base
 import comfy.utils
 import folder_paths
 
-from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, read_controlnet
+from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, PipelineFolderError, read_controlnet
 from pdiff_core.model_folder import check_model_folder
 
 from .control import (
@@ -44,10 +44,6 @@ from .control import (
 BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear"}
 PREDICTION_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
 CLIP_VOCAB_SIZE = 49408  # ComfyUI's CLIP text model always builds this many token embeddings
-
-
-class PipelineFolderError(ValueError):
-    """A pipeline folder that cannot be loaded; the message names the file and what was expected."""
 
 
 def read_component(folder: Path, name: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
