@@ -121,13 +121,17 @@ def test_headless_command_runs_a_workflow_with_overrides(comfy_dir, tmp_path):
     query = tmp_path / "my query.png"
     Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(query)
     out = tmp_path / "out"
+    private_tmp = tmp_path / "tmp"  # the runner's temporary folders go here, and must not stay
+    private_tmp.mkdir()
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "run_workflow.py"), str(TEMPLATES / "Depth map to image.json"),
          "--comfyui", str(comfy_dir), "--cpu", "--output", str(out), "--seed", "5", "--prompt", "a red sphere",
          "--image", f"query={query}", "--set", f"sampler.steps={TEST_STEPS}"],
-        capture_output=True, text=True, timeout=180, env=ONE_THREAD_ENV)
+        capture_output=True, text=True, timeout=180, env={**ONE_THREAD_ENV, "TMPDIR": str(private_tmp)})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "outputs.json").read_text())
     assert len(summary["files"]) == 1 and Path(summary["files"][0]).is_file()
+    assert len(summary["previews"]) == 1 and Image.open(summary["previews"][0]).size[0] > 4 * 64  # the side-by-side
+    assert not list(private_tmp.glob("pdiff_inputs_*")), "the runner left its input folder"
     assert Image.open(summary["files"][0]).size == (64, 64)
     assert "running node 11" in done.stderr
