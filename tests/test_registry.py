@@ -1,30 +1,26 @@
-"""pyproject.toml as the ComfyUI registry reads it: parsed with ComfyUI's own comfy_config parser (kept in
-sync with comfy-cli's registry parser, says its source), checked against the registry's specification
-(docs.comfy.org, registry/specifications)."""
+"""pyproject.toml as the ComfyUI registry reads it: parsed by comfy-cli's own registry parser (what
+`comfy node publish` runs; it drops a malformed requires-comfyui), checked against the registry's
+specification (docs.comfy.org, registry/specifications)."""
 
 from __future__ import annotations
 
 import re
-import sys
 from urllib.parse import urlparse
 
 import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from comfy_harness import ROOT, SNAPSHOT
+from comfy_harness import ROOT
 
 COMFYUI_VERSION = Version("0.3.64")  # the snapshot the tests run
 
 
 @pytest.fixture(scope="module")
 def config():
-    sys.path.insert(0, str(SNAPSHOT))
-    try:
-        from comfy_config import config_parser
-    finally:
-        sys.path.remove(str(SNAPSHOT))
-    return config_parser.extract_node_configuration(str(ROOT))
+    from comfy_cli.registry.config_parser import extract_node_configuration
+
+    return extract_node_configuration(str(ROOT / "pyproject.toml"))
 
 
 def test_node_id_follows_the_registry_rules(config):
@@ -36,6 +32,7 @@ def test_node_id_follows_the_registry_rules(config):
 
 
 def test_comfyui_range_includes_the_tested_version(config):
+    assert config.project.supported_comfyui_version, "comfy-cli dropped requires-comfyui as malformed"
     supported = SpecifierSet(config.project.supported_comfyui_version)
     assert COMFYUI_VERSION in supported
     assert Version("0.3.0") not in supported, "older ComfyUI lacks the node API the pack uses"
