@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cdp import Chromium, errors, find_chromium
+from cdp import BrowserError, Chromium, errors, find_chromium
 from comfy_harness import PACK_NAME, ROOT, ComfyServer, comfyui_copy, one_torch_thread
 
 TEMPLATES = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
@@ -74,15 +74,26 @@ def open_pack_templates(page: Chromium, shots: Path) -> list:
     """Open the templates dialog on the pack's category; the cards' titles once every thumbnail loaded."""
     if not page.evaluate("!!document.querySelector('[data-testid=\"template-workflows-content\"]')"):
         page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    page.wait_for("!!document.querySelector('[data-testid=\"template-workflows-content\"]')", what="the templates dialog")
-    page.click(f"Array.from(document.querySelectorAll('[data-testid=\"template-workflows-content\"] aside *'))"
-               f".find(e => e.children.length === 0 && e.textContent.trim() === {json.dumps(PACK_NAME)})")
+    content = "document.querySelector('[data-testid=\"template-workflows-content\"]')"
+    nav_item = (f"Array.from({content}.querySelectorAll('aside *'))"
+                f".find(e => e.children.length === 0 && e.textContent.trim() === {json.dumps(PACK_NAME)})")
+    shown = f"Array.from({content}.querySelectorAll('h2')).some(h => h.textContent.trim() === {json.dumps(PACK_NAME)})"
+    page.wait_for(f"!!{content} && !!({nav_item})", what="the templates dialog with the pack's category")
+    deadline = time.monotonic() + 60
+    while not page.evaluate(shown):  # a click during the dialog's opening animation can miss: click until shown
+        assert time.monotonic() < deadline, f"the pack's category did not open; see {page.screenshot(shots / 'templates_dialog.png')}"
+        page.click(nav_item)
+        page.pause(1.0)
     cards = "Array.from(document.querySelectorAll('[data-testid^=\"template-workflow-\"]'))"
     try:
         page.wait_for(f"{cards}.length === {len(TEMPLATES)} && {cards}.every(c => {{ const i = c.querySelector('img'); "
-                      "return i && i.complete && i.naturalWidth > 0; })", timeout=60, what="every card with its thumbnail")
-    finally:
-        page.screenshot(shots / "templates_dialog.png")
+                      "return i && i.complete && i.naturalWidth > 0; })", timeout=120, what="every card with its thumbnail")
+    except BrowserError as err:
+        state = page.evaluate(f"{cards}.map(c => {{ const i = c.querySelector('img'); return [c.getAttribute('data-testid'), "
+                              "i ? [i.src, i.complete, i.naturalWidth] : null]; })")
+        raise AssertionError(f"{err}; cards (id, [img src, complete, width]): {state}; "
+                             f"see {page.screenshot(shots / 'templates_dialog.png')}") from err
+    page.screenshot(shots / "templates_dialog.png")
     return page.evaluate(f"{cards}.map(c => c.getAttribute('data-testid').slice('template-workflow-'.length))")
 
 
@@ -144,5 +155,7 @@ def test_template_opens_from_the_dialog_without_overlaps_and_runs_from_the_page(
     page.wait_for(f"window.pdiffExecuted.some(d => String(d.node) === '11' && "
                   f"d.output.images.some(i => i.filename === {json.dumps(filename)}))",
                   timeout=30, what="the page's 'executed' message for the result node")
+    page.evaluate("app.extensionManager.command.execute('Comfy.Canvas.FitView')")  # the whole graph, result included
+    page.pause(1.0)
     page.screenshot(tmp_path / "finished.png")
     assert not errors(page.console, about_the_pack), errors(page.console, about_the_pack)
