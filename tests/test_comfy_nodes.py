@@ -68,6 +68,32 @@ def loaded_v_prediction(comfyui, node_classes, tiny_pipeline_dir, tmp_path_facto
     return node_classes["PDiff_LoadPromptDiffusionModel"].execute("pdiff-tiny-v").result
 
 
+@pytest.fixture(scope="session")
+def latent8(comfyui, node_classes, tiny_tokenizer_dir, tmp_path_factory):
+    """A tiny v-prediction model with 8 latent channels (as the embedded default has): its pipeline
+    and its MODEL, CLIP, VAE, CONTROL_NET through the loader (registered in this process only)."""
+    import dataclasses
+
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTokenizer
+
+    from pdiff_core.configs import PRESETS, build_components
+    from pdiff_core.pipeline import PromptDiffusionPipeline
+
+    preset = dataclasses.replace(PRESETS["tiny"], latent_channels=8)
+    components = build_components(preset, CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir)), seed=3)
+    from conftest import randomize_zero_parameters
+
+    randomize_zero_parameters(components["controlnet"], 3)
+    components["scheduler"] = DDIMScheduler.from_config(components["scheduler"].config, prediction_type="v_prediction")
+    pipe = PromptDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    models = tmp_path_factory.mktemp("latent8_models")
+    comfyui["folder_paths"].add_model_folder_path("prompt_diffusion", str(models))
+    pipe.save_pretrained(str(models / "pdiff-tiny-latent8"))
+    return pipe, node_classes["PDiff_LoadPromptDiffusionModel"].execute("pdiff-tiny-latent8").result
+
+
 def control_outputs(control_model, x, timesteps, context, hint):
     with torch.no_grad():
         out = control_model(x=x, hint=hint, timesteps=timesteps, context=context)
@@ -414,10 +440,11 @@ def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyu
     width = pipe.unet.config.cross_attention_dim
     with torch.no_grad():
         torch.testing.assert_close(clip.encode_from_tokens(clip.tokenize(text)), pipe.text_encoder(ids)[0], atol=1e-5, rtol=1e-4)
-        z = torch.randn(1, 4, 8, 8, generator=g)
+        channels = pipe.unet.config.in_channels
+        z = torch.randn(1, channels, 8, 8, generator=g)
         decoded = (pipe.vae.decode(z).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
         torch.testing.assert_close(vae.decode(z), decoded, atol=1e-5, rtol=1e-4)
-        x, t, context = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500.0, 20.0]), torch.randn(2, 77, width, generator=g)
+        x, t, context = torch.randn(2, channels, 8, 8, generator=g), torch.tensor([500.0, 20.0]), torch.randn(2, 77, width, generator=g)
         torch.testing.assert_close(model.model.diffusion_model(x, t, context=context),
                                    pipe.unet(x, t, encoder_hidden_states=context).sample, atol=1e-5, rtol=1e-4)
         images = torch.rand(2, 9, 64, 64, generator=g) * 2 - 1
@@ -467,9 +494,9 @@ def test_example_pair_and_side_by_side_preview(comfyui, node_classes):
 # ----------------------------------------------------------------------------- the same numbers both ways
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("variant", ["epsilon", "v_prediction", "v_prediction, 8 latent channels"])
 def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, node_classes, tiny_pipeline, request,
-                                                                      prediction_type):
+                                                                      variant):
     """Same weights, sampler, seed and inputs (one example pair, two queries): loader -> CLIPTextEncode ->
     Apply Prompt Diffusion -> KSampler (ddim, ddim_uniform) -> VAEDecode against `PromptDiffusionPipeline`
     with DDIM.
@@ -487,7 +514,13 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
     import comfy.samplers
 
     nodes = comfyui["nodes"]
-    model, clip, vae, control = request.getfixturevalue("loaded" if prediction_type == "epsilon" else "loaded_v_prediction")
+    prediction_type = variant.split(",")[0]
+    if variant == "epsilon":
+        model, clip, vae, control = request.getfixturevalue("loaded")
+    elif variant == "v_prediction":
+        model, clip, vae, control = request.getfixturevalue("loaded_v_prediction")
+    else:  # KSampler widens EmptyLatentImage's 4 channels to the model's 8
+        tiny_pipeline, (model, clip, vae, control) = request.getfixturevalue("latent8")
     g = torch.Generator().manual_seed(6)
     source, target = (torch.rand(1, 64, 64, 3, generator=g) for _ in range(2))
     query = torch.rand(2, 64, 64, 3, generator=g)  # one example pair over a batch of two queries
@@ -504,7 +537,7 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
         other_image = nodes.VAEDecode().decode(vae, other)[0]
 
     sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)[0]
-    noise = comfy.sample.prepare_noise(latent["samples"], seed)
+    noise = comfy.sample.prepare_noise(comfy.sample.fix_empty_latent_channels(model, latent["samples"]), seed)
     tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True,
                                                         prediction_type=prediction_type)
     pipe_image = tiny_pipeline(
