@@ -9,7 +9,7 @@
 set -uo pipefail
 : "${OUT:?set OUT to a results folder}"
 VAE_MIN=${VAE_MIN:-1.25}
-TOTAL_MIN=${TOTAL_MIN:-6.5}
+TOTAL_MIN=${TOTAL_MIN:-6.0}
 TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 VAL_GROUPS=${VAL_GROUPS:-30}
@@ -21,9 +21,9 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 mkdir -p "$WORK" "$OUT"
 RESULTS=$WORK/results
 mkdir -p "$RESULTS"
-log() { echo "[gpu_embedded $(date +%T)] $*" | tee -a "$RESULTS/steps.log"; }
 pack() { tar -cf "$OUT/results.tar" -C "$WORK" results; }
-trap pack EXIT
+# Packed after every step: a run cut off at the call's limit still returns what it finished.
+log() { echo "[gpu_embedded $(date +%T)] $*" | tee -a "$RESULTS/steps.log"; pack; }
 
 (nvidia-smi -L || echo "no GPU") > "$RESULTS/device.txt" 2>&1
 python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)" >> "$RESULTS/device.txt"
@@ -38,6 +38,8 @@ cp "$WORK/run/diffusion/train_report.json" "$RESULTS/diffusion_report.json" 2>/d
 
 log "export"
 timeout 60 python3 scripts/export_embedded.py "$WORK/run/diffusion/pipeline" --out "$WORK/export" --overwrite >> "$RESULTS/steps.log" 2>&1
+pack_model() { rm -f "$OUT"/model.tar.*; tar -cf - -C "$WORK" export | split -b 15M - "$OUT/model.tar."; }
+pack_model
 
 log "guidance sweep on the validation world (seed 200000)"
 timeout 60 python3 -m training.toyworld --out "$WORK/val" --groups "$VAL_GROUPS" --seed 200000 --no-progress > /dev/null 2>&1
@@ -53,8 +55,8 @@ log "best guidance ${BEST:-none: keeping the trainer's}"
 import json, sys
 p = sys.argv[1]; info = json.load(open(p)); info['guidance_scale'] = float(sys.argv[2])
 open(p, 'w').write(json.dumps(info, indent=2) + '\n')" "$WORK/export/prompt_diffusion.json" "$BEST"
-tar -cf - -C "$WORK" export | split -b 15M - "$OUT/model.tar."
-log "model packed"
+pack_model
+log "model packed with its guidance"
 
 log "held-out eval, trained prompts then empty prompts"
 timeout 75 python3 -m pdiff_core.cli eval-toyworld --model "$WORK/export" --cache-dir "$WORK/cache" --groups-limit "$EVAL_GROUPS" \
