@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data import STANDARD_TASKS, DatasetIndex, Group, Task, parse_task
+from ..data import DatasetIndex, Group, Task, parse_task
 from ..defaults import DEFAULT_MODEL, DTYPES
 from .metrics import score
 
