@@ -177,3 +177,16 @@ def test_vae_then_diffusion_write_a_loadable_pipeline_with_its_tasks(tmp_path, d
     assert pipe.vae.config.scaling_factor == pytest.approx(vae_report["scaling_factor"])
     with pytest.raises(ConfigError, match="already exists"):
         run(load_config(path, [f"model.vae={vae_folder}"]))
+
+
+def test_a_time_budget_cuts_max_steps_to_what_the_measured_step_time_allows(tmp_path, dataset_folder):
+    from training.inmemory import StepLoop
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.format(root=dataset_folder, out=tmp_path / "run"))
+    config = load_config(path, ["train.max_steps=1000", "train.time_budget_minutes=0.2"])
+    loop = StepLoop(config, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"), "test")
+    loop._fit_budget(step=60, elapsed=6.0, step_time=0.1)  # 6 s spent, 6 s left at 0.1 s a step
+    assert loop.max_steps == 120 and loop.schedule.total == 120
+    loop._fit_budget(step=60, elapsed=6.0, step_time=1.0)
+    assert loop.max_steps == 66

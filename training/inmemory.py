@@ -258,7 +258,7 @@ def _optimizer(params: List[torch.nn.Parameter], config: Config, device: torch.d
 
 class StepLoop:
     """max_steps optimizer steps of `loss_fn` with clipping, warm-up + cosine and optional EMA; with a
-    time budget, max_steps is cut after `calibration_steps` to what the budget allows."""
+    time budget, max_steps is cut after 60 steps to what the budget allows."""
 
     def __init__(self, config: Config, params: List[torch.nn.Parameter], device: torch.device, desc: str) -> None:
         self.config, self.params, self.device, self.desc = config, params, device, desc
@@ -269,20 +269,23 @@ class StepLoop:
         self.max_steps = config.train.max_steps
         self.losses: List[Tuple[int, float]] = []
 
-    def _fit_budget(self, step: int, elapsed: float) -> None:
+    def _fit_budget(self, step: int, elapsed: float, step_time: float) -> None:
+        """Cut max_steps so that the steps left, at `step_time` each, end within the budget."""
         budget = self.config.train.time_budget_minutes * 60
-        fitted = max(step + 1, int(budget / (elapsed / step)))
+        fitted = max(step + 1, step + int((budget - elapsed) / step_time))
         if fitted < self.max_steps:
             logger.info("%s: %.1f ms/step; the %.1f-minute budget allows %d steps (of %d)",
-                        self.desc, 1000 * elapsed / step, budget / 60, fitted, self.max_steps)
+                        self.desc, 1000 * step_time, budget / 60, fitted, self.max_steps)
             self.max_steps = fitted
             self.schedule.total = fitted
 
     def run(self, loss_fn) -> int:
         t = self.config.train
-        calibration = min(50, max(1, self.config.optim.lr_warmup_steps // 2))
+        # The step time is measured after the first steps (kernel selection, allocator growth), which
+        # on a GPU cost several times a steady step: counting them cut a budgeted run to a third.
+        warm, calibration = 10, 60
         progress = tqdm(total=self.max_steps, desc=self.desc, unit="step")
-        started, step, running = time.perf_counter(), 0, None
+        started, step, running, warm_at = time.perf_counter(), 0, None, None
         while step < self.max_steps:
             with _autocast(self.device, t.mixed_precision):
                 loss = loss_fn()
@@ -296,11 +299,15 @@ class StepLoop:
                 self.ema.step(self.params)
             step += 1
             running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
-            if step == calibration and t.time_budget_minutes > 0:
+            if t.time_budget_minutes > 0 and step in (warm, calibration):
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
-                self._fit_budget(step, time.perf_counter() - started)
-                progress.total = self.max_steps
+                now = time.perf_counter()
+                if step == warm:
+                    warm_at = now
+                else:
+                    self._fit_budget(step, now - started, (now - warm_at) / (calibration - warm))
+                    progress.total = self.max_steps
             if step % t.log_every == 0 or step == self.max_steps:
                 value = float(running)
                 self.losses.append((step, value))
