@@ -20,6 +20,7 @@ from .checkpoints import (
     save_controlnet,
 )
 from .defaults import DEFAULT_MODEL, DTYPES, default_device
+from .model_info import read_model_info
 
 logger = logging.getLogger("pdiff")
 
@@ -87,6 +88,11 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
+def _guidance(args: argparse.Namespace) -> float:
+    """--guidance, else the model's own (prompt_diffusion.json), else the authors' 9.0."""
+    return args.guidance if args.guidance is not None else read_model_info(args.model).guidance_scale
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from .image_io import check_output_path, image_size, read_image, save_image_atomic
 
@@ -113,7 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         height=args.height,
         width=args.width,
         num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
+        guidance_scale=_guidance(args),
         negative_prompt=args.negative_prompt,
         generator=generator,
     ).images[0]
@@ -156,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _refuse_overwrite(out, args.overwrite)
     examples = load_examples(args.examples) if args.examples else load_examples()
     pipe = load_pipeline(args.model, device=args.device)
-    results = run_examples(pipe, examples, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    results = run_examples(pipe, examples, steps=args.steps, guidance=_guidance(args), seed=args.seed)
     save_image_atomic(draw_grid(examples, results), out)
     logger.info("wrote %s: %d tasks (example source -> target | query -> result | exact answer)", out, len(examples))
 
@@ -176,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
     gen.add_argument("--controlnet", type=Path, default=None, help="another Prompt Diffusion ControlNet (LDM .ckpt/.safetensors or diffusers)")
     gen.add_argument("--steps", type=positive_int, default=50)
-    gen.add_argument("--guidance", type=finite_float, default=9.0)
+    gen.add_argument("--guidance", type=finite_float, default=None,
+                     help="guidance scale (default: the model's prompt_diffusion.json, else the authors' 9.0)")
     gen.add_argument("--seed", type=seed, default=0)
     gen.add_argument("--height", type=positive_int, default=None, help="resize the inputs to this height (with --width)")
     gen.add_argument("--width", type=positive_int, default=None, help="resize the inputs to this width (with --height)")
@@ -195,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
     demo.add_argument("--examples", type=Path, default=None, help="examples folder (default: the bundled ones)")
     demo.add_argument("--steps", type=positive_int, default=20)
-    demo.add_argument("--guidance", type=finite_float, default=5.0)
+    demo.add_argument("--guidance", type=finite_float, default=None,
+                      help="guidance scale (default: the model's prompt_diffusion.json, else the authors' 9.0)")
     demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--device", default=default_device())
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
