@@ -13,10 +13,12 @@ if _PACK_DIR not in sys.path:
 
 try:
     from .nodes import comfy_entrypoint  # noqa: E402
-except ModuleNotFoundError as err:
+except ImportError as err:
     # Imported outside ComfyUI (pytest collects this folder as a package): no node API exists to
-    # register with. Inside ComfyUI these modules always exist, so real import errors still raise.
-    if err.name not in ("comfy_api", "comfy", "folder_paths", "node_helpers"):
+    # register with, and in a checkout whose folder name is no Python name (ComfyUI-PromptDiffusion)
+    # there is not even a parent package. Inside ComfyUI both always exist, so real import errors still raise.
+    outside_comfyui = isinstance(err, ModuleNotFoundError) and err.name in ("comfy_api", "comfy", "folder_paths", "node_helpers")
+    if __package__ and not outside_comfyui:
         raise
 else:
     __all__ = ["comfy_entrypoint"]

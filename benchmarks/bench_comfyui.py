@@ -43,7 +43,7 @@ from comfy_harness import comfyui_copy, import_comfyui  # noqa: E402
 from pdiff_core.defaults import DEFAULT_MODEL, DEFAULT_MODEL_NAME  # noqa: E402
 
 EXAMPLES = ROOT / "pdiff_core" / "assets" / "examples" / "examples.json"
-TASK = "inv_depth"  # depth map -> image, as workflows/depth_to_image.json
+TASK = "inv_depth"  # depth map -> image, as workflows/api/depth_to_image.json
 INPUT_PREFIX = "pdiff_"  # how workflows/build.py names the task's images in ComfyUI's input/
 SAMPLER, SCHEDULER = "ddim", "ddim_uniform"
 

@@ -11,6 +11,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .annotators import ANNOTATOR_NODES, register_annotator_folder
 from .apply import APPLY_NODES
+from .example_inputs import install_example_inputs
 from .loaders import LOADER_NODES, register_model_folders
 
 
@@ -23,4 +24,5 @@ class PromptDiffusionExtension(ComfyExtension):
 async def comfy_entrypoint() -> PromptDiffusionExtension:
     register_model_folders()
     register_annotator_folder()
+    install_example_inputs()
     return PromptDiffusionExtension()

@@ -59,21 +59,26 @@ class Annotate(io.ComfyNode):
         return io.Schema(
             node_id="PDiff_Annotate",
             display_name="Prompt Diffusion Annotator (local weights)",
-            category="image/prompt diffusion",
+            category="Prompt Diffusion/image",
             description="Depth, soft-edge or segmentation map of an image with controlnet-aux, from weights in "
                         "models/annotators/. The map has the image's size.",
-            inputs=[io.Image.Input("image"), io.Combo.Input("annotator", options=list(ANNOTATORS))],
-            outputs=[io.Image.Output()],
+            inputs=[io.Image.Input("image", tooltip="The images to annotate."),
+                    io.Combo.Input("annotator", options=list(ANNOTATORS),
+                                   tooltip="Which map; its weights file must be in models/annotators/."),
+                    io.Int.Input("resolution", default=512, min=64, max=16384, step=64,
+                                 tooltip="The size (shorter side) the annotator sees, as comfyui_controlnet_aux's "
+                                         "resolution; the map is returned at the image's size.")],
+            outputs=[io.Image.Output(tooltip="The map, at the image's size, 3 channels.")],
         )
 
     @classmethod
-    def execute(cls, image: torch.Tensor, annotator: str) -> io.NodeOutput:
+    def execute(cls, image: torch.Tensor, annotator: str, resolution: int = 512) -> io.NodeOutput:
         detector = load_detector(annotator, weights_path(annotator))
         height, width = image.shape[1:3]
         maps = []
         for item in image:
             pixels = (item[..., :3].clamp(0, 1) * 255).round().byte().cpu().numpy()
-            result = detector(pixels, detect_resolution=min(height, width), image_resolution=min(height, width), output_type="np")
+            result = detector(pixels, detect_resolution=resolution, image_resolution=resolution, output_type="np")
             result = np.asarray(result, dtype=np.float32) / 255.0
             if result.ndim == 2:
                 result = np.repeat(result[..., None], 3, axis=-1)

@@ -163,6 +163,18 @@ class PromptDiffusionControlModel(comfy.cldm.cldm.ControlNet):
 class PromptDiffusionControl(comfy.controlnet.ControlNet):
     """A ComfyUI CONTROL_NET whose hint is the 9/10-channel Prompt Diffusion hint (see `build_hint`)."""
 
+    def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Dict[str, Any], batched_number: int,
+                    transformer_options: Dict[str, Any]) -> Any:
+        # ComfyUI's broadcast (comfy.controlnet.broadcast_image_to) silently drops or repeats hints whose
+        # batch is neither 1 nor the latent's: two queries over one latent would show only the first.
+        hints, latents = self.cond_hint_original.shape[0], x_noisy.shape[0] // max(batched_number, 1)
+        if hints not in (1, latents):
+            raise ValueError(
+                f"Apply Prompt Diffusion got a batch of {hints} (example pairs or queries) but the latent batch is "
+                f"{latents}: give the latent (e.g. Empty Latent Image's batch_size) a batch of {hints}, or pass one "
+                "example pair and one query")
+        return super().get_control(x_noisy, t, cond, batched_number, transformer_options)
+
     def copy(self) -> "PromptDiffusionControl":
         # Adapted from ComfyUI 0.3.64 comfy/controlnet.py ControlNet.copy, which would build the base class.
         c = PromptDiffusionControl(None, global_average_pooling=self.global_average_pooling,

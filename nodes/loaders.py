@@ -39,12 +39,13 @@ class LoadPromptDiffusionControlNet(io.ComfyNode):
         return io.Schema(
             node_id="PDiff_LoadPromptDiffusionControlNet",
             display_name="Load Prompt Diffusion ControlNet",
-            category="loaders/prompt diffusion",
+            category="Prompt Diffusion/loaders",
             description="Loads a Prompt Diffusion ControlNet from ComfyUI's controlnet folder: the authors' LDM checkpoint "
                         "(only control_model.* is used), a diffusers controlnet/ safetensors (config.json beside it), or this "
                         "project's single-file safetensors.",
-            inputs=[io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("controlnet"))],
-            outputs=[io.ControlNet.Output()],
+            inputs=[io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("controlnet"),
+                                   tooltip="A file in models/controlnet/, e.g. the authors' network-step=04999.ckpt.")],
+            outputs=[io.ControlNet.Output(tooltip="For Apply Prompt Diffusion (the stock apply nodes refuse it).")],
         )
 
     @classmethod
@@ -66,12 +67,15 @@ class LoadPromptDiffusionModel(io.ComfyNode):
         return io.Schema(
             node_id="PDiff_LoadPromptDiffusionModel",
             display_name="Load Prompt Diffusion Model (pipeline folder)",
-            category="loaders/prompt diffusion",
+            category="Prompt Diffusion/loaders",
             description="Loads a Prompt Diffusion diffusers pipeline folder of any size (models/prompt_diffusion/<name>/) "
                         "as ComfyUI's MODEL, CLIP and VAE, plus its Prompt Diffusion CONTROL_NET.",
             inputs=[io.Combo.Input("model_name", options=pipeline_folder_names(),
                                    tooltip="A folder with model_index.json under models/prompt_diffusion/ (or the pack's embedded models).")],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output(), io.ControlNet.Output()],
+            outputs=[io.Model.Output(tooltip="The UNet, for a stock KSampler."),
+                     io.Clip.Output(tooltip="The text encoder, for stock CLIPTextEncode nodes."),
+                     io.Vae.Output(tooltip="The VAE, for a stock VAEDecode."),
+                     io.ControlNet.Output(tooltip="The Prompt Diffusion ControlNet, for Apply Prompt Diffusion.")],
         )
 
     @classmethod

@@ -29,7 +29,7 @@ import comfy.supported_models_base
 import comfy.utils
 import folder_paths
 
-from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, read_controlnet
+from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, PipelineFolderError, read_controlnet
 from pdiff_core.model_folder import check_model_folder
 
 from .control import (
@@ -44,10 +44,6 @@ from .control import (
 BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear"}
 PREDICTION_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
 CLIP_VOCAB_SIZE = 49408  # ComfyUI's CLIP text model always builds this many token embeddings
-
-
-class PipelineFolderError(ValueError):
-    """A pipeline folder that cannot be loaded; the message names the file and what was expected."""
 
 
 def read_component(folder: Path, name: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
@@ -73,9 +69,20 @@ class SmallSD15(comfy.supported_models.SD15):
         self.prediction = model_type
         self.sampling_settings = dict(sampling_settings)
         self.latent_format = comfy.latent_formats.SD15(scale_factor=vae_scale)
+        channels = int(unet_config["in_channels"])
+        if channels != self.latent_format.latent_channels:
+            # KSampler widens an empty latent to this; SD1.5's preview factors are for 4 channels.
+            self.latent_format.latent_channels = channels
+            self.latent_format.latent_rgb_factors = None
+            self.latent_format.latent_rgb_factors_bias = None
+            self.latent_format.taesd_decoder_name = None
 
     def model_type(self, state_dict: Mapping[str, Any], prefix: str = "") -> comfy.model_base.ModelType:
         return self.prediction
+
+    def inpaint_model(self) -> bool:
+        # ComfyUI's check (supported_models_base, 0.3.64) is in_channels > 4, meant for SD's 4-channel latents.
+        return self.unet_config["in_channels"] > self.latent_format.latent_channels
 
 
 def _sampling(folder: Path) -> Tuple[comfy.model_base.ModelType, Dict[str, Any]]:
@@ -193,14 +200,13 @@ def load_vae(folder: Path) -> Tuple[comfy.sd.VAE, float]:
             f"{folder / 'vae' / 'config.json'}: ComfyUI's SD VAE needs 4 levels (8x downscaling) of multiples of the first "
             f"width and at most 2 layers per block; got block_out_channels {channels}, layers_per_block {layers}")
     latent_channels = int(config.get("latent_channels", 4))
-    if latent_channels != 4:
-        raise PipelineFolderError(f"{folder / 'vae' / 'config.json'}: latent_channels {latent_channels}; SD1.5 models use 4")
     ddconfig = {"double_z": True, "z_channels": latent_channels, "resolution": int(config.get("sample_size", 512)),
                 "in_channels": int(config.get("in_channels", 3)), "out_ch": int(config.get("out_channels", 3)),
                 "ch": channels[0], "ch_mult": [c // channels[0] for c in channels], "num_res_blocks": layers,
                 "attn_resolutions": [], "dropout": 0.0}
     with _vae_norm_groups(int(config.get("norm_num_groups", COMFY_GROUP_NORM_GROUPS))):
         vae = comfy.sd.VAE(sd=state_dict, config={"params": {"embed_dim": latent_channels, "ddconfig": ddconfig}})
+    vae.latent_channels = latent_channels  # comfy.sd.VAE assumes SD's 4 when given a config
     return vae, float(config.get("scaling_factor", 0.18215))
 
 

@@ -49,6 +49,10 @@ class CheckpointError(ValueError):
     """A file that is not a usable Prompt Diffusion checkpoint; the message says what it is."""
 
 
+class PipelineFolderError(CheckpointError):
+    """A pipeline folder that cannot be loaded; the message names the file and what was expected."""
+
+
 # --------------------------------------------------------------------------- reading files
 
 
@@ -63,14 +67,14 @@ def read_state_dict(path: PathLike) -> StateDict:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path}: not a readable .safetensors file (empty, truncated or corrupt?): {err}") from None
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({err}): {looks_like(path)}") from None
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # pickle refusing a non-tensor object lands here
             raise CheckpointError(
-                f"{path} could not be read with torch.load(weights_only=True): {err}. Only plain tensor "
-                "checkpoints are loaded; convert other pickles to .safetensors in a trusted environment."
+                f"{path} could not be read with torch.load(weights_only=True): {err}. It {looks_like(path)}. Only "
+                "plain tensor checkpoints are loaded; convert other pickles to .safetensors in a trusted environment."
             ) from err
         if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
             loaded = loaded["state_dict"]
@@ -89,7 +93,25 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable .safetensors file (empty, truncated or corrupt?): {err}") from None
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({err}): {looks_like(path)}") from None
+
+
+# What the first bytes of a file that is not the weights it claims to be usually mean.
+SIGNATURES = [(b"version https://git-lfs", "a Git LFS pointer (the weights were never downloaded)"),
+              (b"<!DOCTYPE", "an HTML page (a login or error page saved under this name?)"),
+              (b"<html", "an HTML page (a login or error page saved under this name?)"),
+              (b"PK\x03\x04", "a zip archive, as torch.save writes (a .ckpt renamed?)")]
+
+
+def looks_like(path: Path) -> str:
+    """What `path` looks like, in words: its size and how it starts."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "the file is empty"
+    known = next((what for magic, what in SIGNATURES if head.lstrip().startswith(magic)), None)
+    return f"{size:,} bytes, starting {head[:24]!r}" + (f": {known}" if known else "")
 
 
 # --------------------------------------------------------------------------- recognising

@@ -20,6 +20,7 @@ from .checkpoints import (
 )
 from .defaults import DEFAULT_MODEL, DTYPES, default_device
 from .loading import SCHEDULERS, check_model_argument, load_pipeline
+from .model_info import read_model_info
 
 logger = logging.getLogger("pdiff")
 
@@ -58,6 +59,11 @@ def generation_size(size: Tuple[int, int], multiple: int) -> Tuple[int, int]:
     return tuple(max(multiple, round(v / multiple) * multiple) for v in (height, width))
 
 
+def _guidance(args: argparse.Namespace) -> float:
+    """--guidance, else the model's own (prompt_diffusion.json), else the authors' 9.0."""
+    return args.guidance if args.guidance is not None else read_model_info(args.model).guidance_scale
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from .image_io import check_output_path, image_size, read_image, save_image_atomic
 
@@ -90,7 +96,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         height=height,
         width=width,
         num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
+        guidance_scale=_guidance(args),
         negative_prompt=args.negative_prompt,
         generator=generator,
     ).images[0]
@@ -133,7 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _refuse_overwrite(out, args.overwrite)
     examples = load_examples(args.examples) if args.examples else load_examples()
     pipe = load_pipeline(args.model, device=args.device)
-    results = run_examples(pipe, examples, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    results = run_examples(pipe, examples, steps=args.steps, guidance=_guidance(args), seed=args.seed)
     save_image_atomic(draw_grid(examples, results), out)
     logger.info("wrote %s: %d tasks (example source -> target | query -> result | exact answer)", out, len(examples))
 
@@ -161,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
     gen.add_argument("--controlnet", type=Path, default=None, help="another Prompt Diffusion ControlNet (LDM .ckpt/.safetensors or diffusers)")
     gen.add_argument("--steps", type=positive_int, default=50)
-    gen.add_argument("--guidance", type=finite_float, default=9.0)
+    gen.add_argument("--guidance", type=finite_float, default=None,
+                     help="guidance scale (default: the model's prompt_diffusion.json, else the authors' 9.0)")
     gen.add_argument("--seed", type=seed, default=0)
     gen.add_argument("--height", type=positive_int, default=None, help="resize the inputs to this height (with --width; default: the query's, to the nearest multiple of 8)")
     gen.add_argument("--width", type=positive_int, default=None, help="resize the inputs to this width (with --height; default: the query's, to the nearest multiple of 8)")
@@ -180,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
     demo.add_argument("--examples", type=Path, default=None, help="examples folder (default: the bundled ones)")
     demo.add_argument("--steps", type=positive_int, default=20)
-    demo.add_argument("--guidance", type=finite_float, default=5.0)
+    demo.add_argument("--guidance", type=finite_float, default=None,
+                      help="guidance scale (default: the model's prompt_diffusion.json, else the authors' 9.0)")
     demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--device", default=default_device())
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -2,7 +2,9 @@
 
 Every preset builds the same components (CLIP text encoder, KL VAE, UNet, Prompt Diffusion
 ControlNet, DDIM scheduler); only the sizes differ. `tiny` is for tests (random weights, built in
-well under a second); `small` is the embedded default's size; `sd15` is the published model's.
+well under a second); `embedded` is the embedded default's size (8 latent channels: the 64 px toy
+renders keep their detail through the VAE), `small` the first embedded model's; `sd15` is the
+published model's.
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ PRESETS: Dict[str, ModelPreset] = {
         name="small", unet_channels=(32, 64, 128), layers_per_block=2, attention_heads=4,
         text_width=64, text_layers=2, text_heads=4, vae_channels=(32, 32, 64, 64), vae_layers_per_block=1,
         hint_channels=(16, 32, 48, 64), norm_groups=16, vae_norm_groups=16, resolution=64,
+    ),
+    "embedded": ModelPreset(
+        name="embedded", unet_channels=(48, 96, 128), layers_per_block=2, attention_heads=4,
+        text_width=64, text_layers=2, text_heads=4, vae_channels=(32, 64, 96, 96), vae_layers_per_block=1,
+        hint_channels=(16, 32, 48, 64), norm_groups=16, vae_norm_groups=16, latent_channels=8, resolution=64,
     ),
     "tiny": ModelPreset(
         name="tiny", unet_channels=(32, 64), layers_per_block=1, attention_heads=2,

@@ -14,6 +14,8 @@ from typing import List
 import torch
 from PIL import Image, ImageDraw
 
+from .image_io import read_image
+
 logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
@@ -31,19 +33,28 @@ class Example:
     truth: Image.Image
 
 
+IMAGE_KEYS = ("example_source", "example_target", "query", "truth")
+
+
 def load_examples(folder: Path = EXAMPLES_DIR) -> List[Example]:
     index = folder / "examples.json"
     if not index.is_file():
         raise FileNotFoundError(f"no examples index at {index}")
+    try:
+        entries = json.loads(index.read_text(encoding="utf-8"))["examples"]
+        fields = [(e["task"], e["prompt"], e["seen"], {k: e[k] for k in IMAGE_KEYS}) for e in entries]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{index}: not an examples index (expected {{\"examples\": [{{task, prompt, seen, "
+                         f"{', '.join(IMAGE_KEYS)}}}, ...]}}): {type(err).__name__}: {err}") from None
     examples = []
-    for entry in json.loads(index.read_text())["examples"]:
+    for task, prompt, seen, files in fields:
         images = {}
-        for key in ("example_source", "example_target", "query", "truth"):
-            path = folder / entry[key]
+        for key, name in files.items():
+            path = folder / name
             if not path.is_file():
-                raise FileNotFoundError(f"{index}: {key} of task {entry['task']!r} is missing: {path}")
-            images[key] = Image.open(path).convert("RGB")
-        examples.append(Example(entry["task"], entry["prompt"], entry["seen"], **images))
+                raise FileNotFoundError(f"{index}: {key} of task {task!r} is missing: {path}")
+            images[key] = read_image(path, f"{index}: {key} of task {task!r}")
+        examples.append(Example(task, prompt, seen, **images))
     return examples
 
 

@@ -3,7 +3,7 @@
     python scripts/run_workflow.py workflows/api/depth_to_image.json --comfyui ~/ComfyUI --cpu \\
         --image "query=my_depth.png" --prompt "a red sphere on a plain floor" --seed 7 --output out/
 
-The workflow may be in API format (workflows/api/) or UI format (workflows/, as saved by the UI).
+The workflow may be in API format (workflows/api/) or UI format (example_workflows/, as saved by the UI).
 Nodes are addressed by title (`_meta.title` / the UI title) or id: `--image TITLE=PATH` sets a
 LoadImage node's file, `--prompt` / `--negative` the texts of the nodes titled "positive prompt" /
 "negative prompt", `--seed` every sampler's seed, `--set NODE.INPUT=VALUE` any input (VALUE as JSON,
@@ -83,6 +83,32 @@ def ui_to_api(workflow: Dict[str, Any], input_types: Callable[[str], Optional[Di
     return prompt
 
 
+def read_workflow(path: Path) -> Dict[str, Any]:
+    """The workflow in `path`, checked to be a UI- or API-format workflow."""
+    if not path.is_file():
+        raise WorkflowError(f"workflow file not found: {path}")
+    try:
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WorkflowError(f"{path} is not a JSON file: {err}") from err
+    expected = ("a workflow: a JSON object, in UI format (with 'nodes' and 'links', as the UI saves it) or API format "
+                "({node id: {'class_type': ..., 'inputs': {...}}})")
+    if not isinstance(workflow, dict) or not workflow:
+        raise WorkflowError(f"{path} holds {type(workflow).__name__ if workflow else 'nothing'}, not {expected}")
+    if not is_ui_format(workflow):
+        for node_id, node in workflow.items():
+            if not (isinstance(node, dict) and isinstance(node.get("class_type"), str) and isinstance(node.get("inputs"), dict)):
+                raise WorkflowError(f"{path}: entry {node_id!r} is not a node with 'class_type' and 'inputs'; expected {expected}")
+    return workflow
+
+
+def check_image_files(assignments: List[str]) -> None:
+    for assignment in assignments:
+        key, path = _split(assignment, "--image")
+        if not Path(path).is_file():
+            raise WorkflowError(f"--image {key}: file not found: {path}")
+
+
 def find_nodes(prompt: Dict[str, Any], key: str) -> List[str]:
     """Ids of the nodes whose id or title is `key`."""
     found = [i for i, n in prompt.items() if i == key or n.get("_meta", {}).get("title") == key]
@@ -101,8 +127,6 @@ def _split(assignment: str, option: str) -> tuple:
 def apply_overrides(prompt: Dict[str, Any], args: argparse.Namespace) -> None:
     for assignment in args.image:
         key, path = _split(assignment, "--image")
-        if not Path(path).is_file():
-            raise WorkflowError(f"--image {key}: file not found: {path}")
         for node_id in find_nodes(prompt, key):
             if "image" not in prompt[node_id]["inputs"]:
                 raise WorkflowError(f"--image {key}: node {node_id} ({prompt[node_id]['class_type']}) has no image input")
@@ -237,30 +261,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        # Everything that can be checked without ComfyUI is, before its ~10 s boot.
         if args.comfyui is None:
             raise WorkflowError("no ComfyUI checkout: pass --comfyui PATH or set COMFYUI_PATH")
-        workflow = json.loads(args.workflow.read_text())
+        workflow = read_workflow(args.workflow)
+        check_image_files(args.image)
         args.output.mkdir(parents=True, exist_ok=True)
-        input_dir = Path(tempfile.mkdtemp(prefix="pdiff_inputs_"))
         comfy_dir = args.comfyui.resolve()
-        comfy = boot_comfyui(comfy_dir, args.cpu, args.output.resolve(), input_dir)
-        prompt = ui_to_api(workflow, input_types_of(comfy["nodes"])) if is_ui_format(workflow) else workflow
-        apply_overrides(prompt, args)
-        stage_images(prompt, input_dir, comfy_dir / "input")
-        history = run(prompt, comfy)
+        with tempfile.TemporaryDirectory(prefix="pdiff_inputs_") as input_dir:
+            comfy = boot_comfyui(comfy_dir, args.cpu, args.output.resolve(), Path(input_dir))
+            prompt = ui_to_api(workflow, input_types_of(comfy["nodes"])) if is_ui_format(workflow) else workflow
+            apply_overrides(prompt, args)
+            stage_images(prompt, Path(input_dir), comfy_dir / "input")
+            history = run(prompt, comfy)
     except WorkflowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NodeFailure as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    written = []
-    for node_id, output in history["outputs"].items():
+    files = {"output": [], "temp": []}  # SaveImage's files; previews (PreviewImage, the side-by-side node)
+    for output in history["outputs"].values():
         for image in output.get("images", []):
-            if image.get("type") == "output":
-                written.append(str(args.output / image.get("subfolder", "") / image["filename"]))
-    (args.output / "outputs.json").write_text(json.dumps({"outputs": history["outputs"], "files": written}, indent=2))
-    for path in written:
+            if image.get("type") in files:
+                folder = args.output if image["type"] == "output" else args.output / "temp"
+                files[image["type"]].append(str(folder / image.get("subfolder", "") / image["filename"]))
+    summary = {"outputs": history["outputs"], "files": files["output"], "previews": files["temp"]}
+    (args.output / "outputs.json").write_text(json.dumps(summary, indent=2))
+    for path in files["output"] + files["temp"]:
         print(path)
     return 0
 

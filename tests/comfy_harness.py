@@ -48,7 +48,7 @@ def one_torch_thread() -> Iterator[None]:
 def comfyui_copy(base: Path, pipeline_dir: Path) -> Path:
     """A writable ComfyUI copy under `base` (made once per process): this pack linked into custom_nodes/,
     the pipeline folder `pipeline_dir` (the tests' tiny one, or a benchmark's) as
-    models/prompt_diffusion/pdiff-toyworld, the workflow inputs in input/."""
+    models/prompt_diffusion/pdiff-toyworld. The pack itself copies the templates' inputs into input/."""
     global _copy
     if _copy is None:
         if not (SNAPSHOT / "main.py").is_file():
@@ -57,8 +57,6 @@ def comfyui_copy(base: Path, pipeline_dir: Path) -> Path:
         shutil.copytree(SNAPSHOT, target, ignore=shutil.ignore_patterns("__pycache__", ".git"))
         (target / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
         shutil.copytree(pipeline_dir, target / "models" / "prompt_diffusion" / DEFAULT_MODEL_NAME)
-        for image in (ROOT / "workflows" / "inputs").glob("*.png"):
-            shutil.copy(image, target / "input" / image.name)
         _copy = target
     return _copy
 

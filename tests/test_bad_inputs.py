@@ -302,3 +302,20 @@ def test_a_model_folder_missing_a_weights_file_is_named(tiny_pipeline_dir, tmp_p
         weights.unlink()
     err = run_cli(["demo", "--model", folder, "--out", tmp_path / "demo.png", "--steps", 1], capsys)
     assert f"--model {folder}:" in err and "unet" in err
+
+
+@pytest.mark.parametrize("damage", ["broken index", "text file as image"])
+def test_a_broken_examples_folder_is_named(damage, tmp_path, capsys):
+    from pdiff_core.demo import EXAMPLES_DIR
+
+    folder = tmp_path / "examples"
+    shutil.copytree(EXAMPLES_DIR, folder)
+    if damage == "broken index":
+        (folder / "examples.json").write_text('{"examples": [{"task": "depth"}]}')
+        expected = f"{folder / 'examples.json'}: not an examples index"
+    else:
+        victim = folder / json.loads((folder / "examples.json").read_text())["examples"][0]["query"]
+        victim.write_text("not an image")
+        expected = f"{victim} cannot be read as an image"
+    err = run_cli(["demo", "--examples", folder, "--out", tmp_path / "demo.png"], capsys)
+    assert expected in err

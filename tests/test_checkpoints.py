@@ -142,3 +142,17 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
         read_controlnet(tmp_path / "nothing.safetensors")
+
+
+@pytest.mark.parametrize("name, content, described", [
+    ("garbage.safetensors", b"\xff" * 64, "starting b'\\xff"),
+    ("pointer.safetensors", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n", "Git LFS pointer"),
+    ("login.ckpt", b"<!DOCTYPE html><html><body>sign in</body></html>", "an HTML page"),
+    ("empty.safetensors", b"", "the file is empty"),
+])
+def test_a_file_that_is_not_weights_is_named_with_what_it_looks_like(tmp_path, name, content, described):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        read_controlnet(path)
+    assert str(path) in str(err.value) and described in str(err.value)

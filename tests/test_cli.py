@@ -161,3 +161,18 @@ def test_cli_runs_without_the_eval_and_train_extras():
     assert result.returncode == 0, result.stderr
     for command in ("generate", "eval", "convert"):
         assert f"usage: pdiff {command}" in result.stdout
+
+
+def test_generate_takes_the_models_own_guidance_unless_given_one(tiny_pipeline_dir, inputs, tmp_path):
+    import shutil
+
+    from pdiff_core.model_info import write_model_info
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_dir, model)
+    write_model_info(model, ["depth"], 1.0)  # guidance 1 skips the unconditional pass: same image as --guidance 1
+    generate(model, inputs, tmp_path / "own.png")
+    generate(model, inputs, tmp_path / "one.png", "--guidance", "1")
+    generate(model, inputs, tmp_path / "nine.png", "--guidance", "9")
+    own, one, nine = (np.asarray(PIL.Image.open(tmp_path / f"{n}.png")) for n in ("own", "one", "nine"))
+    assert np.array_equal(own, one) and not np.array_equal(own, nine)

@@ -68,6 +68,32 @@ def loaded_v_prediction(comfyui, node_classes, tiny_pipeline_dir, tmp_path_facto
     return node_classes["PDiff_LoadPromptDiffusionModel"].execute("pdiff-tiny-v").result
 
 
+@pytest.fixture(scope="session")
+def latent8(comfyui, node_classes, tiny_tokenizer_dir, tmp_path_factory):
+    """A tiny v-prediction model with 8 latent channels (as the embedded default has): its pipeline
+    and its MODEL, CLIP, VAE, CONTROL_NET through the loader (registered in this process only)."""
+    import dataclasses
+
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTokenizer
+
+    from pdiff_core.configs import PRESETS, build_components
+    from pdiff_core.pipeline import PromptDiffusionPipeline
+
+    preset = dataclasses.replace(PRESETS["tiny"], latent_channels=8)
+    components = build_components(preset, CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir)), seed=3)
+    from conftest import randomize_zero_parameters
+
+    randomize_zero_parameters(components["controlnet"], 3)
+    components["scheduler"] = DDIMScheduler.from_config(components["scheduler"].config, prediction_type="v_prediction")
+    pipe = PromptDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    models = tmp_path_factory.mktemp("latent8_models")
+    comfyui["folder_paths"].add_model_folder_path("prompt_diffusion", str(models))
+    pipe.save_pretrained(str(models / "pdiff-tiny-latent8"))
+    return pipe, node_classes["PDiff_LoadPromptDiffusionModel"].execute("pdiff-tiny-latent8").result
+
+
 def control_outputs(control_model, x, timesteps, context, hint):
     with torch.no_grad():
         out = control_model(x=x, hint=hint, timesteps=timesteps, context=context)
@@ -320,13 +346,12 @@ def test_mask_limits_where_the_control_applies(node_classes, loaded):
         c = prepared(apply(node_classes, control, *images, mask=mask)[0][0][1]["control"], model)
         return comfy_control(c, model, x, sigma, context, 1)
 
-    unmasked, ones, zeros = run(None), run(torch.ones(1, 32, 32)), run(torch.zeros(32, 32))
+    unmasked, ones = run(None), run(torch.ones(1, 32, 32))
     left = torch.zeros(1, 32, 32)
     left[..., :16] = 1.0
     half = run(left)
-    for a, b, z, h in zip(unmasked[0], ones[0], zeros[0], half[0]):
+    for a, b, h in zip(unmasked[0], ones[0], half[0]):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
-        assert float(z.abs().max()) == 0.0
         width = h.shape[-1]
         if width >= 2:  # coarser residuals average the mask's edge
             torch.testing.assert_close(h[..., : width // 2], a[..., : width // 2], atol=ATOL, rtol=1e-4)
@@ -345,6 +370,50 @@ def test_apply_refuses_a_plain_controlnet_and_stock_apply_refuses_prompt_diffusi
     c = prepared(positive[0][1]["control"], model)
     with pytest.raises(ValueError, match="Apply Prompt Diffusion"):
         comfy_control(c, model, torch.randn(1, 4, 4, 4), torch.tensor([1.0]), torch.randn(1, 77, 32), 1)
+
+
+def test_settings_that_would_silently_give_no_control_are_errors(node_classes, loaded):
+    _, _, _, control = loaded
+    images = [torch.rand(1, 32, 32, 3) for _ in range(3)]
+    with pytest.raises(ValueError, match="start_percent 0.8 is after end_percent 0.2"):
+        apply(node_classes, control, *images, start=0.8, end=0.2)
+    apply(node_classes, control, *images, start=0.5, end=0.5)  # an empty range is the user's explicit choice
+    # LoadImage's MASK for an opaque image: zeros everywhere
+    with pytest.raises(ValueError, match="mask is 0 everywhere.*without an alpha channel"):
+        apply(node_classes, control, *images, mask=torch.zeros(1, 64, 64))
+
+
+def test_more_queries_than_latents_is_an_error_not_a_silent_broadcast(node_classes, loaded):
+    model, _, _, control = loaded
+    pair = [torch.rand(1, 32, 32, 3) for _ in range(2)]
+    c = prepared(apply(node_classes, control, *pair, torch.rand(2, 32, 32, 3))[0][0][1]["control"], model)
+    sigma = model.model.model_sampling.sigma(torch.tensor([500.0, 500.0]))
+    x, context = torch.randn(2, 4, 4, 4), torch.randn(2, 77, 32)
+    # a latent batch of 1: cond and uncond in one batch (ComfyUI would feed query 2 nowhere) or alone
+    for batch, batched_number in ((2, 2), (1, 1)):
+        with pytest.raises(ValueError, match="batch of 2 .* but the latent batch is 1"):
+            comfy_control(c, model, x[:batch], sigma[:batch], context[:batch], batched_number)
+    comfy_control(c, model, x, sigma, context, batched_number=1)  # a latent batch of 2 is what it needs
+
+
+def test_a_pair_of_another_aspect_ratio_is_cropped_with_a_warning(node_classes, loaded, caplog):
+    _, _, _, control = loaded
+    query = torch.rand(1, 32, 32, 3)
+    apply(node_classes, control, torch.rand(1, 64, 65, 3), torch.rand(1, 64, 64, 3), query)  # within 2 %: quiet
+    assert "centre-cropped" not in caplog.text
+    apply(node_classes, control, torch.rand(1, 32, 64, 3), torch.rand(1, 64, 64, 3), query)
+    warnings = [r.getMessage() for r in caplog.records if "centre-cropped" in r.getMessage()]
+    assert len(warnings) == 1 and "example_source is 64x32 and the query 32x32" in warnings[0]
+
+
+def test_every_input_and_output_has_a_tooltip_and_one_category(node_classes):
+    for node_id in sorted(NODE_IDS):
+        node = node_classes[node_id]
+        inputs = {**node.INPUT_TYPES()["required"], **node.INPUT_TYPES().get("optional", {})}
+        missing = [name for name, spec in inputs.items() if not (len(spec) > 1 and spec[1].get("tooltip"))]
+        assert not missing, f"{node_id}: no tooltip on {missing}"
+        assert all(node.OUTPUT_TOOLTIPS), f"{node_id}: outputs {node.OUTPUT_TOOLTIPS}"
+        assert node.CATEGORY.split("/")[0] == "Prompt Diffusion", (node_id, node.CATEGORY)
 
 
 def test_batch_mismatch_is_a_clear_error(node_classes, loaded):
@@ -371,10 +440,11 @@ def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyu
     width = pipe.unet.config.cross_attention_dim
     with torch.no_grad():
         torch.testing.assert_close(clip.encode_from_tokens(clip.tokenize(text)), pipe.text_encoder(ids)[0], atol=1e-5, rtol=1e-4)
-        z = torch.randn(1, 4, 8, 8, generator=g)
+        channels = pipe.unet.config.in_channels
+        z = torch.randn(1, channels, 8, 8, generator=g)
         decoded = (pipe.vae.decode(z).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
         torch.testing.assert_close(vae.decode(z), decoded, atol=1e-5, rtol=1e-4)
-        x, t, context = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500.0, 20.0]), torch.randn(2, 77, width, generator=g)
+        x, t, context = torch.randn(2, channels, 8, 8, generator=g), torch.tensor([500.0, 20.0]), torch.randn(2, 77, width, generator=g)
         torch.testing.assert_close(model.model.diffusion_model(x, t, context=context),
                                    pipe.unet(x, t, encoder_hidden_states=context).sample, atol=1e-5, rtol=1e-4)
         images = torch.rand(2, 9, 64, 64, generator=g) * 2 - 1
@@ -424,9 +494,9 @@ def test_example_pair_and_side_by_side_preview(comfyui, node_classes):
 # ----------------------------------------------------------------------------- the same numbers both ways
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("variant", ["epsilon", "v_prediction", "v_prediction, 8 latent channels"])
 def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, node_classes, tiny_pipeline, request,
-                                                                      prediction_type):
+                                                                      variant):
     """Same weights, sampler, seed and inputs (one example pair, two queries): loader -> CLIPTextEncode ->
     Apply Prompt Diffusion -> KSampler (ddim, ddim_uniform) -> VAEDecode against `PromptDiffusionPipeline`
     with DDIM.
@@ -444,7 +514,13 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
     import comfy.samplers
 
     nodes = comfyui["nodes"]
-    model, clip, vae, control = request.getfixturevalue("loaded" if prediction_type == "epsilon" else "loaded_v_prediction")
+    prediction_type = variant.split(",")[0]
+    if variant == "epsilon":
+        model, clip, vae, control = request.getfixturevalue("loaded")
+    elif variant == "v_prediction":
+        model, clip, vae, control = request.getfixturevalue("loaded_v_prediction")
+    else:  # KSampler widens EmptyLatentImage's 4 channels to the model's 8
+        tiny_pipeline, (model, clip, vae, control) = request.getfixturevalue("latent8")
     g = torch.Generator().manual_seed(6)
     source, target = (torch.rand(1, 64, 64, 3, generator=g) for _ in range(2))
     query = torch.rand(2, 64, 64, 3, generator=g)  # one example pair over a batch of two queries
@@ -461,7 +537,7 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
         other_image = nodes.VAEDecode().decode(vae, other)[0]
 
     sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)[0]
-    noise = comfy.sample.prepare_noise(latent["samples"], seed)
+    noise = comfy.sample.prepare_noise(comfy.sample.fix_empty_latent_channels(model, latent["samples"]), seed)
     tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True,
                                                         prediction_type=prediction_type)
     pipe_image = tiny_pipeline(
@@ -489,6 +565,9 @@ def test_annotator_runs_from_local_weights_and_names_missing_ones(comfyui, node_
         annotate.execute(torch.rand(1, 32, 32, 3), "soft edge (PiDiNet)")
     torch.manual_seed(0)
     torch.save(ControlNetHED_Apache2().state_dict(), weights / "ControlNetHED.pth")  # random weights: wiring only
-    edges = annotate.execute(torch.rand(2, 40, 48, 3), "soft edge (HED)").result[0]
+    images = torch.rand(2, 40, 48, 3)
+    edges = annotate.execute(images, "soft edge (HED)", resolution=64).result[0]
     assert edges.shape == (2, 40, 48, 3)
     assert 0.0 <= float(edges.min()) and float(edges.max()) <= 1.0 and float(edges.std()) > 0
+    finer = annotate.execute(images, "soft edge (HED)", resolution=128).result[0]
+    assert finer.shape == edges.shape and float((finer - edges).abs().max()) > 0.01  # the resolution is used

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from PIL import Image
 from comfy_harness import ONE_THREAD_ENV, PACK_NAME, ROOT, ComfyServer, comfyui_copy, load_runner, one_torch_thread
 
 WORKFLOWS = ROOT / "workflows"
-NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
+TEMPLATES = ROOT / "example_workflows"
+FULL_SIZE = {"sd15_depth_to_image"}  # needs SD1.5 files; validated in test_comfy_workflows.py
+NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json") if p.stem not in FULL_SIZE)
 TEST_STEPS = 4  # the tiny random-weight model; the workflows' own 20 steps would only take longer
 
 
@@ -72,11 +75,18 @@ def test_pack_imports_and_its_nodes_are_served(server):
     assert pack_lines and not any("IMPORT FAILED" in line or "Cannot import" in line for line in pack_lines), pack_lines
 
 
-def test_workflows_are_served_as_templates(server):
-    templates = server.get("/workflow_templates")
-    assert sorted(templates[PACK_NAME]) == NAMES
-    served = server.get(f"/api/workflow_templates/{PACK_NAME}/{NAMES[0]}.json")
-    assert served == json.loads((WORKFLOWS / f"{NAMES[0]}.json").read_text())
+def test_templates_are_served_with_thumbnails_and_nothing_else(server):
+    titles = sorted(p.stem for p in TEMPLATES.glob("*.json"))
+    assert sorted(server.get("/workflow_templates")[PACK_NAME]) == titles
+    base = f"/api/workflow_templates/{PACK_NAME}/"
+    for title in titles:
+        quoted = urllib.parse.quote(title)
+        assert server.get(f"{base}{quoted}.json") == json.loads((TEMPLATES / f"{title}.json").read_text())
+        assert Image.open(io.BytesIO(server.get_bytes(f"{base}{quoted}.jpg"))).format == "JPEG"
+    for private in ("build.py", "api/depth_to_image.json", "inputs/pdiff_depth_query.png", "thumbnails.py"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            server.get_bytes(base + private)
+        assert refused.value.code == 404, private
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -100,7 +110,7 @@ def test_workflow_runs_end_to_end(server, name):
 def test_ui_workflow_converts_to_a_prompt_the_server_accepts(server):
     runner = load_runner()
     info = server.get("/object_info")
-    ui = json.loads((WORKFLOWS / "text_guided_edit.json").read_text())
+    ui = json.loads((TEMPLATES / "Edit by example, change the floor.json").read_text())
     prompt = runner.ui_to_api(ui, lambda node_type: info.get(node_type, {}).get("input"))
     prompt["9"]["inputs"]["steps"] = TEST_STEPS
     entry = run(server, prompt)
@@ -111,13 +121,17 @@ def test_headless_command_runs_a_workflow_with_overrides(comfy_dir, tmp_path):
     query = tmp_path / "my query.png"
     Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(query)
     out = tmp_path / "out"
+    private_tmp = tmp_path / "tmp"  # the runner's temporary folders go here, and must not stay
+    private_tmp.mkdir()
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "run_workflow.py"), str(WORKFLOWS / "depth_to_image.json"),
+        [sys.executable, str(ROOT / "scripts" / "run_workflow.py"), str(TEMPLATES / "Depth map to image.json"),
          "--comfyui", str(comfy_dir), "--cpu", "--output", str(out), "--seed", "5", "--prompt", "a red sphere",
          "--image", f"query={query}", "--set", f"sampler.steps={TEST_STEPS}"],
-        capture_output=True, text=True, timeout=180, env=ONE_THREAD_ENV)
+        capture_output=True, text=True, timeout=180, env={**ONE_THREAD_ENV, "TMPDIR": str(private_tmp)})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "outputs.json").read_text())
     assert len(summary["files"]) == 1 and Path(summary["files"][0]).is_file()
+    assert len(summary["previews"]) == 1 and Image.open(summary["previews"][0]).size[0] > 4 * 64  # the side-by-side
+    assert not list(private_tmp.glob("pdiff_inputs_*")), "the runner left its input folder"
     assert Image.open(summary["files"][0]).size == (64, 64)
     assert "running node 11" in done.stderr

@@ -199,3 +199,51 @@ def test_a_new_run_merges_what_an_interrupted_sharded_run_left(tiny_pipeline, ti
     assert counting.samples == 0
     assert sorted((out / "samples.jsonl").read_text().splitlines()) == sorted(lines)
     assert not list(out.glob("samples.rank-*.jsonl"))
+
+
+class PromptRecorder:
+    """Wraps a pipeline and records the prompts and guidance it is called with."""
+
+    def __init__(self, pipe):
+        self.pipe, self.prompts, self.guidance = pipe, [], set()
+
+    def __call__(self, prompts, **kwargs):
+        self.prompts += list(prompts)
+        self.guidance.add(kwargs["guidance_scale"])
+        return self.pipe(prompts, **kwargs)
+
+
+def test_model_info_sets_trained_tasks_and_guidance_and_empty_prompts_carry_no_text(
+        tiny_pipeline, tiny_pipeline_dir, toy_data, tmp_path):
+    import shutil
+
+    from pdiff_core.model_info import write_model_info
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_dir, model)
+    write_model_info(model, ["normal", "inv_depth"], 2.5)
+    recorder = PromptRecorder(tiny_pipeline)
+    rows = run_toyworld_eval(config(model, toy_data, tmp_path / "a", tasks=["depth", "normal", "inv_depth"]), pipe=recorder)
+    assert {r.task: r.seen for r in rows} == {"depth": False, "normal": True, "inv_depth": True}
+    assert recorder.guidance == {2.5}
+    assert "depth map" in recorder.prompts and "normal map" in recorder.prompts
+
+    recorder = PromptRecorder(tiny_pipeline)
+    run_toyworld_eval(config(model, toy_data, tmp_path / "b", tasks=["depth", "inv_depth"], prompt="empty", guidance=1.0),
+                      pipe=recorder)
+    assert recorder.prompts and set(recorder.prompts) == {""} and recorder.guidance == {1.0}
+
+
+def test_model_info_file_errors_name_the_file_and_key(tmp_path):
+    from pdiff_core.model_info import AUTHORS_GUIDANCE, ModelInfoError, read_model_info
+
+    assert read_model_info(tmp_path).guidance_scale == AUTHORS_GUIDANCE
+    (tmp_path / "prompt_diffusion.json").write_text('{"guidance_scale": "high"}')
+    with pytest.raises(ModelInfoError, match="prompt_diffusion.json: guidance_scale"):
+        read_model_info(tmp_path)
+    (tmp_path / "prompt_diffusion.json").write_text('{"trained_tasks": "depth"}')
+    with pytest.raises(ModelInfoError, match="trained_tasks"):
+        read_model_info(tmp_path)
+    (tmp_path / "prompt_diffusion.json").write_text("{not json")
+    with pytest.raises(ModelInfoError, match="not valid JSON"):
+        read_model_info(tmp_path)

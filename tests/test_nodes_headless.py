@@ -4,6 +4,7 @@ overrides."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
@@ -76,7 +77,6 @@ def test_overrides_address_nodes_by_title_or_id(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"negative": "blurry"}, "no node with id or title 'negative prompt'"),
-    ({"image": ["query=/no/such.png"]}, "file not found"),
     ({"image": ["missing"]}, "expected NAME=VALUE"),
     ({"set": ["steps=3"]}, "expected NODE.INPUT=VALUE"),
 ])
@@ -86,8 +86,8 @@ def test_override_errors_say_what_is_wrong(kwargs, message):
 
 
 def test_main_exits_1_for_a_failed_node_and_lets_other_errors_through(tmp_path, monkeypatch, capsys):
-    workflow = tmp_path / "empty.json"
-    workflow.write_text("{}")
+    workflow = tmp_path / "one_node.json"
+    workflow.write_text(json.dumps({"4": {"class_type": "PDiff_PromptDiffusionPreview", "inputs": {}}}))
     argv = [str(workflow), "--comfyui", str(tmp_path), "--output", str(tmp_path / "out")]
     monkeypatch.setattr(runner, "boot_comfyui", lambda *args: {"nodes": None})
 
@@ -105,3 +105,46 @@ def test_main_exits_1_for_a_failed_node_and_lets_other_errors_through(tmp_path, 
     monkeypatch.setattr(runner, "boot_comfyui", boot_fails)
     with pytest.raises(RuntimeError, match="CUDA error"):
         runner.main(argv)
+
+
+@pytest.mark.parametrize("content, argv_extra, message", [
+    (None, [], "workflow file not found"),
+    ('{"1": {"class_type": "KSampler", "inp', [], "is not a JSON file"),
+    ('[{"class_type": "KSampler"}]', [], "holds list, not a workflow"),
+    ('{"1": {"class_type": "KSampler"}}', [], "entry '1' is not a node with 'class_type' and 'inputs'"),
+    ('{"1": {"class_type": "LoadImage", "inputs": {}}}', ["--image", "query=/no/such.png"], "--image query: file not found"),
+])
+def test_main_exits_2_for_a_bad_workflow_file_before_booting_comfyui(tmp_path, monkeypatch, capsys, content, argv_extra, message):
+    workflow = tmp_path / "workflow.json"
+    if content is not None:
+        workflow.write_text(content)
+
+    def boot(*args):
+        raise AssertionError("ComfyUI booted before the workflow was checked")
+
+    monkeypatch.setattr(runner, "boot_comfyui", boot)
+    assert runner.main([str(workflow), "--comfyui", str(tmp_path), "--output", str(tmp_path / "out"), *argv_extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_main_removes_its_temporary_input_folder_and_lists_previews(tmp_path, monkeypatch, capsys):
+    workflow = tmp_path / "one_node.json"
+    workflow.write_text(json.dumps({"4": {"class_type": "PDiff_PromptDiffusionPreview", "inputs": {}}}))
+    input_dirs = []
+
+    def boot(comfy_dir, cpu, output_dir, input_dir):
+        input_dirs.append(input_dir)
+        assert input_dir.is_dir()
+        return {"nodes": None}
+
+    def run(prompt, comfy):
+        return {"outputs": {"11": {"images": [{"filename": "r.png", "subfolder": "pdiff", "type": "output"}]},
+                            "12": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]}}}
+
+    monkeypatch.setattr(runner, "boot_comfyui", boot)
+    monkeypatch.setattr(runner, "run", run)
+    out = tmp_path / "out"
+    assert runner.main([str(workflow), "--comfyui", str(tmp_path), "--output", str(out)]) == 0
+    assert len(input_dirs) == 1 and not input_dirs[0].exists()
+    summary = json.loads((out / "outputs.json").read_text())
+    assert summary["files"] == [str(out / "pdiff" / "r.png")] and summary["previews"] == [str(out / "temp" / "p.png")]

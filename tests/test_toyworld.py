@@ -12,6 +12,7 @@ from PIL import Image
 from pdiff_core.data import DatasetIndex
 from training.toyworld import (
     ALL_MAPS,
+    INSTANCE_COLORS,
     Camera,
     Ground,
     Light,
@@ -94,6 +95,36 @@ def test_sphere_scene_matches_analytic_geometry() -> None:
     # Gray is the luma of the image.
     luma = np.round(r.image.astype(float) @ [0.299, 0.587, 0.114])
     np.testing.assert_allclose(maps["gray"], luma, atol=1)
+
+
+def test_derived_maps_of_the_sphere_scene() -> None:
+    """The maps that widen the task family, each against its definition computed here."""
+    res = 41
+    scene, _ = _sphere_scene(res)
+    r = render(scene, res)
+    maps = r.maps()
+    image = r.image.astype(int)
+    np.testing.assert_array_equal(maps["far"], 255 - maps["depth"].astype(int))
+    np.testing.assert_array_equal(maps["invert"], 255 - image)
+    np.testing.assert_array_equal(maps["bgr"], image[..., [2, 1, 0]])
+    assert set(np.unique(maps["quant"])) <= {0, 128, 255}
+    assert np.abs(maps["quant"].astype(int) - image).max() <= 64
+    sphere = r.object_id == 1
+    assert (maps["instance"][sphere] == INSTANCE_COLORS[0]).all()
+    assert (maps["instance"][r.object_id == 0] == 128).all()
+    # Edges: exactly the pixels with a 4-neighbour on the other side of the sphere's outline.
+    padded = np.pad(sphere, 1, mode="edge")
+    neighbours = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+    outline = np.any([n != sphere for n in neighbours], axis=0)
+    np.testing.assert_array_equal(maps["edges"], outline.astype(np.uint8) * 255)
+    # Shading: twice its linear luminance times the albedo's gives back the image's (lit pixels,
+    # away from the anti-aliased outline and below the white clip).
+    lum = np.array([0.2126, 0.7152, 0.0722])
+    linear = lambda x: (x / 255.0) ** 2.2  # noqa: E731
+    shade = linear(maps["shading"].astype(float))
+    inner = ~outline & (r.object_id >= 0) & (maps["shading"] < 250) & (maps["shading"] > 20)
+    predicted = 2 * shade * (linear(maps["albedo"].astype(float)) @ lum)
+    np.testing.assert_allclose(predicted[inner], linear(image.astype(float))[inner] @ lum, rtol=0.1, atol=0.01)
 
 
 def test_shadow_and_edges_of_the_sphere() -> None:

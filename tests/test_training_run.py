@@ -251,6 +251,12 @@ def test_a_broken_latest_checkpoint_is_named_and_resume_falls_back_to_the_previo
         Trainer(load_config(config, [f"train.output_dir={split}", "train.train_modules=[controlnet,unet]"]),
                 resume="latest").run()
 
+    from training.run_folder import find_checkpoint
+
+    caplog.clear()
+    find_checkpoint(split, str(split / "checkpoints" / "checkpoint-000002"))
+    assert "later checkpoints ['checkpoint-000003', 'checkpoint-000004']" in caplog.text
+
     weights = split / "checkpoints" / "checkpoint-000004" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(CheckpointRestoreError, match=str(weights)):

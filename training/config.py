@@ -23,7 +23,7 @@ STAGES = ("diffusion", "vae")
 # `unet_decoder` is what the authors train without --sd_locked: the UNet's output blocks and out conv.
 TRAINABLE_MODULES = ("controlnet", "unet", "unet_decoder", "text_encoder")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-FORWARD_PROMPTS = ("map_name", "caption")
+FORWARD_PROMPTS = ("map_name", "caption", "mixed")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -43,8 +43,14 @@ class DataConfig:
     min_crop_scale: float = 1.0
     # "map_name": forward tasks are prompted "depth map" / "hed map" / "segmentation map", as the
     # authors do; inverse tasks always use the group caption. "caption": always the caption.
+    # "mixed": forward tasks get the map name, the caption or "", inverse
+    # tasks the caption or "", equally likely, so that often only the example pair tells the task.
     forward_prompt: str = "map_name"
     num_workers: int = 0
+    # training.inmemory only: render this many toy-world groups (seed toyworld_seed) in memory
+    # instead of reading data.root.
+    toyworld_groups: int = 0
+    toyworld_seed: int = 0
 
 
 @dataclass
@@ -104,6 +110,9 @@ class TrainConfig:
     checkpoints_keep: int = 3
     log_every: int = 10
     cpu: bool = False  # force CPU even when an accelerator is present
+    # training.inmemory only: after a few steps, cut max_steps to what fits in this many minutes
+    # (the cosine schedule follows); 0 = no budget.
+    time_budget_minutes: float = 0.0
 
 
 @dataclass
@@ -251,7 +260,7 @@ def validate(config: Config, where: str = "config") -> None:
     """Cross-field checks; raises ConfigError naming the key."""
     t, d, m = config.train, config.data, config.model
     _check(t.stage in STAGES, where, "train.stage", f"expected one of {STAGES}, got {t.stage!r}")
-    _check(bool(d.root), where, "data.root", "required: a pdiff-groups dataset folder")
+    _check(bool(d.root) or d.toyworld_groups > 0, where, "data.root", "required: a pdiff-groups dataset folder")
     _check((m.pretrained is None) != (m.preset is None), where, "model.pretrained",
            "set exactly one of model.pretrained (a diffusers SD folder) and model.preset (tiny, small, sd15)")
     bad = [x for x in t.train_modules if x not in TRAINABLE_MODULES]

@@ -118,18 +118,26 @@ class PromptDiffusionDataset(Dataset):
             example_i, query_i = rng.integers(len(example_group.items)), 0
         example_source, example_target = self._pair(example_group.items[example_i], task, rng)
         query, target = self._pair(group.items[query_i], task, rng)
-        use_caption = task.inverse or self.forward_prompt == "caption"
         return {
             "example_pair": torch.cat([example_source, example_target]),
             "query": query,
             "target": target,
-            "caption": group.caption if use_caption else map_prompt(task.map),
+            "caption": self._prompt(group.caption, task, rng),
             "task": task.name,
             "group": group.id,
             "example_group": example_group.id,
             "example_item": int(example_i),
             "query_item": int(query_i),
         }
+
+    def _prompt(self, caption: str, task: Task, rng: np.random.Generator) -> str:
+        """The draw's text (see DataConfig.forward_prompt); "mixed" draws once more from `rng`."""
+        if self.forward_prompt == "mixed":
+            choice = rng.random()
+            if task.inverse:
+                return caption if choice < 1 / 2 else ""
+            return map_prompt(task.map) if choice < 1 / 3 else caption if choice < 2 / 3 else ""
+        return caption if task.inverse or self.forward_prompt == "caption" else map_prompt(task.map)
 
     def _pair(self, item: GroupItem, task: Task, rng: np.random.Generator) -> List[torch.Tensor]:
         """Source and target of one item, with one crop and one flip so they stay pixel-aligned."""

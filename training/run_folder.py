@@ -135,6 +135,11 @@ def find_checkpoint(output_dir: Path, resume: str, process_index: int = 0) -> Pa
         if not (path / TRAINER_STATE).is_file():
             raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {TRAINER_STATE})")
         verify_checkpoint(path, process_index)
+        newer = [p.name for p in sorted((output_dir / CHECKPOINT_DIR).glob(CHECKPOINT_PREFIX + "*"))
+                 if p.name > path.name and path.parent.resolve() == (output_dir / CHECKPOINT_DIR).resolve()]
+        if newer:
+            logger.warning("--resume %s: later checkpoints %s belong to the run being redone; until this run "
+                           "replaces them, --resume latest would pick them", path, newer)
         return path
     found = sorted((output_dir / CHECKPOINT_DIR).glob(CHECKPOINT_PREFIX + "*"), reverse=True)
     found = [p for p in found if (p / TRAINER_STATE).is_file()]

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..arguments import finite_float, positive_int, seed
-from ..data import STANDARD_TASKS
 from ..defaults import DTYPES
-from .toyworld import TOYWORLD_GUIDANCE
+from .runner import PROMPT_MODES
 
 
 def _task_list(text: str) -> List[str]:
@@ -25,13 +24,17 @@ def _common(parser: argparse.ArgumentParser, out: str, steps: int, guidance: flo
     parser.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the embedded pdiff-toyworld)")
     parser.add_argument("--out", type=Path, default=Path(out), help=f"results folder; a rerun resumes it (default: {out})")
     parser.add_argument("--tasks", type=_task_list, default=None, help="comma-separated tasks, e.g. depth,inv_depth")
-    parser.add_argument("--trained-tasks", type=_task_list, default=list(STANDARD_TASKS),
-                        help="tasks the model was trained on; others are reported as unseen (default: the paper's six)")
+    parser.add_argument("--trained-tasks", type=_task_list, default=None,
+                        help="tasks the model was trained on; others are reported as unseen (default: the model's "
+                             "prompt_diffusion.json, else the paper's six)")
     parser.add_argument("--groups-limit", type=positive_int, default=None, help="evaluate only the first N groups")
     parser.add_argument("--pairs-per-group", type=positive_int, default=1, help="pair p: example from item p, query from item p+1")
     parser.add_argument("--resolution", type=positive_int, default=None, help="resize to this size (default: the dataset's)")
     parser.add_argument("--steps", type=positive_int, default=steps, help=f"sampling steps (default: {steps})")
-    parser.add_argument("--guidance", type=finite_float, default=guidance, help=f"guidance scale (default: {guidance})")
+    default_guidance = guidance if guidance is not None else "the model's prompt_diffusion.json, else 9.0"
+    parser.add_argument("--guidance", type=finite_float, default=guidance, help=f"guidance scale (default: {default_guidance})")
+    parser.add_argument("--prompt", choices=PROMPT_MODES, default="trained",
+                        help="trained: the prompts training used; caption: always the caption; empty: no text")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default=None,
@@ -46,7 +49,7 @@ def _config_kwargs(args: argparse.Namespace) -> dict:
         model=args.model, data=args.data, out=args.out, tasks=args.tasks, trained_tasks=args.trained_tasks,
         groups_limit=args.groups_limit, pairs_per_group=args.pairs_per_group, resolution=args.resolution,
         steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, compile=args.compile,
+        dtype=args.dtype, compile=args.compile, prompt=args.prompt,
     )
 
 
@@ -81,7 +84,7 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     toy.add_argument("--data", type=Path, default=None,
                      help="held-out dataset (default: generate the toy world at seed 100000 into --cache-dir)")
     toy.add_argument("--cache-dir", type=Path, default=None, help="where the default held-out set goes (default: ~/.cache/pdiff)")
-    _common(toy, "eval-toyworld", steps=20, guidance=TOYWORLD_GUIDANCE)
+    _common(toy, "eval-toyworld", steps=20, guidance=None)
     toy.set_defaults(func=cmd_eval_toyworld)
 
 

@@ -193,7 +193,7 @@ def load_inception(path: Optional[Path] = None) -> torch.nn.Module:
             antialias=False,
         )
     except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(f"FID needs torch-fidelity (pip install 'comfyui-promptdiffusion[eval]'): {err}") from err
+        raise ModuleNotFoundError(f"FID needs torch-fidelity (pip install 'prompt-diffusion[eval]'): {err}") from err
     except RuntimeError as err:
         raise ValueError(f"{path}: not the FID Inception weights ({INCEPTION_FILE}): {err}") from err
     module.num_features = INCEPTION_FEATURES  # spares torchmetrics a probe pass to find it

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data import STANDARD_TASKS, DatasetIndex, Group, GroupItem, Task, map_prompt, parse_task
+from ..data import DatasetIndex, Group, GroupItem, Task, map_prompt, parse_task
 from ..defaults import DEFAULT_MODEL, DTYPES
 from ..loading import load_pipeline
 from .metrics import score
@@ -57,7 +57,8 @@ class EvalConfig:
     data: Optional[Path] = None
     out: Path = Path("eval")
     tasks: Optional[List[str]] = None  # None: each command's default set
-    trained_tasks: Sequence[str] = STANDARD_TASKS  # rows of other tasks are marked "unseen"
+    # Rows of other tasks are marked "unseen". None: the model's prompt_diffusion.json, else the paper's six.
+    trained_tasks: Optional[Sequence[str]] = None
     groups_limit: Optional[int] = None
     pairs_per_group: int = 1
     resolution: Optional[int] = None  # None: the dataset's
@@ -68,6 +69,9 @@ class EvalConfig:
     device: Optional[str] = None  # None: accelerate's device for this process (its own GPU under launch)
     dtype: str = "fp32"  # a key of pdiff_core.defaults.DTYPES
     compile: bool = False  # torch.compile the UNet and ControlNet (pays off over many batches)
+    # "trained": the prompts training used (caption for inverse tasks, "depth map" etc. for forward
+    # ones); "caption": always the caption; "empty": no text, so only the example pair tells the task.
+    prompt: str = "trained"
 
     def fingerprint(self, model_path: Path, data_root: Path, resolution: int) -> Dict[str, Any]:
         """What makes stored samples reusable: the same model, data and sampling (the pairing is in
@@ -81,6 +85,7 @@ class EvalConfig:
             "guidance": self.guidance,
             "seed": self.seed,
             "dtype": self.dtype,
+            "prompt": self.prompt,
         }
 
 
@@ -169,9 +174,16 @@ def rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
 
 
-def prompt_for(sample: Sample) -> str:
-    """The prompt training used: the caption for inverse tasks, "depth map" etc. for forward ones."""
-    return sample.group.caption if sample.task.inverse else map_prompt(sample.task.map)
+PROMPT_MODES = ("trained", "caption", "empty")
+
+
+def prompt_for(sample: Sample, mode: str = "trained") -> str:
+    """The sample's prompt under `mode` (see EvalConfig.prompt)."""
+    if mode == "empty":
+        return ""
+    if mode == "caption" or sample.task.inverse:
+        return sample.group.caption
+    return map_prompt(sample.task.map)
 
 
 def score_sample(output: np.ndarray, images: SampleImages, inverse: bool) -> Dict[str, Dict[str, float]]:
@@ -286,7 +298,7 @@ def run_samples(
         batch = mine[start:start + config.batch_size]
         images = [load_sample(s, resolution) for s in batch]
         outputs = pipe(
-            [prompt_for(s) for s in batch],
+            [prompt_for(s, config.prompt) for s in batch],
             example_pair=([rgb(i.example_source) for i in images], [rgb(i.example_target) for i in images]),
             query=[rgb(i.query) for i in images],
             num_inference_steps=config.steps,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, List, Optional
 
 from ..data import DatasetIndex, Task
+from ..model_info import read_model_info
 from .metrics import better
 from .runner import (
     EvalConfig,
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 HELDOUT_SEED = 100000
 HELDOUT_GROUPS = 100
 HELDOUT_RESOLUTION = 64
-# The embedded model's best guidance on a separate validation world (seed 200000; see its model card).
-TOYWORLD_GUIDANCE = 1.5
 METRIC_NAMES = {"rmse": "RMSE ↓", "psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑"}
 DIGITS = {"rmse": 4, "psnr": 2, "ssim": 4}
 
@@ -47,7 +46,9 @@ DIGITS = {"rmse": 4, "psnr": 2, "ssim": 4}
 @dataclass
 class ToyworldEvalConfig(EvalConfig):
     out: Path = Path("eval-toyworld")
-    guidance: float = TOYWORLD_GUIDANCE
+    # None: the model's prompt_diffusion.json (the embedded model's best on a validation world,
+    # seed 200000; see its card), else the authors' 9.0.
+    guidance: Optional[float] = None
     cache_dir: Optional[Path] = None  # where the default held-out set is generated
     heldout_groups: int = HELDOUT_GROUPS
 
@@ -73,9 +74,11 @@ def default_cache_dir() -> Path:
 
 def heldout_dataset(cache_dir: Optional[Path] = None, groups: int = HELDOUT_GROUPS, resolution: int = HELDOUT_RESOLUTION) -> Path:
     """The held-out toy world (seed 100000), generated once into the cache folder."""
-    from training.toyworld import generate
+    from training.toyworld import GENERATOR_VERSION, generate
 
-    root = Path(cache_dir or default_cache_dir()) / f"toyworld-heldout-seed{HELDOUT_SEED}-{groups}g-{resolution}px"
+    # The generator version is in the name: a newer toy world (more maps) is generated anew.
+    name = f"toyworld-v{GENERATOR_VERSION}-heldout-seed{HELDOUT_SEED}-{groups}g-{resolution}px"
+    root = Path(cache_dir or default_cache_dir()) / name
     if (root / "dataset.json").is_file():
         return root
     # Generate beside it and rename: a concurrent or interrupted run never leaves half a dataset there.
@@ -98,6 +101,17 @@ def all_tasks(index: DatasetIndex, trained: List[str]) -> List[str]:
     return sorted(names, key=lambda n: (n not in trained, n.startswith("inv_")))
 
 
+def with_model_defaults(config: ToyworldEvalConfig, model: Path) -> ToyworldEvalConfig:
+    """`config` with the guidance and trained tasks it leaves open taken from the model's
+    prompt_diffusion.json."""
+    info = read_model_info(model)
+    return replace(
+        config,
+        guidance=info.guidance_scale if config.guidance is None else config.guidance,
+        trained_tasks=info.trained_tasks if config.trained_tasks is None else list(config.trained_tasks),
+    )
+
+
 def run_toyworld_eval(config: ToyworldEvalConfig, pipe: Any = None) -> List[ToyworldRow]:
     """Evaluate, write `results.md` and `results.json` into `config.out`, return the rows.
     `pipe`: an already loaded pipeline for `config.model` (default: load it). Under several
@@ -110,10 +124,11 @@ def run_toyworld_eval(config: ToyworldEvalConfig, pipe: Any = None) -> List[Toyw
             root = heldout_dataset(config.cache_dir, config.heldout_groups, config.resolution or HELDOUT_RESOLUTION)
     index = DatasetIndex.load(root)
     resolution = dataset_resolution(index, config)
+    model = model_path(config)
+    config = with_model_defaults(config, model)
     trained = list(config.trained_tasks)
     tasks = resolve_tasks(index, config.tasks, all_tasks(index, trained))
     samples = plan_samples(index, tasks, config.groups_limit, config.pairs_per_group)
-    model = model_path(config)
     store = open_store(Path(config.out), config.fingerprint(model, root, resolution))
     if pipe is None:
         pipe = load_model(config)

@@ -8,8 +8,8 @@ caption describing the objects, as the paper's data groups by edit prompt.
     python -m training.toyworld --out data/toy64 --groups 5000 --resolution 64
 """
 
-from .generate import generate, render_group
-from .render import ALL_MAPS, Render, render
+from .generate import GENERATOR_VERSION, generate, iter_groups, render_group
+from .render import ALL_MAPS, INSTANCE_COLORS, Render, render
 from .scene import (
     SEG_CLASSES,
     SHAPES,
@@ -26,6 +26,8 @@ from .scene import (
 
 __all__ = [
     "ALL_MAPS",
+    "GENERATOR_VERSION",
+    "INSTANCE_COLORS",
     "SEG_CLASSES",
     "SHAPES",
     "Camera",
@@ -36,6 +38,7 @@ __all__ = [
     "Render",
     "Scene",
     "generate",
+    "iter_groups",
     "make_caption",
     "render",
     "render_group",

@@ -17,7 +17,7 @@ from .scene import SEG_CLASSES, sample_group, sample_item
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the maps shading .. bgr
 GroupData = tuple[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]]
 
 
@@ -47,6 +47,24 @@ def _groups(n_groups: int, workers: int, job: partial) -> Iterator[GroupData]:
     # spawn: safe when the caller has threads (torch, tqdm); results stay in order.
     with mp.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap(job, range(n_groups), chunksize=max(1, min(16, n_groups // (8 * workers))))
+
+
+def iter_groups(
+    n_groups: int,
+    seed: int = 0,
+    items_per_group: int = 4,
+    resolution: int = 64,
+    maps: Sequence[str] = ALL_MAPS,
+    supersample: int = 2,
+    workers: int | None = None,
+) -> Iterator[GroupData]:
+    """Groups ``0 .. n_groups - 1`` in order, rendered in memory by ``workers`` processes (default:
+    all cores); the same pixels :func:`generate` writes."""
+    if workers is None:
+        workers = min(os.cpu_count() or 1, max(1, n_groups // 8))
+    job = partial(render_group, seed=seed, items_per_group=items_per_group, resolution=resolution,
+                  maps=tuple(maps), supersample=supersample)
+    yield from _groups(n_groups, workers, job)
 
 
 def generate(
@@ -91,6 +109,13 @@ def generate(
             "albedo": "unlit sRGB base colour; the sky is its own colour",
             "hed": "blurred object, crease, depth and (weaker) texture edges, white on black",
             "gray": "BT.601 luma of the image",
+            "shading": "half the luminance of the image over that of its albedo (linear light, sRGB-encoded), sky=255",
+            "instance": "one colour per object in scene order (render.INSTANCE_COLORS), floor grey, sky black",
+            "far": "255 - depth: far bright, sky=255",
+            "edges": "1-pixel object outlines (a 4-neighbour of another object), white on black",
+            "quant": "the image posterised to 3 levels per channel",
+            "invert": "255 - image",
+            "bgr": "the image with red and blue swapped",
         },
     }
     # Imported here, not at the top: spawned workers import this module, and the

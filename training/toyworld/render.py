@@ -25,7 +25,19 @@ import numpy as np
 
 from .scene import SEG_CLASSES, Ground, Primitive, Scene
 
-ALL_MAPS = ("depth", "hed", "seg", "normal", "albedo", "gray")
+# The first six are the original family; the rest widen the family of trained tasks so that a model
+# has to read the example pair to know which one is asked (see the embedded model's card).
+ALL_MAPS = (
+    "depth", "hed", "seg", "normal", "albedo", "gray",
+    "shading", "instance", "far", "edges", "quant", "invert", "bgr",
+)
+# Object colours of the instance map, in the scene's object order (sky black, floor mid grey).
+INSTANCE_COLORS = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
+    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
+)
+_INSTANCE_SKY, _INSTANCE_FLOOR = (0, 0, 0), (128, 128, 128)
+_QUANT_LEVELS = 3
 
 _EPS = 1e-6
 _OFFSET = 1e-3  # shadow-ray start offset along the normal, in world units
@@ -59,6 +71,13 @@ class Render:
             "normal": self.normal_map,
             "albedo": self.albedo_map,
             "gray": self.gray_map,
+            "shading": self.shading_map,
+            "instance": self.instance_map,
+            "far": self.far_map,
+            "edges": self.edges_map,
+            "quant": self.quant_map,
+            "invert": self.invert_map,
+            "bgr": self.bgr_map,
         }
         unknown = [n for n in names if n not in builders]
         if unknown:
@@ -95,6 +114,52 @@ class Render:
 
     def hed_map(self) -> np.ndarray:
         return _hed(self)
+
+    def shading_map(self) -> np.ndarray:
+        """Light without colour: the luminance of the shaded image over that of its albedo (linear
+        light, halved so that typical lit surfaces (ratio 0.7 to 1.6) stay below white, shown in
+        sRGB); the sky is white."""
+        lum = np.array([0.2126, 0.7152, 0.0722])
+        shaded = _dot(_srgb_to_linear(self.image / 255.0), lum)
+        base = _dot(_srgb_to_linear(self.albedo), lum)
+        out = _to_uint8(_linear_to_srgb(np.clip(0.5 * shaded / np.maximum(base, 1e-3), 0.0, 1.0)))
+        out[self.object_id < 0] = 255
+        return out
+
+    def instance_map(self) -> np.ndarray:
+        """One flat colour per object, in scene order (INSTANCE_COLORS), whatever its class."""
+        n_objects = int(self.object_id.max()) if self.object_id.size else 0
+        colors = [INSTANCE_COLORS[k % len(INSTANCE_COLORS)] for k in range(max(n_objects, 0))]
+        palette = np.array([_INSTANCE_SKY, _INSTANCE_FLOOR, *colors], dtype=np.uint8)
+        return palette[self.object_id.astype(np.int64) + 1]
+
+    def far_map(self) -> np.ndarray:
+        """The depth map inverted: far (and the sky) bright, near dark."""
+        return 255 - self.depth_map()
+
+    def edges_map(self) -> np.ndarray:
+        """Thin, hard object outlines: white where a 4-neighbour belongs to another object."""
+        ids = self.object_id
+        edge = np.zeros(ids.shape, dtype=bool)
+        for axis in (0, 1):
+            sa, sb = _shifted(axis, 2)
+            step = ids[sa] != ids[sb]
+            edge[sa] |= step
+            edge[sb] |= step
+        return edge.astype(np.uint8) * 255
+
+    def quant_map(self) -> np.ndarray:
+        """The image posterised to three levels per channel."""
+        step = 255 / (_QUANT_LEVELS - 1)
+        return (np.round(self.image / step) * step).round().astype(np.uint8)
+
+    def invert_map(self) -> np.ndarray:
+        """The colour negative of the image."""
+        return 255 - self.image
+
+    def bgr_map(self) -> np.ndarray:
+        """The image with its red and blue channels swapped."""
+        return np.ascontiguousarray(self.image[..., ::-1])
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
