@@ -39,13 +39,12 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from pdiff_core import configs as presets
-from pdiff_core.data import DatasetFormatError, DatasetIndex, load_rgb, parse_task
+from pdiff_core.data import DatasetFormatError, DatasetIndex, load_rgb, map_prompt, parse_task
 from pdiff_core.model_info import write_model_info
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.tokenizer import train_clip_tokenizer
 
 from .config import Config, ConfigError, load_config
-from .dataset import map_prompt
 from .train import DiffusionModel, apply_dropout, diffusion_target, set_trainable
 
 logger = logging.getLogger(__name__)
