@@ -31,6 +31,7 @@ import folder_paths
 
 from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, PipelineFolderError, read_controlnet
 from pdiff_core.model_folder import check_model_folder
+from pdiff_core.tokenizer import TokenizerFolderError, clip_tokenizer_class, read_clip_vocab
 
 from .control import (
     COMFY_GROUP_NORM_GROUPS,
@@ -136,19 +137,20 @@ def load_unet(folder: Path, vae_scale: float) -> comfy.model_patcher.ModelPatche
 def load_clip(folder: Path) -> comfy.sd.CLIP:
     config, state_dict = read_component(folder, "text_encoder")
     tokenizer_dir = folder / "tokenizer"
-    for name in ("vocab.json", "merges.txt"):
-        if not (tokenizer_dir / name).is_file():
-            raise PipelineFolderError(f"{tokenizer_dir / name} not found: the CLIP tokenizer needs vocab.json and merges.txt")
+    try:  # vocab.json + merges.txt (transformers 4) or tokenizer.json (transformers 5)
+        vocab, _ = read_clip_vocab(tokenizer_dir)
+        tokenizer_class = clip_tokenizer_class(tokenizer_dir)
+    except TokenizerFolderError as err:
+        raise PipelineFolderError(str(err)) from err
     tokenizer_config_file = tokenizer_dir / "tokenizer_config.json"
     tokenizer_config = json.loads(tokenizer_config_file.read_text()) if tokenizer_config_file.is_file() else {}
-    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
     start, end = vocab.get("<|startoftext|>"), vocab.get("<|endoftext|>")
     pad_token = tokenizer_config.get("pad_token") or "<|endoftext|>"
     if isinstance(pad_token, dict):  # older transformers save special tokens as AddedToken dicts
         pad_token = pad_token.get("content", "<|endoftext|>")
     pad = vocab.get(pad_token, end)
     if start is None or end is None:
-        raise PipelineFolderError(f"{tokenizer_dir / 'vocab.json'} lacks <|startoftext|> or <|endoftext|>: not a CLIP tokenizer")
+        raise PipelineFolderError(f"{tokenizer_dir}: its vocabulary lacks <|startoftext|> or <|endoftext|>: not a CLIP tokenizer")
 
     key = "text_model.embeddings.token_embedding.weight"
     vocab_size, width = state_dict[key].shape
@@ -164,7 +166,8 @@ def load_clip(folder: Path) -> comfy.sd.CLIP:
     }
     max_length = int(config["max_position_embeddings"])
     tokenizer = functools.partial(comfy.sd1_clip.SD1Tokenizer, tokenizer=functools.partial(
-        comfy.sd1_clip.SDTokenizer, tokenizer_path=str(tokenizer_dir), max_length=max_length, embedding_size=width, pad_token=pad))
+        comfy.sd1_clip.SDTokenizer, tokenizer_path=str(tokenizer_dir), max_length=max_length, embedding_size=width, pad_token=pad,
+        tokenizer_class=tokenizer_class))
     text_model = functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=functools.partial(
         comfy.sd1_clip.SDClipModel, textmodel_json_config=text_config, max_length=max_length,
         special_tokens={"start": start, "end": end, "pad": pad}, return_projected_pooled=False))

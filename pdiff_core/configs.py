@@ -14,9 +14,10 @@ from typing import Any, Dict, Tuple
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
 from .model import PromptDiffusionControlNetModel
+from .tokenizer import special_token_ids
 
 # SD1.5's noise schedule and DDIM settings (its scheduler_config.json).
 SD15_SCHEDULER = dict(
@@ -80,9 +81,11 @@ class ModelPreset:
             scaling_factor=self.vae_scaling_factor,
         )
 
-    def text_config(self, vocab_size: int) -> CLIPTextConfig:
+    def text_config(self, tokenizer: PreTrainedTokenizerBase) -> CLIPTextConfig:
+        """The text encoder's config for `tokenizer`: its vocabulary size and special-token ids."""
         return CLIPTextConfig(
-            vocab_size=vocab_size,
+            vocab_size=len(tokenizer),
+            **special_token_ids(tokenizer),
             hidden_size=self.text_width,
             intermediate_size=4 * self.text_width,
             num_hidden_layers=self.text_layers,
@@ -123,14 +126,14 @@ def get_preset(name: str) -> ModelPreset:
     return PRESETS[name]
 
 
-def build_components(preset: str | ModelPreset, tokenizer: CLIPTokenizer, seed: int = 0) -> Dict[str, Any]:
+def build_components(preset: str | ModelPreset, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Dict[str, Any]:
     """Random-weight components of a Prompt Diffusion pipeline at `preset`'s size. The ControlNet
     starts from the UNet's encoder, as the authors' `tool_add_control.py` does."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**preset.unet_config())
     vae = AutoencoderKL(**preset.vae_config())
-    text_encoder = CLIPTextModel(preset.text_config(len(tokenizer)))
+    text_encoder = CLIPTextModel(preset.text_config(tokenizer))
     controlnet = PromptDiffusionControlNetModel.from_unet(unet, conditioning_embedding_out_channels=preset.hint_channels)
     return dict(
         unet=unet,

@@ -10,15 +10,15 @@ import functools
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusionMixin, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.controlnet.pipeline_controlnet import retrieve_timesteps
-from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -33,6 +33,7 @@ from .fast_gpu import (
 from .image_io import to_rgb8
 from .model import PromptDiffusionControlNetModel
 from .model_folder import check_model_folder
+from .tokenizer import add_clip_vocab_files, special_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,17 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             folder = cls.download(folder, **download_kwargs)
         check_model_folder(folder)
         return super().from_pretrained(folder, **kwargs)
+
+    # ------------------------------------------------------------------ a folder both transformers 4 and 5 read
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
+        """diffusers' save, in a folder both transformers 4 and 5 load: the text encoder's
+        special-token ids are the tokenizer's (transformers 5 rejects ids outside the vocabulary) and
+        the tokenizer is in both file formats where transformers 5 wrote only tokenizer.json."""
+        for name, token_id in special_token_ids(self.tokenizer).items():
+            setattr(self.text_encoder.config, name, token_id)
+        super().save_pretrained(save_directory, **kwargs)
+        add_clip_vocab_files(Path(save_directory) / "tokenizer")
 
     # ------------------------------------------------------------------ inputs
 

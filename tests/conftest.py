@@ -2,6 +2,7 @@
 runner for the benchmark scripts."""
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, List
@@ -95,3 +96,24 @@ def tiny_pipeline(tiny_pipeline_dir) -> PromptDiffusionPipeline:
     pipe = PromptDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def keep_only_tokenizer_json(tokenizer_dir: Path) -> None:
+    """Rewrite a CLIP tokenizer folder as transformers 5 saves one: tokenizer.json, no vocab.json or merges.txt."""
+    from transformers import CLIPTokenizerFast
+
+    fast = CLIPTokenizerFast.from_pretrained(str(tokenizer_dir))
+    shutil.rmtree(tokenizer_dir)
+    fast.save_pretrained(str(tokenizer_dir))
+    for name in ("vocab.json", "merges.txt"):
+        (tokenizer_dir / name).unlink(missing_ok=True)
+    assert (tokenizer_dir / "tokenizer.json").is_file()
+
+
+@pytest.fixture(scope="session")
+def json_tokenizer_pipeline_dir(tmp_path_factory, tiny_pipeline_dir) -> Path:
+    """The tiny pipeline folder with its tokenizer as transformers 5 saves it (tokenizer.json only)."""
+    out = tmp_path_factory.mktemp("pipelines") / "tiny-pdiff-tokenizer-json"
+    shutil.copytree(tiny_pipeline_dir, out)
+    keep_only_tokenizer_json(out / "tokenizer")
+    return out

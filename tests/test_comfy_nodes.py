@@ -425,15 +425,17 @@ def test_batch_mismatch_is_a_clear_error(node_classes, loaded):
 # ----------------------------------------------------------------------------- pipeline-folder loader
 
 
-@pytest.mark.parametrize("which", ["tiny test model", "embedded pdiff-toyworld"])
-def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyui, tiny_pipeline_dir, which):
+@pytest.mark.parametrize("which", ["tiny test model", "tiny, tokenizer.json only", "embedded pdiff-toyworld"])
+def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyui, tiny_pipeline_dir, which, request):
     from pdiff_core.pipeline import PromptDiffusionPipeline
 
-    folder = tiny_pipeline_dir if which == "tiny test model" else DEFAULT_MODEL
+    folders = {"tiny test model": tiny_pipeline_dir, "embedded pdiff-toyworld": DEFAULT_MODEL}
+    folder = folders.get(which) or request.getfixturevalue("json_tokenizer_pipeline_dir")
     if not (folder / "model_index.json").is_file():
         pytest.skip(f"{folder} is not in this checkout")
     model, clip, vae, control = pack_module(comfyui["nodes"], "pipeline_folder").load_pipeline_folder(folder)
-    pipe = PromptDiffusionPipeline.from_pretrained(str(folder))
+    # The tokenizer.json-only folder is checked against diffusers on the original files.
+    pipe = PromptDiffusionPipeline.from_pretrained(str(folders.get(which, tiny_pipeline_dir)))
     text = "a red sphere and a blue cube"
     ids = pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     g = torch.Generator().manual_seed(7)
@@ -457,7 +459,8 @@ def test_pipeline_folder_errors_name_the_missing_file(comfyui, tiny_pipeline_dir
     broken = tmp_path / "broken"
     shutil.copytree(tiny_pipeline_dir, broken)
     (broken / "tokenizer" / "merges.txt").unlink()
-    with pytest.raises(pipeline_folder.PipelineFolderError, match="merges.txt"):
+    (broken / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
+    with pytest.raises(pipeline_folder.PipelineFolderError, match="merges.txt .* or tokenizer.json"):
         pipeline_folder.load_pipeline_folder(broken)
     shutil.rmtree(broken / "unet")
     with pytest.raises(pipeline_folder.PipelineFolderError, match="unet/config.json"):

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import yaml
 
 from pdiff_core.data import STANDARD_TASKS
+from pdiff_core.tokenizer import EXPECTED_FILES, has_clip_tokenizer
 
 STAGES = ("diffusion", "vae")
 # `unet_decoder` is what the authors train without --sd_locked: the UNet's output blocks and out conv.
@@ -251,8 +252,8 @@ def missing_inputs(config: Config) -> List[str]:
         missing.append(f"model.vae: {Path(m.vae) / 'config.json'} (an AutoencoderKL folder, e.g. a `stage: vae` run's vae/)")
     if m.controlnet is not None and not Path(m.controlnet).exists():
         missing.append(f"model.controlnet: {m.controlnet} (a Prompt Diffusion ControlNet checkpoint or folder)")
-    if m.tokenizer is not None and not (Path(m.tokenizer) / "vocab.json").is_file():
-        missing.append(f"model.tokenizer: {Path(m.tokenizer) / 'vocab.json'} (a CLIP tokenizer folder)")
+    if m.tokenizer is not None and not has_clip_tokenizer(Path(m.tokenizer)):
+        missing.append(f"model.tokenizer: {m.tokenizer} (a CLIP tokenizer folder: {EXPECTED_FILES})")
     return missing
 
 

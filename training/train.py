@@ -40,14 +40,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from pdiff_core import configs as presets
 from pdiff_core.checkpoints import load_controlnet, save_controlnet
 from pdiff_core.data import DatasetFormatError
 from pdiff_core.model import PromptDiffusionControlNetModel
 from pdiff_core.pipeline import PromptDiffusionPipeline
-from pdiff_core.tokenizer import train_clip_tokenizer
+from pdiff_core.tokenizer import load_clip_tokenizer, train_clip_tokenizer
 
 from .config import Config, ConfigError, load_config, missing_inputs
 from .dataset import PromptDiffusionDataset, ResumableSampler, collate
@@ -166,7 +166,7 @@ def build_components(config: Config, dataset: PromptDiffusionDataset, accelerato
             unet=unet,
             vae=AutoencoderKL.from_pretrained(root / "vae"),
             text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
-            tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
+            tokenizer=load_clip_tokenizer(root / "tokenizer"),
             scheduler=_pretrained_scheduler(root),
         )
         if m.controlnet is None and (root / "controlnet" / "config.json").is_file():
@@ -204,14 +204,14 @@ def _pretrained_scheduler(root: Path) -> DDIMScheduler:
     return DDIMScheduler(**settings)
 
 
-def _tokenizer(config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator) -> CLIPTokenizer:
+def _tokenizer(config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator) -> PreTrainedTokenizerBase:
     if config.model.tokenizer is not None:
-        return CLIPTokenizer.from_pretrained(Path(config.model.tokenizer))
+        return load_clip_tokenizer(config.model.tokenizer)
     # Trained once on the dataset's texts by the main process; the others read its files.
     folder = Path(config.train.output_dir) / "tokenizer"
     with accelerator.main_process_first():
         if (folder / "vocab.json").is_file():
-            return CLIPTokenizer.from_pretrained(folder)
+            return load_clip_tokenizer(folder)
         logger.info("training a %d-token tokenizer on the captions into %s", config.model.tokenizer_vocab_size, folder)
         return train_clip_tokenizer(dataset.captions() + [""], folder, config.model.tokenizer_vocab_size)
 
