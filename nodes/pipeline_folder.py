@@ -31,6 +31,7 @@ import folder_paths
 
 from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, PipelineFolderError, read_controlnet
 from pdiff_core.model_folder import check_model_folder
+from pdiff_core.text_encoder import with_text_model_prefix
 from pdiff_core.tokenizer import TokenizerFolderError, clip_tokenizer_class, read_clip_vocab
 
 from .control import (
@@ -136,6 +137,7 @@ def load_unet(folder: Path, vae_scale: float) -> comfy.model_patcher.ModelPatche
 
 def load_clip(folder: Path) -> comfy.sd.CLIP:
     config, state_dict = read_component(folder, "text_encoder")
+    state_dict = with_text_model_prefix(state_dict)  # the names transformers 4 and ComfyUI use
     tokenizer_dir = folder / "tokenizer"
     try:  # vocab.json + merges.txt (transformers 4) or tokenizer.json (transformers 5)
         vocab, _ = read_clip_vocab(tokenizer_dir)

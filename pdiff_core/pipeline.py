@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
@@ -21,6 +22,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.controlnet.pipeline_controlnet import retrieve_timesteps
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.schedulers import KarrasDiffusionSchedulers
+from packaging import version
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .fast_gpu import (
@@ -33,6 +35,7 @@ from .fast_gpu import (
 from .image_io import to_rgb8
 from .model import PromptDiffusionControlNetModel
 from .model_folder import check_model_folder
+from .text_encoder import prefix_saved_text_encoder
 from .tokenizer import add_clip_vocab_files, special_token_ids
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ logger = logging.getLogger(__name__)
 # What DiffusionPipeline.download takes of from_pretrained's arguments.
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant",
                     "use_safetensors")
+
+# diffusers reads `dtype` from 0.40 on and warns that `torch_dtype`, the only name before, goes in 1.0.
+DTYPE_KEYWORD = "dtype" if version.parse(diffusers.__version__) >= version.parse("0.40") else "torch_dtype"
 
 
 class ControlNetMismatchError(ValueError):
@@ -91,23 +97,30 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs: Any) -> "PromptDiffusionPipeline":
-        """diffusers' loader, after `check_model_folder` (a hub id is downloaded first, then checked)."""
+        """diffusers' loader, after `check_model_folder` (a hub id is downloaded first, then checked).
+        The dtype may be given as `torch_dtype` or `dtype` whichever diffusers runs, and is float32 when
+        not given: transformers 5 would load the text encoder in the dtype it was saved in, diffusers the
+        rest in float32."""
         folder = pretrained_model_name_or_path
         if not os.path.isdir(folder):
             download_kwargs = {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}
             folder = cls.download(folder, **download_kwargs)
         check_model_folder(folder)
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        kwargs[DTYPE_KEYWORD] = dtype or torch_dtype or torch.float32
         return super().from_pretrained(folder, **kwargs)
 
     # ------------------------------------------------------------------ a folder both transformers 4 and 5 read
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
         """diffusers' save, in a folder both transformers 4 and 5 load: the text encoder's
-        special-token ids are the tokenizer's (transformers 5 rejects ids outside the vocabulary) and
-        the tokenizer is in both file formats where transformers 5 wrote only tokenizer.json."""
+        special-token ids are the tokenizer's (transformers 5 rejects ids outside the vocabulary), its
+        weights carry transformers 4's names, and the tokenizer is in both file formats where
+        transformers 5 wrote only tokenizer.json."""
         for name, token_id in special_token_ids(self.tokenizer).items():
             setattr(self.text_encoder.config, name, token_id)
         super().save_pretrained(save_directory, **kwargs)
+        prefix_saved_text_encoder(Path(save_directory) / "text_encoder")
         add_clip_vocab_files(Path(save_directory) / "tokenizer")
 
     # ------------------------------------------------------------------ inputs

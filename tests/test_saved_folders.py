@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -13,8 +14,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
+from safetensors.torch import load_file
+from transformers import CLIPTextModel
 
 from pdiff_core.pipeline import PromptDiffusionPipeline
+from pdiff_core.text_encoder import INDEX, prefix_saved_text_encoder
 from pdiff_core.tokenizer import read_clip_vocab
 
 EMBEDDED_MODEL = ROOT / "pdiff_core" / "assets" / "pdiff-toyworld"
@@ -55,6 +59,33 @@ def test_a_saved_pipeline_holds_both_tokenizer_formats_and_in_vocabulary_ids(tin
     tiny_pipeline.save_pretrained(str(tmp_path / "saved"))
     assert_text_encoder_fits_tokenizer(tmp_path / "saved")
     assert all((tmp_path / "saved" / "tokenizer" / name).is_file() for name in ("vocab.json", "merges.txt"))
+    assert all(key.startswith("text_model.") for key in load_file(tmp_path / "saved" / "text_encoder" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("kwargs, expected", [({}, torch.float32), ({"torch_dtype": torch.bfloat16}, torch.bfloat16),
+                                              ({"dtype": torch.bfloat16}, torch.bfloat16)])
+def test_an_fp16_folder_loads_in_one_dtype_either_keyword_naming_it(tiny_pipeline, tmp_path, kwargs, expected):
+    # transformers 5 alone would load the text encoder in float16 and diffusers the rest in float32.
+    tiny_pipeline.to(torch.float16).save_pretrained(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*dtype.*deprecated")
+        pipe = PromptDiffusionPipeline.from_pretrained(str(tmp_path), **kwargs)
+    components = ("text_encoder", "unet", "vae", "controlnet")
+    assert {name: getattr(pipe, name).dtype for name in components} == dict.fromkeys(components, expected)
+
+
+def test_text_encoder_weights_renamed_in_shards_load_back_unchanged(tiny_pipeline, tmp_path):
+    """transformers 5 saves a freshly built CLIPTextModel without the `text_model.` prefix; renamed (files
+    and shard index), the weights load back exactly under whichever transformers runs."""
+    encoder = CLIPTextModel(tiny_pipeline.text_encoder.config).eval()  # built from scratch, as training does
+    encoder.save_pretrained(str(tmp_path), max_shard_size="20KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1 and (tmp_path / INDEX).is_file()
+    prefix_saved_text_encoder(tmp_path)
+    assert all(key.startswith("text_model.") for key in json.loads((tmp_path / INDEX).read_text())["weight_map"])
+    loaded = CLIPTextModel.from_pretrained(str(tmp_path)).eval()
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).last_hidden_state, encoder(ids).last_hidden_state, atol=0, rtol=0)
 
 
 @pytest.mark.skipif(not OTHER_PYTHON, reason="PDIFF_OTHER_PYTHON is not set (scripts/test.sh sets it)")

@@ -165,7 +165,7 @@ def build_components(config: Config, dataset: PromptDiffusionDataset, accelerato
         components = dict(
             unet=unet,
             vae=AutoencoderKL.from_pretrained(root / "vae"),
-            text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
+            text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder").float(),  # transformers 5 keeps the saved dtype
             tokenizer=load_clip_tokenizer(root / "tokenizer"),
             scheduler=_pretrained_scheduler(root),
         )
