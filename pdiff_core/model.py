@@ -14,8 +14,10 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
-from diffusers import ControlNetModel
-from diffusers import ModelMixin  # noqa: F401  diffusers' pipeline loader looks up a component's base class in its module
+from diffusers import (
+    ControlNetModel,
+    ModelMixin,  # noqa: F401  diffusers' pipeline loader looks up a component's base class in its module
+)
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.controlnets import ControlNetOutput
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding  # no public path; diffusers >= 0.32

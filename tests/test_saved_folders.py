@@ -13,10 +13,10 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
+from conftest import ROOT
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.text_encoder import INDEX, prefix_saved_text_encoder
 from pdiff_core.tokenizer import read_clip_vocab

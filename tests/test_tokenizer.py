@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import transformers
-from conftest import CAPTIONS, keep_only_tokenizer_json
 
+from conftest import CAPTIONS, keep_only_tokenizer_json
 from pdiff_core.tokenizer import (
     TokenizerFolderError,
     add_clip_vocab_files,
