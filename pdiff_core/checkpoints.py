@@ -211,40 +211,56 @@ def _diffusers_to_ldm_names(state_dict: Mapping[str, torch.Tensor], layers_per_b
 
 def _ldm_names_for(state_dict: Mapping[str, torch.Tensor], layers_per_block: int) -> List[str]:
     """LDM key names of a control branch whose diffusers weights are `state_dict`."""
-    names = []
-    per_level = layers_per_block + 1
-    for key in state_dict:
-        parts = key.split(".")
-        if key.startswith(("time_embedding.", "conv_in.", "controlnet_down_blocks.", "controlnet_mid_block.")):
-            names.append(_simple_ldm_name(key))
-        elif key.startswith((DIFFUSERS_PAIR_ENCODER, DIFFUSERS_QUERY_ENCODER)):
-            block = LDM_PAIR_ENCODER if key.startswith(DIFFUSERS_PAIR_ENCODER) else LDM_QUERY_ENCODER
-            rest = parts[1:]
-            if rest[0] == "conv_in":
-                index = 0
-            elif rest[0] == "conv_out":
-                index = 2 * (len([k for k in state_dict if k.startswith(parts[0] + ".blocks.") and k.endswith(".weight")]) + 1)
-            else:
-                index = 2 * (int(rest[1]) + 1)
-            names.append(f"{block}{index}.{rest[-1]}")
-        elif key.startswith("down_blocks."):
-            level, kind = int(parts[1]), parts[2]
-            if kind == "downsamplers":
-                names.append(f"input_blocks.{(level + 1) * per_level}.0.op.{parts[-1]}")
-                continue
-            i = level * per_level + int(parts[3]) + 1
-            if kind == "resnets":
-                names.append(f"input_blocks.{i}.0." + _resnet_ldm_suffix(parts[4:]))
-            else:
-                names.append(f"input_blocks.{i}.1." + ".".join(parts[4:]))
-        elif key.startswith("mid_block."):
-            kind, layer = parts[1], int(parts[2])
-            index = 1 if kind == "attentions" else (0 if layer == 0 else 2)
-            suffix = _resnet_ldm_suffix(parts[3:]) if kind == "resnets" else ".".join(parts[3:])
-            names.append(f"middle_block.{index}.{suffix}")
-        else:
-            raise CheckpointError(f"unexpected key in a diffusers Prompt Diffusion ControlNet: {key}")
-    return names
+    # Counted once: a hint encoder's conv_out index follows its number of blocks.
+    encoders = (DIFFUSERS_PAIR_ENCODER, DIFFUSERS_QUERY_ENCODER)
+    hint_blocks = {encoder: _hint_block_count(state_dict, encoder) for encoder in encoders}
+    return [_ldm_name(key, layers_per_block, hint_blocks) for key in state_dict]
+
+
+def _hint_block_count(state_dict: Mapping[str, torch.Tensor], encoder: str) -> int:
+    return sum(1 for k in state_dict if k.startswith(encoder + "blocks.") and k.endswith(".weight"))
+
+
+def _ldm_name(key: str, layers_per_block: int, hint_blocks: Mapping[str, int]) -> str:
+    parts = key.split(".")
+    if key.startswith(("time_embedding.", "conv_in.", "controlnet_down_blocks.", "controlnet_mid_block.")):
+        return _simple_ldm_name(key)
+    if key.startswith((DIFFUSERS_PAIR_ENCODER, DIFFUSERS_QUERY_ENCODER)):
+        return _hint_encoder_ldm_name(parts, hint_blocks[parts[0] + "."])
+    if key.startswith("down_blocks."):
+        return _down_block_ldm_name(parts, layers_per_block + 1)
+    if key.startswith("mid_block."):
+        return _mid_block_ldm_name(parts)
+    raise CheckpointError(f"unexpected key in a diffusers Prompt Diffusion ControlNet: {key}")
+
+
+def _hint_encoder_ldm_name(parts: List[str], block_count: int) -> str:
+    # LDM's hint encoder is one nn.Sequential: convs at even indices, activations between them.
+    block = LDM_PAIR_ENCODER if parts[0] + "." == DIFFUSERS_PAIR_ENCODER else LDM_QUERY_ENCODER
+    if parts[1] == "conv_in":
+        index = 0
+    elif parts[1] == "conv_out":
+        index = 2 * (block_count + 1)
+    else:
+        index = 2 * (int(parts[2]) + 1)
+    return f"{block}{index}.{parts[-1]}"
+
+
+def _down_block_ldm_name(parts: List[str], per_level: int) -> str:
+    level, kind = int(parts[1]), parts[2]
+    if kind == "downsamplers":
+        return f"input_blocks.{(level + 1) * per_level}.0.op.{parts[-1]}"
+    i = level * per_level + int(parts[3]) + 1
+    if kind == "resnets":
+        return f"input_blocks.{i}.0." + _resnet_ldm_suffix(parts[4:])
+    return f"input_blocks.{i}.1." + ".".join(parts[4:])
+
+
+def _mid_block_ldm_name(parts: List[str]) -> str:
+    kind, layer = parts[1], int(parts[2])
+    index = 1 if kind == "attentions" else (0 if layer == 0 else 2)
+    suffix = _resnet_ldm_suffix(parts[3:]) if kind == "resnets" else ".".join(parts[3:])
+    return f"middle_block.{index}.{suffix}"
 
 
 _RESNET_NAMES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
