@@ -187,14 +187,17 @@ class _HeadlessServer:
             logger.error("node %s (%s) failed: %s", data["node_id"], data["node_type"], data["exception_message"])
 
 
-def boot_comfyui(comfy_dir: Path, cpu: bool, output_dir: Path, input_dir: Path) -> Dict[str, Any]:
-    """Import ComfyUI from `comfy_dir` with its nodes and custom nodes (this pack included)."""
+def boot_comfyui(comfy_dir: Path, cpu: bool, output_dir: Optional[Path] = None, input_dir: Optional[Path] = None,
+                 fp32_text_encoder: bool = False) -> Dict[str, Any]:
+    """Import ComfyUI from `comfy_dir` with its nodes and custom nodes (this pack included): the one
+    in-process boot, which the tests' harness calls too. Output and input folders default to ComfyUI's own."""
     if not (comfy_dir / "main.py").is_file() or not (comfy_dir / "nodes.py").is_file():
         raise WorkflowError(f"{comfy_dir} is not a ComfyUI checkout (no main.py / nodes.py); pass --comfyui or set COMFYUI_PATH")
     sys.path.insert(0, str(comfy_dir))
     from comfy.cli_args import args as comfy_args
 
     comfy_args.cpu = comfy_args.cpu or cpu
+    comfy_args.fp32_text_enc = comfy_args.fp32_text_enc or fp32_text_encoder
     import utils.extra_config  # ComfyUI's utils package, imported before nodes.py as main.py does
 
     extra_paths = comfy_dir / "extra_model_paths.yaml"
@@ -204,9 +207,11 @@ def boot_comfyui(comfy_dir: Path, cpu: bool, output_dir: Path, input_dir: Path) 
     import folder_paths
     import nodes
 
-    folder_paths.set_output_directory(str(output_dir))
-    folder_paths.set_temp_directory(str(output_dir / "temp"))
-    folder_paths.set_input_directory(str(input_dir))
+    if output_dir is not None:
+        folder_paths.set_output_directory(str(output_dir))
+        folder_paths.set_temp_directory(str(output_dir / "temp"))
+    if input_dir is not None:
+        folder_paths.set_input_directory(str(input_dir))
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     if "PDiff_ApplyPromptDiffusion" not in nodes.NODE_CLASS_MAPPINGS:
         if not asyncio.run(nodes.load_custom_node(str(PACK_DIR), set(nodes.NODE_CLASS_MAPPINGS))):

@@ -3,7 +3,6 @@ with this pack linked into its custom_nodes/, imported in-process once per sessi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import json
@@ -62,25 +61,12 @@ def comfyui_copy(base: Path, pipeline_dir: Path) -> Path:
 
 
 def import_comfyui(comfy_dir: Path) -> Dict[str, ModuleType]:
-    """Import ComfyUI from `comfy_dir` into this process (once) on the CPU, with its built-in extra nodes
-    and custom nodes, as the headless runner does. The text encoder runs in fp32 so that its numbers can
-    be compared with the diffusers pipeline's (ComfyUI's CPU default stores it in fp16)."""
+    """ComfyUI from `comfy_dir` imported into this process (once) by the headless runner's boot, on the CPU.
+    The text encoder runs in fp32 so that its numbers can be compared with the diffusers pipeline's
+    (ComfyUI's CPU default stores it in fp16)."""
     global _inprocess
     if _inprocess is None:
-        sys.path.insert(0, str(comfy_dir))
-        from comfy.cli_args import args
-
-        args.cpu = True
-        args.fp32_text_enc = True
-        import utils.extra_config  # noqa: F401  ComfyUI's utils package, imported before nodes.py as main.py does
-
-        # isort: split
-        import execution
-        import folder_paths
-        import nodes
-
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
-        _inprocess = {"nodes": nodes, "execution": execution, "folder_paths": folder_paths}
+        _inprocess = load_runner().boot_comfyui(comfy_dir, cpu=True, fp32_text_encoder=True)
     return _inprocess
 
 
