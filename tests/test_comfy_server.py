@@ -135,3 +135,37 @@ def test_headless_command_runs_a_workflow_with_overrides(comfy_dir, tmp_path):
     assert not list(private_tmp.glob("pdiff_inputs_*")), "the runner left its input folder"
     assert Image.open(summary["files"][0]).size == (64, 64)
     assert "running node 11" in done.stderr
+
+
+# Loads the pack as ComfyUI's loader does, in a fresh process, with the venv's editable install of this
+# project (which would make `training` importable anyway) taken off the import machinery.
+EXPOSED_NAMES_SCRIPT = """
+import asyncio, importlib.util, json, os, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", type(f).__name__)]
+comfy_dir, pack_dir, root = sys.argv[1:]
+sys.path.insert(0, comfy_dir)
+from comfy.cli_args import args
+args.cpu = True
+import utils.extra_config  # ComfyUI's utils package, before nodes.py as main.py does
+import nodes
+loaded = asyncio.run(nodes.load_custom_node(pack_dir, set()))
+def origin(name):
+    spec = importlib.util.find_spec(name)
+    return None if spec is None else str(spec.origin or list(spec.submodule_search_locations))
+print(json.dumps({"loaded": loaded, "core": sys.modules["pdiff_core"].__file__, "root_on_path": any(p and os.path.realpath(p) == root for p in sys.path),
+                  "names": {name: origin(name) for name in ("training", "tests", "benchmarks", "scripts")}}))
+"""
+
+
+def test_inside_comfyui_the_pack_exposes_only_its_core(comfy_dir, tmp_path):
+    pack_dir = comfy_dir / "custom_nodes" / PACK_NAME  # a folder name that is no Python identifier
+    result = subprocess.run([sys.executable, "-c", EXPOSED_NAMES_SCRIPT, str(comfy_dir), str(pack_dir), str(ROOT)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ONE_THREAD_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["loaded"], result.stderr[-3000:]
+    assert Path(found["core"]).resolve() == ROOT / "pdiff_core" / "__init__.py"
+    assert not found["root_on_path"]
+    leaked = {name: where for name, where in found["names"].items()
+              if where is not None and str(ROOT) in str(Path(where.strip("[]'")).resolve())}
+    assert not leaked, f"the pack's own folders are importable top-level names inside ComfyUI: {leaked}"
