@@ -41,6 +41,7 @@ from .fast_gpu import (
 from .image_io import to_rgb8
 from .model import PromptDiffusionControlNetModel
 from .model_folder import check_model_folder
+from .shots import DEFAULT_COMBINE, check_combine, combine_shot_batches, shot_weights as normalise_shot_weights, weighted_mean
 from .text_encoder import prefix_saved_text_encoder
 from .tokenizer import add_clip_vocab_files, special_token_ids
 
@@ -204,6 +205,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         example_pair: Optional[Tuple[ImageInput, ImageInput]] = None,
         query: Optional[ImageInput] = None,
         *,
+        example_pairs: Optional[Sequence[Tuple[ImageInput, ImageInput]]] = None,
+        shot_weights: Optional[Sequence[float]] = None,
+        shot_combine: str = DEFAULT_COMBINE,
         image_pair: Optional[Sequence[ImageInput]] = None,
         image: Optional[ImageInput] = None,
         height: Optional[int] = None,
@@ -230,10 +234,18 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         Images: PIL, numpy (HxWx3, uint8 0..255 or float 0..1) or tensors (3xHxW / Bx3xHxW in 0..1),
         or lists of them; every size a multiple of 8. A single prompt, pair or query is broadcast
         over the batch of the others. `output_type`: "pil", "np", "pt" or "latent".
+
+        Few-shot: `example_pairs=[(s1, t1), (s2, t2), ...]` instead of `example_pair` shows K pairs of
+        one task for every query, combined as `shot_combine` says ("residuals": one control pass per
+        pair, residuals averaged; "embedding": hint embeddings averaged, one pass; see
+        `pdiff_core.shots`), weighted by `shot_weights` (K non-negative numbers, normalised to sum
+        to 1; default equal).
         """
         self.check_call_arguments(num_inference_steps, timesteps, guidance_scale, eta, controlnet_conditioning_scale,
                                   height, width)
-        example_pair, query = self._resolve_aliases(example_pair, query, image_pair, image)
+        pairs, query = self._resolve_aliases(example_pair, query, image_pair, image, example_pairs)
+        weights = normalise_shot_weights(shot_weights, len(pairs))
+        check_combine(shot_combine)
         batch = self._batch_size(prompt, prompt_embeds)
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
@@ -241,17 +253,20 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} not in {self._callback_tensor_inputs}")
 
-        source = self.prepare_hint(example_pair[0], "example source", height, width)
-        target = self.prepare_hint(example_pair[1], "example target", height, width)
+        shots = []
+        for k, (source, target) in enumerate(pairs):
+            name = "example" if len(pairs) == 1 else f"example pair {k}:"
+            shots.append((self.prepare_hint(source, f"{name} source", height, width),
+                          self.prepare_hint(target, f"{name} target", height, width)))
         query_t = self.prepare_hint(query, "query", height, width)
-        sizes = {"example source": tuple(source.shape[-2:]), "example target": tuple(target.shape[-2:]), "query": tuple(query_t.shape[-2:])}
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"the example pair and the query must have one size, got {sizes}; pass height and width to resize")
+        sizes = {tuple(t.shape[-2:]) for shot in shots for t in shot} | {tuple(query_t.shape[-2:])}
+        if len(sizes) > 1:
+            raise ValueError(f"the example pairs and the query must have one size, got {sorted(sizes)}; pass height and width to resize")
         height, width = query_t.shape[-2:]
         multiple = self.vae_scale_factor
         if height % multiple or width % multiple:
             raise ValueError(f"image size {width}x{height} is not a multiple of {multiple}")
-        batch = max(batch, source.shape[0], target.shape[0], query_t.shape[0])
+        batch = max(batch, query_t.shape[0], *(t.shape[0] for shot in shots for t in shot))
         if isinstance(prompt, str):
             prompt = [prompt] * batch
         elif isinstance(prompt, list) and len(prompt) == 1:
@@ -262,7 +277,11 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             negative_prompt = [negative_prompt] * batch
         elif isinstance(negative_prompt, list) and len(negative_prompt) == 1:
             negative_prompt = negative_prompt * batch
-        pair = torch.cat([self._broadcast(source, batch, "example source"), self._broadcast(target, batch, "example target")], dim=1)
+        # Shot-major: (K * batch, 6, H, W), shot k's pairs at [k * batch, (k + 1) * batch).
+        pair = torch.cat([
+            torch.cat([self._broadcast(source, batch, "example source"), self._broadcast(target, batch, "example target")], dim=1)
+            for source, target in shots
+        ])
         query_t = self._broadcast(query_t, batch, "query")
 
         device = self._execution_device
@@ -277,13 +296,21 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         # The hint encoders do not see the timestep: run them once, reuse at every step.
         cn_dtype = self.controlnet.dtype
-        hint = self.controlnet.encode_hints(pair.to(device, cn_dtype), query_t.to(device, cn_dtype))
-        hint = hint.repeat_interleave(num_images_per_prompt, dim=0)
+        shot_count = len(shots)
+        hint = self.controlnet.encode_hints(pair.to(device, cn_dtype), query_t.repeat(shot_count, 1, 1, 1).to(device, cn_dtype))
+        hint = hint.unflatten(0, (shot_count, batch)).repeat_interleave(num_images_per_prompt, dim=1)
+        residual_shots = shot_count if shot_combine == "residuals" else 1
+        if shot_count == 1:
+            hint = hint[0]
+        elif residual_shots == 1:
+            hint = weighted_mean(hint, weights)
         text = prompt_embeds
         if do_cfg:
             # One batched pass; the unconditional half keeps the example pair and query.
             text = torch.cat([negative_prompt_embeds, prompt_embeds])
-            hint = torch.cat([hint, hint])
+            hint = torch.cat([hint, hint], dim=-4)
+        if residual_shots > 1:
+            hint = hint.flatten(0, 1)  # shot-major, as the repeated latents below
 
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
         latents = self.prepare_latents(
@@ -294,12 +321,13 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         predict = functools.partial(
             self._predict_noise, guidance_scale=guidance_scale if do_cfg else None,
             conditioning_scale=controlnet_conditioning_scale, cross_attention_kwargs=cross_attention_kwargs,
+            shot_weights=tuple(weights) if residual_shots > 1 else None,
         )
         fast = self._fast_step_for(device, cross_attention_kwargs)
         if fast is not None:
             # Everything the graph bakes in besides its tensor inputs (see fast_gpu.StaticStep).
             key = (guidance_scale if do_cfg else None, controlnet_conditioning_scale,
-                   model_fingerprint(self.unet, self.controlnet))
+                   model_fingerprint(self.unet, self.controlnet), predict.keywords["shot_weights"])
         with self.progress_bar(total=num_inference_steps) as progress:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
@@ -328,14 +356,21 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
     def _predict_noise(
         self, sample: torch.Tensor, t: torch.Tensor, text: torch.Tensor, hint: torch.Tensor, *,
         guidance_scale: Optional[float], conditioning_scale: float, cross_attention_kwargs: Optional[Dict[str, Any]],
+        shot_weights: Optional[Tuple[float, ...]] = None,
     ) -> torch.Tensor:
         """One model evaluation: the ControlNet's residuals into the UNet, then classifier-free guidance
         (`guidance_scale` None: no unconditional half in the batch). The fast GPU path captures exactly
-        this function, so per-call tensors come in as arguments only."""
+        this function, so per-call tensors come in as arguments only. `shot_weights` (K > 1 example
+        pairs combined as residuals): `hint` holds K shot-major batches; one control call runs them all
+        and their residuals are averaged with these weights."""
+        shots = 1 if shot_weights is None else len(shot_weights)
         down, mid = self.controlnet(
-            sample, t, encoder_hidden_states=text, hint_embedding=hint,
+            sample.repeat(shots, 1, 1, 1) if shots > 1 else sample, t,
+            encoder_hidden_states=text.repeat(shots, 1, 1) if shots > 1 else text, hint_embedding=hint,
             conditioning_scale=conditioning_scale, return_dict=False,
         )
+        if shots > 1:
+            *down, mid = combine_shot_batches([*down, mid], shot_weights)
         noise = self.unet(
             sample, t, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs,
             down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
@@ -404,7 +439,8 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         return fast
 
     @staticmethod
-    def _resolve_aliases(example_pair, query, image_pair, image) -> Tuple[Tuple[ImageInput, ImageInput], ImageInput]:
+    def _resolve_aliases(example_pair, query, image_pair, image, example_pairs=None) -> Tuple[List[Tuple[ImageInput, ImageInput]], ImageInput]:
+        """The example pairs as a list of (source, target) and the query."""
         if image_pair is not None:
             if example_pair is not None:
                 raise ValueError("pass example_pair or image_pair (the research port's name), not both")
@@ -413,11 +449,23 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             if query is not None:
                 raise ValueError("pass query or image (the research port's name), not both")
             query = image
-        if example_pair is None or query is None:
+        if example_pairs is not None:
+            if example_pair is not None:
+                raise ValueError("pass example_pair (one pair) or example_pairs (a list of pairs), not both")
+            if not isinstance(example_pairs, (list, tuple)) or not example_pairs:
+                raise ValueError("example_pairs must be a non-empty list of (source, target) pairs")
+            pairs = list(example_pairs)
+        elif example_pair is not None:
+            pairs = [example_pair]
+        else:
+            pairs = None
+        if pairs is None or query is None:
             raise ValueError("pass example_pair=(source, target) and query (or image_pair=[source, target], image=query)")
-        if not isinstance(example_pair, (list, tuple)) or len(example_pair) != 2:
-            raise ValueError("example_pair must be a (source, target) pair of images")
-        return (example_pair[0], example_pair[1]), query
+        for k, pair in enumerate(pairs):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                name = "example_pair" if example_pairs is None else f"example_pairs[{k}]"
+                raise ValueError(f"{name} must be a (source, target) pair of images")
+        return [(source, target) for source, target in pairs], query
 
 
 def _as_list(value: Any) -> Any:
