@@ -41,7 +41,8 @@ from .fast_gpu import (
 from .image_io import to_rgb8
 from .model import PromptDiffusionControlNetModel
 from .model_folder import check_model_folder
-from .shots import DEFAULT_COMBINE, check_combine, combine_shot_batches, shot_weights as normalise_shot_weights, weighted_mean
+from .shots import DEFAULT_COMBINE, check_combine, combine_shot_batches, weighted_mean
+from .shots import shot_weights as normalise_shot_weights
 from .text_encoder import prefix_saved_text_encoder
 from .tokenizer import add_clip_vocab_files, special_token_ids
 

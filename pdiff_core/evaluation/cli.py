@@ -13,11 +13,19 @@ from typing import List, Optional
 
 from ..arguments import finite_float, positive_int, seed
 from ..defaults import DTYPES
+from ..shots import COMBINE_MODES, DEFAULT_COMBINE
 from .runner import PROMPT_MODES
 
 
 def _task_list(text: str) -> List[str]:
     return [t for t in text.split(",") if t]
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return [int(t) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated whole numbers, e.g. 1,2,4") from None
 
 
 def _common(parser: argparse.ArgumentParser, out: str, steps: int, guidance: float) -> None:
@@ -60,9 +68,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_toyworld(args: argparse.Namespace) -> None:
+    from .few_shot import run_few_shot_table
     from .toyworld import ToyworldEvalConfig, run_toyworld_eval
 
-    run_toyworld_eval(ToyworldEvalConfig(**_config_kwargs(args), cache_dir=args.cache_dir))
+    if not args.shots or not args.shot_combine:
+        raise ValueError("--shots and --shot-combine need at least one value each")
+    config = ToyworldEvalConfig(**_config_kwargs(args), cache_dir=args.cache_dir, shots=args.shots[0],
+                                shot_combine=args.shot_combine[0])
+    if len(args.shots) == 1 and len(args.shot_combine) == 1:
+        run_toyworld_eval(config)
+    else:
+        run_few_shot_table(config, args.shots, args.shot_combine)
 
 
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
@@ -85,6 +101,12 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
                      help="held-out dataset (default: generate the toy world at seed 100000 into --cache-dir)")
     toy.add_argument("--cache-dir", type=Path, default=None, help="where the default held-out set goes (default: ~/.cache/pdiff)")
     _common(toy, "eval-toyworld", steps=20, guidance=None)
+    toy.add_argument("--shots", type=_int_list, default=[1],
+                     help="example pairs per query (further pairs: the same task on the next groups' scenes); "
+                          "several, e.g. 1,2,4, write one table of them side by side (default: 1)")
+    toy.add_argument("--shot-combine", type=_task_list, default=[DEFAULT_COMBINE],
+                     help=f"how K > 1 pairs are combined: {' or '.join(COMBINE_MODES)}, or both comma-separated "
+                          f"(default: {DEFAULT_COMBINE})")
     toy.set_defaults(func=cmd_eval_toyworld)
 
 

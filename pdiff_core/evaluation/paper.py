@@ -99,7 +99,7 @@ def run_paper_eval(config: PaperEvalConfig, pipe: Any = None, feature_extractor:
     if feature_extractor is None and any(t.inverse for t in tasks) and state.is_main_process:
         # Before any generation: a missing weights file should not cost a whole run.
         feature_extractor = load_inception(config.inception_weights)
-    samples = plan_samples(index, tasks, config.groups_limit, config.pairs_per_group)
+    samples = plan_samples(index, tasks, config.groups_limit, config.pairs_per_group, config.shots)
     model = model_path(config)
     store = open_store(Path(config.out), config.fingerprint(model, Path(config.data), resolution))
     if pipe is None:

@@ -3,7 +3,9 @@ resumable generation, and per-sample scores for the model and two baselines.
 
 A sample is (task, group, example item, query item): the example pair is (source, target) of
 the example item, the query and the truth come from the query item. Pair `p` of a group uses
-items `p` and `p + 1` (so one pair per group is item 0 as example, item 1 as query).
+items `p` and `p + 1` (so one pair per group is item 0 as example, item 1 as query). With K shots,
+the K - 1 further example pairs are item `p` of the K - 1 groups that follow in the dataset
+(wrapping round): the same task shown on other scenes.
 
 Every finished sample is appended to `<out>/samples.jsonl` (and its output saved as a PNG under
 `<out>/images/`), so a rerun skips it. Each sample has its own seeded generator, so its starting
@@ -35,6 +37,7 @@ from tqdm import tqdm
 from ..data import DatasetIndex, Group, GroupItem, Task, map_prompt, parse_task
 from ..defaults import DEFAULT_MODEL, DTYPES
 from ..loading import load_pipeline
+from ..shots import DEFAULT_COMBINE
 from .metrics import score
 
 if TYPE_CHECKING:
@@ -72,6 +75,8 @@ class EvalConfig:
     # "trained": the prompts training used (caption for inverse tasks, "depth map" etc. for forward
     # ones); "caption": always the caption; "empty": no text, so only the example pair tells the task.
     prompt: str = "trained"
+    shots: int = 1  # example pairs per query (pdiff_core.shots)
+    shot_combine: str = DEFAULT_COMBINE
 
     def fingerprint(self, model_path: Path, data_root: Path, resolution: int) -> Dict[str, Any]:
         """What makes stored samples reusable: the same model, data and sampling (the pairing is in
@@ -86,6 +91,8 @@ class EvalConfig:
             "seed": self.seed,
             "dtype": self.dtype,
             "prompt": self.prompt,
+            # only when few-shot, so one-shot results stored before shots existed stay reusable
+            **({"shots": self.shots, "shot_combine": self.shot_combine} if self.shots > 1 else {}),
         }
 
 
@@ -96,6 +103,7 @@ class Sample:
     example_item: int
     query_item: int
     example_group: Optional[Group] = None  # None: `group`
+    more_examples: Tuple[Tuple[Group, int], ...] = ()  # few-shot: (group, item) of each further example pair
 
     @property
     def example(self) -> GroupItem:
@@ -107,7 +115,8 @@ class Sample:
 
     @property
     def key(self) -> str:
-        return f"{self.task.name}/{self.group.id}/{self._example_id}{self.example_item}-{self.query_item}"
+        shots = "".join(f"+{group.id}:{item}" for group, item in self.more_examples)
+        return f"{self.task.name}/{self.group.id}/{self._example_id}{self.example_item}{shots}-{self.query_item}"
 
     @property
     def image_name(self) -> str:
@@ -126,6 +135,7 @@ class SampleImages:
     example_target: np.ndarray
     query: np.ndarray
     truth: np.ndarray
+    more_examples: Tuple[Tuple[np.ndarray, np.ndarray], ...] = ()  # few-shot: further (source, target)
 
 
 def resolve_tasks(index: DatasetIndex, names: Optional[Sequence[str]], default: Sequence[str]) -> List[Task]:
@@ -135,10 +145,14 @@ def resolve_tasks(index: DatasetIndex, names: Optional[Sequence[str]], default: 
     return [parse_task(name, index.maps) for name in names]
 
 
-def plan_samples(index: DatasetIndex, tasks: Sequence[Task], groups_limit: Optional[int], pairs_per_group: int) -> List[Sample]:
-    """Every (task, group, pair) to evaluate, task by task in dataset order."""
+def plan_samples(index: DatasetIndex, tasks: Sequence[Task], groups_limit: Optional[int], pairs_per_group: int,
+                 shots: int = 1) -> List[Sample]:
+    """Every (task, group, pair) to evaluate, task by task in dataset order; with `shots` K > 1 each
+    sample also takes item p of the K - 1 groups after its own as further example pairs."""
     if pairs_per_group < 1:
         raise ValueError(f"pairs per group must be at least 1, got {pairs_per_group}")
+    if not 1 <= shots <= len(index.groups):
+        raise ValueError(f"shots must be between 1 and the dataset's {len(index.groups)} groups, got {shots}")
     groups = index.groups[:groups_limit] if groups_limit else index.groups
     samples = []
     for task in tasks:
@@ -146,12 +160,17 @@ def plan_samples(index: DatasetIndex, tasks: Sequence[Task], groups_limit: Optio
             n = len(group.items)
             if pairs_per_group > n:
                 raise ValueError(f"group {group.id} has {n} items: at most {n} pairs per group, got {pairs_per_group}")
+            position = index.groups.index(group)
             if n == 1:
                 if len(groups) == 1:
                     raise ValueError(f"group {group.id} is a single photo and the only group: no other photo to take the example from")
-                samples.append(Sample(task, group, 0, 0, example_group=groups[(g + 1) % len(groups)]))
+                others = [index.groups[(position + j) % len(index.groups)] for j in range(2, shots + 1)]
+                samples.append(Sample(task, group, 0, 0, example_group=groups[(g + 1) % len(groups)],
+                                      more_examples=tuple((o, 0) for o in others)))
                 continue
-            samples.extend(Sample(task, group, p, (p + 1) % n) for p in range(pairs_per_group))
+            others = [index.groups[(position + j) % len(index.groups)] for j in range(1, shots)]
+            samples.extend(Sample(task, group, p, (p + 1) % n, more_examples=tuple((o, p % len(o.items)) for o in others))
+                           for p in range(pairs_per_group))
     return samples
 
 
@@ -167,7 +186,9 @@ def read_image(path: Path, resolution: int) -> np.ndarray:
 def load_sample(sample: Sample, resolution: int) -> SampleImages:
     example_source, example_target = sample.task.paths(sample.example)
     query, truth = sample.task.paths(sample.group.items[sample.query_item])
-    return SampleImages(*(read_image(p, resolution) for p in (example_source, example_target, query, truth)))
+    more = tuple(tuple(read_image(p, resolution) for p in sample.task.paths(group.items[item]))
+                 for group, item in sample.more_examples)
+    return SampleImages(*(read_image(p, resolution) for p in (example_source, example_target, query, truth)), more)
 
 
 def rgb(image: np.ndarray) -> np.ndarray:
@@ -206,7 +227,8 @@ class ResultStore:
         run_file = self.out / RUN_FILE
         if run_file.is_file():
             stored = json.loads(run_file.read_text())
-            changed = {k: (stored.get(k), v) for k, v in fingerprint.items() if stored.get(k) != v}
+            changed = {k: (stored.get(k), fingerprint.get(k)) for k in {**stored, **fingerprint}
+                       if stored.get(k) != fingerprint.get(k)}
             samples = self.out / SAMPLES_FILE
             stored_nothing = not samples.is_file() or samples.stat().st_size == 0
             if changed and not stored_nothing:
@@ -297,9 +319,13 @@ def run_samples(
     for start in range(0, len(mine), config.batch_size):
         batch = mine[start:start + config.batch_size]
         images = [load_sample(s, resolution) for s in batch]
+        shots = [([rgb(i.example_source) for i in images], [rgb(i.example_target) for i in images])]
+        shots += [([rgb(i.more_examples[k][0]) for i in images], [rgb(i.more_examples[k][1]) for i in images])
+                  for k in range(config.shots - 1)]
+        few_shot = dict(example_pairs=shots, shot_combine=config.shot_combine) if config.shots > 1 else dict(example_pair=shots[0])
         outputs = pipe(
             [prompt_for(s, config.prompt) for s in batch],
-            example_pair=([rgb(i.example_source) for i in images], [rgb(i.example_target) for i in images]),
+            **few_shot,
             query=[rgb(i.query) for i in images],
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
@@ -319,6 +345,7 @@ def run_samples(
                 "example_group": (sample.example_group or sample.group).id,
                 "example_item": sample.example_item,
                 "query_item": sample.query_item,
+                **({"more_examples": [[g.id, item] for g, item in sample.more_examples]} if sample.more_examples else {}),
                 "image": sample.image_name,
                 "scores": score_sample(output, sample_images, sample.task.inverse),
             })

@@ -128,7 +128,7 @@ def run_toyworld_eval(config: ToyworldEvalConfig, pipe: Any = None) -> List[Toyw
     config = with_model_defaults(config, model)
     trained = list(config.trained_tasks)
     tasks = resolve_tasks(index, config.tasks, all_tasks(index, trained))
-    samples = plan_samples(index, tasks, config.groups_limit, config.pairs_per_group)
+    samples = plan_samples(index, tasks, config.groups_limit, config.pairs_per_group, config.shots)
     store = open_store(Path(config.out), config.fingerprint(model, root, resolution))
     if pipe is None:
         pipe = load_model(config)
@@ -165,7 +165,9 @@ def rows_from_records(records: List[dict], tasks: List[Task], trained: List[str]
 def format_table(rows: List[ToyworldRow], model: Path, data: Path, config: EvalConfig) -> str:
     lines = [
         f"Model `{model}` on `{data}`: {config.steps} steps, guidance {config.guidance}, seed {config.seed}; "
-        f"{rows[0].samples if rows else 0} samples per task (example from item p, query from item p+1 of each group).",
+        f"{rows[0].samples if rows else 0} samples per task (example from item p, query from item p+1 of each group"
+        + (f"; {config.shots} shots: also item p of the {config.shots - 1} next groups, {config.shot_combine} averaged)."
+           if config.shots > 1 else ")."),
         "",
         "| task | seen/unseen | metric | model | example-target baseline | query baseline | beats both? |",
         "|---|---|---|---|---|---|---|",
