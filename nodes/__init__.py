@@ -12,13 +12,14 @@ from comfy_api.latest import ComfyExtension, io
 from .annotators import ANNOTATOR_NODES, register_annotator_folder
 from .apply import APPLY_NODES
 from .example_inputs import install_example_inputs
+from .few_shot import FEW_SHOT_NODES
 from .loaders import LOADER_NODES, register_model_folders
 
 
 class PromptDiffusionExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> List[Type[io.ComfyNode]]:
-        return [*LOADER_NODES, *APPLY_NODES, *ANNOTATOR_NODES]
+        return [*LOADER_NODES, *APPLY_NODES, *FEW_SHOT_NODES, *ANNOTATOR_NODES]
 
 
 async def comfy_entrypoint() -> PromptDiffusionExtension:

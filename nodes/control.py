@@ -9,13 +9,17 @@ ComfyUI receives one 9-channel hint, source | target | query, each in [-1, 1] (p
 10th channel, a mask in [0, 1]), as `cond_hint_original`. Its own code then resizes the hint to the
 latent size x 8 and broadcasts it over the batch and over cond/uncond chunks (`batched_number`);
 the model splits the channels back into the two encoders.
+
+Few-shot (`pdiff_core.shots`): K example pairs make a (6K + 3)-channel hint, s1 | t1 | ... | sK | tK |
+query (+ mask: 6K + 4, so the parity tells whether a mask is there); the control's extra arguments
+`shot_weights` and `shot_combine` say how the K pairs are combined, as the pipeline does.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -30,11 +34,10 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from pdiff_core.checkpoints import CheckpointError, ControlCheckpoint, diffusers_to_ldm
 from pdiff_core.model import PAIR_CHANNELS, QUERY_CHANNELS
+from pdiff_core.shots import DEFAULT_COMBINE, check_combine, combine_shot_batches, normalise_weights, weighted_mean
 
 logger = logging.getLogger(__name__)
 
-HINT_CHANNELS = PAIR_CHANNELS + QUERY_CHANNELS
-MASKED_HINT_CHANNELS = HINT_CHANNELS + 1
 COMFY_GROUP_NORM_GROUPS = 32  # what ComfyUI's SD blocks hard-code
 
 
@@ -133,17 +136,27 @@ class PromptDiffusionControlModel(comfy.cldm.cldm.ControlNet):
         self.input_cond_block = _hint_encoder(QUERY_CHANNELS, hint_widths, self.model_channels, operations, dtype, device)
 
     def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: Optional[torch.Tensor] = None, **kwargs: Any) -> Dict[str, List[torch.Tensor]]:
-        if hint.shape[1] not in (HINT_CHANNELS, MASKED_HINT_CHANNELS):
-            raise ValueError(
-                f"the Prompt Diffusion ControlNet got a {hint.shape[1]}-channel hint; it needs the example pair and "
-                "the query: apply it with the 'Apply Prompt Diffusion' node (PDiff_ApplyPromptDiffusion), not the "
-                "stock ControlNet apply nodes"
-            )
-        # Adapted from ComfyUI 0.3.64 comfy/cldm/cldm.py ControlNet.forward: two hint encoders, an optional mask.
+                y: Optional[torch.Tensor] = None, shot_weights: Optional[Sequence[float]] = None,
+                shot_combine: str = DEFAULT_COMBINE, **kwargs: Any) -> Dict[str, List[torch.Tensor]]:
+        # Adapted from ComfyUI 0.3.64 comfy/cldm/cldm.py ControlNet.forward: two hint encoders, K example
+        # pairs, an optional mask.
+        shots, masked = hint_shots(hint.shape[1])
+        weights = normalise_weights(shot_weights, shots)
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
-        guided_hint = (self.input_hint_block(hint[:, :PAIR_CHANNELS], emb, context)
-                       + self.input_cond_block(hint[:, PAIR_CHANNELS:HINT_CHANNELS], emb, context))
+        query_hint = self.input_cond_block(hint[:, shots * PAIR_CHANNELS:shots * PAIR_CHANNELS + QUERY_CHANNELS], emb, context)
+        residual_shots = shots if shots > 1 and check_combine(shot_combine) == "residuals" else 1
+        if shots == 1:
+            guided_hint = self.input_hint_block(hint[:, :PAIR_CHANNELS], emb, context) + query_hint
+        else:
+            # shot-major (K * b, 6, H, W), as the pipeline batches its K control passes; ComfyUI leaves a
+            # hint of batch b = 1 unbroadcast over x's batch
+            pairs = hint[:, :shots * PAIR_CHANNELS].unflatten(1, (shots, PAIR_CHANNELS)).transpose(0, 1).flatten(0, 1)
+            pair_hint = self.input_hint_block(pairs, emb, context).unflatten(0, (shots, -1))
+            if residual_shots == 1:
+                guided_hint = weighted_mean(pair_hint, weights) + query_hint
+            else:
+                guided_hint = (pair_hint + query_hint).expand(shots, x.shape[0], -1, -1, -1).flatten(0, 1)
+                x, emb, context = x.repeat(shots, 1, 1, 1), emb.repeat(shots, 1), context.repeat(shots, 1, 1)
         outputs = []
         h = x
         for index, (module, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
@@ -153,11 +166,27 @@ class PromptDiffusionControlModel(comfy.cldm.cldm.ControlNet):
             outputs.append(zero_conv(h, emb, context))
         h = self.middle_block(h, emb, context)
         middle = [self.middle_block_out(h, emb, context)]
-        if hint.shape[1] == MASKED_HINT_CHANNELS:
-            mask = hint[:, HINT_CHANNELS:]
+        if residual_shots > 1:
+            *outputs, mid = combine_shot_batches([*outputs, middle[0]], weights)
+            middle = [mid]
+        if masked:
+            mask = hint[:, -1:]
             outputs = [out * torch.nn.functional.adaptive_avg_pool2d(mask, out.shape[-2:]) for out in outputs]
             middle = [out * torch.nn.functional.adaptive_avg_pool2d(mask, out.shape[-2:]) for out in middle]
         return {"middle": middle, "output": outputs}
+
+
+def hint_shots(channels: int) -> Tuple[int, bool]:
+    """(K example pairs, whether a mask is last) of a (6K + 3)- or (6K + 4)-channel hint."""
+    for extra in (QUERY_CHANNELS, QUERY_CHANNELS + 1):
+        shots, rest = divmod(channels - extra, PAIR_CHANNELS)
+        if shots >= 1 and rest == 0:
+            return shots, extra > QUERY_CHANNELS
+    raise ValueError(
+        f"the Prompt Diffusion ControlNet got a {channels}-channel hint; it needs the example pair and "
+        "the query: apply it with the 'Apply Prompt Diffusion' node (PDiff_ApplyPromptDiffusion), not the "
+        "stock ControlNet apply nodes"
+    )
 
 
 class PromptDiffusionControl(comfy.controlnet.ControlNet):
@@ -218,6 +247,18 @@ def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if images.shape[-2:] == (height, width):
         return images
     return comfy.utils.common_upscale(images, width, height, "bilinear", "center")
+
+
+def build_few_shot_hint(sources: torch.Tensor, targets: torch.Tensor, query: torch.Tensor,
+                        mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The few-shot hint (B, 6K + 3 or 6K + 4, H, W): the K images of the `sources` and `targets`
+    batches are K example pairs shown to each of the B queries (see `build_hint` for sizes)."""
+    if sources.ndim != 4 or targets.ndim != 4 or sources.shape[0] != targets.shape[0]:
+        raise ValueError(f"example_sources and example_targets must be IMAGE batches of one length (one image per "
+                         f"example pair), got shapes {tuple(sources.shape)} and {tuple(targets.shape)}")
+    shots = [build_hint(sources[k:k + 1], targets[k:k + 1], query)[:, :PAIR_CHANNELS] for k in range(sources.shape[0])]
+    rest = build_hint(sources[:1], targets[:1], query, mask)[:, PAIR_CHANNELS:]
+    return torch.cat([*shots, rest], dim=1)
 
 
 def build_hint(source: torch.Tensor, target: torch.Tensor, query: torch.Tensor,

@@ -41,8 +41,7 @@ from .fast_gpu import (
 from .image_io import to_rgb8
 from .model import PromptDiffusionControlNetModel
 from .model_folder import check_model_folder
-from .shots import DEFAULT_COMBINE, check_combine, combine_shot_batches, weighted_mean
-from .shots import shot_weights as normalise_shot_weights
+from .shots import DEFAULT_COMBINE, check_combine, combine_shot_batches, normalise_weights, weighted_mean
 from .text_encoder import prefix_saved_text_encoder
 from .tokenizer import add_clip_vocab_files, special_token_ids
 
@@ -245,7 +244,7 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         self.check_call_arguments(num_inference_steps, timesteps, guidance_scale, eta, controlnet_conditioning_scale,
                                   height, width)
         pairs, query = self._resolve_aliases(example_pair, query, image_pair, image, example_pairs)
-        weights = normalise_shot_weights(shot_weights, len(pairs))
+        weights = normalise_weights(shot_weights, len(pairs))
         check_combine(shot_combine)
         batch = self._batch_size(prompt, prompt_embeds)
         if num_images_per_prompt < 1:

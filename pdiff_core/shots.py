@@ -29,7 +29,7 @@ def check_combine(mode: str) -> str:
     return mode
 
 
-def shot_weights(weights: Optional[Sequence[float]], shots: int) -> List[float]:
+def normalise_weights(weights: Optional[Sequence[float]], shots: int) -> List[float]:
     """The K weights normalised to sum to 1; None gives equal weights."""
     if shots < 1:
         raise ValueError(f"at least one example pair is needed, got {shots}")

@@ -18,7 +18,7 @@ from pdiff_core.defaults import DEFAULT_MODEL
 
 NODE_IDS = {
     "PDiff_LoadPromptDiffusionControlNet", "PDiff_LoadPromptDiffusionModel", "PDiff_ApplyPromptDiffusion",
-    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview", "PDiff_Annotate",
+    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview", "PDiff_Annotate", "PDiff_ApplyPromptDiffusionFewShot",
 }
 # float32 on both sides; the two implementations differ only in operation order (attention kernels, sums).
 ATOL = 2e-5
@@ -552,6 +552,124 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
     assert float(comfy_image.std()) > 0.01 and float((comfy_image[0] - comfy_image[1]).abs().max()) > 1e-2
     torch.testing.assert_close(comfy_image, pipe_image, atol=1e-5, rtol=0)
     assert float((other_image - comfy_image).abs().max()) > 1e-2
+
+
+# ----------------------------------------------------------------------------- few-shot: K example pairs per query
+
+
+def apply_few_shot(node_classes, control, sources, targets, query, combine="residuals", weights="", positive=None,
+                   negative=None, strength=1.0, mask=None):
+    positive = positive if positive is not None else conditioning(torch.zeros(1, 77, 32))
+    negative = negative if negative is not None else conditioning(torch.ones(1, 77, 32))
+    node = node_classes["PDiff_ApplyPromptDiffusionFewShot"]
+    return node.execute(positive, negative, control, sources, targets, query, combine, weights, strength, 0.0, 1.0,
+                        mask=mask).result
+
+
+@pytest.mark.parametrize("combine, queries", [("residuals", 2), ("embedding", 2), ("residuals", 1)])
+def test_few_shot_apply_matches_per_pair_pdiff_core_computations(node_classes, loaded, reference, combine, queries):
+    """Three pairs, weights 1:2:1, over one or two queries (ComfyUI broadcasts a batch of 1 only inside the
+    model) with cond and uncond in one batch and in separate chunks, against the reference ControlNet run
+    here pair by pair (residuals) or on the averaged pair embedding."""
+    model, _, _, control = loaded
+    g = torch.Generator().manual_seed(7)
+    sources, targets = torch.rand(3, 40, 40, 3, generator=g), torch.rand(3, 40, 40, 3, generator=g)
+    queries = torch.rand(queries, 40, 40, 3, generator=g)
+    positive, negative = apply_few_shot(node_classes, control, sources, targets, queries, combine, "1, 2, 1", strength=0.7)
+    c = prepared(positive[0][1]["control"], model)
+    assert negative[0][1]["control"] is c and "shot_weights" not in control.extra_args  # the loaded control is untouched
+
+    sampling = model.model.model_sampling
+    sigma = sampling.sigma(torch.tensor([400.0] * 4))
+    x, context = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 77, 32, generator=g)
+    both = comfy_control(c, model, x, sigma, context, batched_number=2)
+
+    weights = [0.25, 0.5, 0.25]
+    q = queries.repeat(4 // queries.shape[0], 1, 1, 1)  # [cond q0, cond q1, uncond q0, uncond q1] or q0 x 4
+    size = (64, 64)
+    prep = lambda image: F.interpolate(image.movedim(-1, 1), size=size, mode="nearest-exact") * 2 - 1  # noqa: E731
+    x_in, timesteps = x / torch.sqrt(sigma[:, None, None, None] ** 2 + 1), sampling.timestep(sigma)
+    pairs = [torch.cat([prep(sources[k:k + 1]), prep(targets[k:k + 1])], dim=1).expand(4, -1, -1, -1) for k in range(3)]
+    if combine == "residuals":
+        per_pair = [reference_outputs(reference, x_in, timesteps, context, pair, prep(q), 0.7) for pair in pairs]
+        expected = ([sum(w * out[0][i] for w, out in zip(weights, per_pair)) for i in range(len(per_pair[0][0]))],
+                    sum(w * out[1] for w, out in zip(weights, per_pair)))
+    else:
+        with torch.no_grad():
+            hint = (sum(w * reference.controlnet_cond_embedding(pair) for w, pair in zip(weights, pairs))
+                    + reference.controlnet_query_cond_embedding(prep(q)))
+            down, mid = reference(x_in, timesteps, encoder_hidden_states=context, hint_embedding=hint,
+                                  conditioning_scale=0.7, return_dict=False)
+        expected = (list(down), mid)
+    assert_residuals_close(both, expected)
+    one_pair = reference_outputs(reference, x_in, timesteps, context, pairs[0], prep(q), 0.7)
+    assert max(float((a - b).abs().max()) for a, b in zip(expected[0], one_pair[0])) > 1e-3  # the other pairs count
+    for half in (slice(0, 2), slice(2, 4)):  # low memory: cond and uncond in separate chunks
+        alone = comfy_control(c, model, x[half], sigma[half], context[half], batched_number=1)
+        assert_residuals_close(alone, ([d[half] for d in both[0]], both[1][half]))
+
+
+def test_one_shot_through_the_few_shot_node_equals_apply(node_classes, loaded):
+    model, _, _, control = loaded
+    g = torch.Generator().manual_seed(8)
+    source, target, query = (torch.rand(1, 32, 32, 3, generator=g) for _ in range(3))
+    mask = torch.zeros(1, 32, 32)
+    mask[..., :16] = 1.0
+    sigma = model.model.model_sampling.sigma(torch.tensor([500.0]))
+    x, context = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 77, 32, generator=g)
+    few = prepared(apply_few_shot(node_classes, control, source, target, query, mask=mask)[0][0][1]["control"], model)
+    one = prepared(apply(node_classes, control, source, target, query, mask=mask)[0][0][1]["control"], model)
+    assert_residuals_close(comfy_control(few, model, x, sigma, context, 1), comfy_control(one, model, x, sigma, context, 1))
+
+
+def test_few_shot_node_errors_name_the_input(node_classes, loaded):
+    _, _, _, control = loaded
+    images = torch.rand(2, 32, 32, 3)
+    with pytest.raises(ValueError, match="2 weights for 2 example pairs|1 weights for 2 example pairs"):
+        apply_few_shot(node_classes, control, images, images, images[:1], weights="1")
+    with pytest.raises(ValueError, match="comma-separated numbers"):
+        apply_few_shot(node_classes, control, images, images, images[:1], weights="1, x")
+    with pytest.raises(ValueError, match="one length"):
+        apply_few_shot(node_classes, control, images, images[:1], images[:1])
+
+
+@pytest.mark.parametrize("combine", ["residuals", "embedding"])
+def test_few_shot_stock_nodes_and_the_pipeline_give_the_same_image(comfyui, node_classes, loaded, tiny_pipeline, combine):
+    """As the one-pair test above, with three example pairs (weights 1:1:2) over two queries."""
+    from diffusers import DDIMScheduler
+
+    import comfy.sample
+    import comfy.samplers
+
+    nodes = comfyui["nodes"]
+    model, clip, vae, control = loaded
+    g = torch.Generator().manual_seed(9)
+    sources, targets = torch.rand(3, 64, 64, 3, generator=g), torch.rand(3, 64, 64, 3, generator=g)
+    query = torch.rand(2, 64, 64, 3, generator=g)
+    text, steps, cfg, seed = "a red sphere and a blue cube", 8, 4.0, 42  # 8: ddim_uniform = leading spacing
+
+    def comfy_image(sources, targets, weights):
+        with torch.inference_mode():
+            positive = nodes.CLIPTextEncode().encode(clip, text)[0]
+            negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+            positive, negative = apply_few_shot(node_classes, control, sources, targets, query, combine, weights,
+                                                positive=positive, negative=negative)
+            latent = nodes.EmptyLatentImage().generate(64, 64, 2)[0]
+            samples = nodes.KSampler().sample(model, seed, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[0]
+            return nodes.VAEDecode().decode(vae, samples)[0], latent
+
+    image, latent = comfy_image(sources, targets, "1, 1, 2")
+    sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)[0]
+    noise = comfy.sample.prepare_noise(latent["samples"], seed)
+    tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True)
+    pipe_image = tiny_pipeline(
+        text, example_pairs=[(sources[k].movedim(-1, 0), targets[k].movedim(-1, 0)) for k in range(3)], shot_weights=[1, 1, 2],
+        shot_combine=combine, query=query.movedim(-1, 1), num_inference_steps=steps, guidance_scale=cfg,
+        latents=noise * sigma0 / torch.sqrt(1 + sigma0**2), output_type="pt").images.movedim(1, -1)
+    assert image.shape == pipe_image.shape == (2, 64, 64, 3)
+    torch.testing.assert_close(image, pipe_image, atol=1e-5, rtol=0)
+    first_only, _ = comfy_image(sources[:1], targets[:1], "")
+    assert float((first_only - image).abs().max()) > 1e-4, "the other pairs changed nothing: the test would not see a bug"
 
 
 # ----------------------------------------------------------------------------- annotators

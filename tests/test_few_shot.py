@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
-from pdiff_core.shots import parse_shot_weights, shot_weights
+from pdiff_core.shots import normalise_weights, parse_shot_weights
 
 STEPS = 3
 
@@ -172,11 +172,11 @@ def test_one_pair_and_a_list_of_pairs_are_exclusive(tiny_pipeline):
 
 
 def test_weights_are_normalised_and_parsed():
-    assert shot_weights(None, 4) == [0.25] * 4
-    assert shot_weights([2, 6], 2) == [0.25, 0.75]
+    assert normalise_weights(None, 4) == [0.25] * 4
+    assert normalise_weights([2, 6], 2) == [0.25, 0.75]
     assert parse_shot_weights(" 1, 1 ,2") == [1.0, 1.0, 2.0]
     assert parse_shot_weights("") is None
     with pytest.raises(ValueError, match="comma-separated numbers"):
         parse_shot_weights("1, a")
     with pytest.raises(ValueError, match="finite"):
-        shot_weights([float("nan"), 1.0], 2)
+        normalise_weights([float("nan"), 1.0], 2)
