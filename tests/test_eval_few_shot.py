@@ -33,6 +33,9 @@ def test_further_shots_are_item_p_of_the_next_groups_wrapping_round(toy_data):
     assert len({s.key for s in samples}) == len(samples) == 6
     one_shot = plan_samples(index, [depth], None, pairs_per_group=1)
     assert [s.key for s in one_shot] == [f"depth/{i}/0-1" for i in ids]  # one-shot keys as before shots existed
+    # every K starts from the one-shot run's noise, so settings are compared sample by sample
+    few = [s for s in samples if s.example_item == 0]
+    assert [s.seed(3) for s in few] == [s.seed(3) for s in one_shot] and len(set(s.seed(3) for s in one_shot)) == 3
     with pytest.raises(ValueError, match="shots must be between 1 and the dataset's 3 groups, got 4"):
         plan_samples(index, [depth], None, pairs_per_group=1, shots=4)
 

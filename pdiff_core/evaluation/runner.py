@@ -115,7 +115,9 @@ class Sample:
 
     @property
     def key(self) -> str:
-        shots = "".join(f"+{group.id}:{item}" for group, item in self.more_examples)
+        return self._key("".join(f"+{group.id}:{item}" for group, item in self.more_examples))
+
+    def _key(self, shots: str) -> str:
         return f"{self.task.name}/{self.group.id}/{self._example_id}{self.example_item}{shots}-{self.query_item}"
 
     @property
@@ -123,8 +125,10 @@ class Sample:
         return f"{self.task.name}/{self.group.id}-{self._example_id}{self.example_item}-{self.query_item}.png"
 
     def seed(self, base: int) -> int:
-        # crc32 is stable across processes (hash() of a str is not).
-        return (base * 1_000_003 + zlib.crc32(self.key.encode())) % 2**63
+        # crc32 is stable across processes (hash() of a str is not). The one-shot key, so that runs with
+        # K shots start from the same noise as the one-shot run: K = 1, 2, 4 are compared pairwise.
+        one_shot_key = self._key("")
+        return (base * 1_000_003 + zlib.crc32(one_shot_key.encode())) % 2**63
 
 
 @dataclass
