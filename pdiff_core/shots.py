@@ -59,8 +59,11 @@ def weighted_mean(stacked: torch.Tensor, weights: Sequence[float]) -> torch.Tens
     """sum_k weights[k] * stacked[k] over the leading (shot) dimension."""
     if stacked.shape[0] != len(weights):
         raise ValueError(f"{stacked.shape[0]} shots but {len(weights)} weights")
-    w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
-    return torch.tensordot(w, stacked, dims=1)
+    # Python-float scales, no weight tensor: nothing to copy to the device inside a captured CUDA graph.
+    total = stacked[0] * weights[0]
+    for k in range(1, len(weights)):
+        total = total + stacked[k] * weights[k]
+    return total
 
 
 def combine_shot_batches(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> List[torch.Tensor]:

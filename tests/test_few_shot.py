@@ -180,3 +180,19 @@ def test_weights_are_normalised_and_parsed():
         parse_shot_weights("1, a")
     with pytest.raises(ValueError, match="finite"):
         normalise_weights([float("nan"), 1.0], 2)
+
+
+def test_residual_shots_replay_on_the_fast_path_and_weights_capture_anew(tiny_pipeline):
+    from pdiff_core.fast_gpu import StaticStep
+    from test_fast_gpu import ReplayOnCpu
+
+    example_pairs = pairs(1, 2)
+    eager = [few_shot(tiny_pipeline, example_pairs, shot_weights=w, output_type="latent") for w in ([1, 1], [1, 3])]
+    step = StaticStep(ReplayOnCpu())
+    tiny_pipeline._fast_step = step
+    try:
+        fast = [few_shot(tiny_pipeline, example_pairs, shot_weights=w, output_type="latent") for w in ([1, 1], [1, 3])]
+    finally:
+        tiny_pipeline._fast_step = None
+    assert all(torch.equal(a, b) for a, b in zip(eager, fast))
+    assert not torch.equal(fast[0], fast[1]) and step.captures == 2  # other weights are baked into another graph
