@@ -98,7 +98,7 @@ def open_pack_templates(page: Chromium, shots: Path) -> list:
 
 
 def test_page_loads_with_no_console_error_from_the_pack(page):
-    assert page.evaluate("Object.keys(LiteGraph.registered_node_types).filter(t => t.startsWith('PDiff_')).length") == 6
+    assert page.evaluate("Object.keys(LiteGraph.registered_node_types).filter(t => t.startsWith('PDiff_')).length") == 7  # the six nodes and Apply Prompt Diffusion (Few-Shot)
     assert not errors(page.console, about_the_pack), errors(page.console, about_the_pack)
 
 
