@@ -37,37 +37,21 @@ class ApplyPromptDiffusion(io.ComfyNode):
                         "Works like Apply ControlNet (Advanced): chains with other ControlNets, applies to positive and "
                         "negative, broadcasts a single pair or query over a batch.",
             inputs=[
-                io.Conditioning.Input("positive", tooltip="The positive prompt's conditioning: describe the result you want."),
-                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (the control applies to it too)."),
-                io.ControlNet.Input("control_net", tooltip="A Prompt Diffusion ControlNet, from 'Load Prompt Diffusion "
-                                                           "ControlNet' or 'Load Prompt Diffusion Model (pipeline folder)'."),
+                *conditioning_inputs(),
                 io.Image.Input("example_source", tooltip="The example's input: e.g. a photo, for a photo -> depth task."),
                 io.Image.Input("example_target", tooltip="What the task makes of example_source: e.g. its depth map."),
                 io.Image.Input("query", tooltip="The image to apply the task to; the result has the latent's size, and the "
                                                 "example pair is resized (centre crop) to the query's."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01,
-                               tooltip="How strongly the control steers the UNet (0 = not at all)."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Fraction of the sampling at which the control starts (0 = first step)."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
-                               tooltip="Fraction of the sampling at which the control stops (1 = last step); not below start_percent."),
-                io.Vae.Input("vae", optional=True,
-                             tooltip="Accepted like Apply ControlNet's; Prompt Diffusion's hint is in pixels and needs none."),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Where the control applies (1) or not (0), aligned with the query image."),
+                *schedule_inputs(),
             ],
-            outputs=[io.Conditioning.Output(display_name="positive", tooltip="positive, with the control attached"),
-                     io.Conditioning.Output(display_name="negative", tooltip="negative, with the control attached")],
+            outputs=conditioning_outputs(),
         )
 
     @classmethod
     def execute(cls, positive: Conditioning, negative: Conditioning, control_net: Any, example_source: torch.Tensor,
                 example_target: torch.Tensor, query: torch.Tensor, strength: float, start_percent: float,
                 end_percent: float, vae: Any = None, mask: Optional[torch.Tensor] = None) -> io.NodeOutput:
-        if not isinstance(control_net, PromptDiffusionControl):
-            raise ValueError(
-                f"control_net is a {type(control_net).__name__}, not a Prompt Diffusion ControlNet: load it with "
-                "'Load Prompt Diffusion ControlNet' or 'Load Prompt Diffusion Model (pipeline folder)'")
+        require_prompt_diffusion_control(control_net)
         check_schedule_and_mask(start_percent, end_percent, mask)
         for name, image in (("example_source", example_source), ("example_target", example_target)):
             if image.ndim == 4 and query.ndim == 4 and aspect_differs(image, query):
@@ -79,6 +63,45 @@ class ApplyPromptDiffusion(io.ComfyNode):
         positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
             positive, negative, control_net, hint.movedim(1, -1), strength, start_percent, end_percent, vae=vae)
         return io.NodeOutput(positive, negative)
+
+
+def conditioning_inputs() -> List[io.Input]:
+    """positive, negative and control_net: the first inputs of both apply nodes."""
+    return [
+        io.Conditioning.Input("positive", tooltip="The positive prompt's conditioning: describe the result you want."),
+        io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (the control applies to it too)."),
+        io.ControlNet.Input("control_net", tooltip="A Prompt Diffusion ControlNet, from 'Load Prompt Diffusion "
+                                                   "ControlNet' or 'Load Prompt Diffusion Model (pipeline folder)'."),
+    ]
+
+
+def schedule_inputs() -> List[io.Input]:
+    """strength, start/end percent, vae and mask: the last inputs of both apply nodes."""
+    return [
+        io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01,
+                       tooltip="How strongly the control steers the UNet (0 = not at all)."),
+        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                       tooltip="Fraction of the sampling at which the control starts (0 = first step)."),
+        io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                       tooltip="Fraction of the sampling at which the control stops (1 = last step); not below start_percent."),
+        io.Vae.Input("vae", optional=True,
+                     tooltip="Accepted like Apply ControlNet's; Prompt Diffusion's hint is in pixels and needs none."),
+        io.Mask.Input("mask", optional=True,
+                      tooltip="Where the control applies (1) or not (0), aligned with the query image."),
+    ]
+
+
+def conditioning_outputs() -> List[io.Output]:
+    return [io.Conditioning.Output(display_name="positive", tooltip="positive, with the control attached"),
+            io.Conditioning.Output(display_name="negative", tooltip="negative, with the control attached")]
+
+
+def require_prompt_diffusion_control(control_net: Any) -> None:
+    """A plain ControlNet would run without the second hint encoder: name the loader to use."""
+    if not isinstance(control_net, PromptDiffusionControl):
+        raise ValueError(
+            f"control_net is a {type(control_net).__name__}, not a Prompt Diffusion ControlNet: load it with "
+            "'Load Prompt Diffusion ControlNet' or 'Load Prompt Diffusion Model (pipeline folder)'")
 
 
 def check_schedule_and_mask(start_percent: float, end_percent: float, mask: Optional[torch.Tensor]) -> None:

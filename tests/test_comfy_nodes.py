@@ -558,12 +558,23 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
 
 
 def apply_few_shot(node_classes, control, sources, targets, query, combine="residuals", weights="", positive=None,
-                   negative=None, strength=1.0, mask=None):
+                   negative=None, strength=1.0, mask=None, start=0.0, end=1.0):
     positive = positive if positive is not None else conditioning(torch.zeros(1, 77, 32))
     negative = negative if negative is not None else conditioning(torch.ones(1, 77, 32))
     node = node_classes["PDiff_ApplyPromptDiffusionFewShot"]
-    return node.execute(positive, negative, control, sources, targets, query, combine, weights, strength, 0.0, 1.0,
+    return node.execute(positive, negative, control, sources, targets, query, combine, weights, strength, start, end,
                         mask=mask).result
+
+
+def test_few_shot_apply_refuses_what_would_silently_give_no_control(node_classes, loaded):
+    _, _, _, control = loaded
+    images = [torch.rand(2, 32, 32, 3), torch.rand(2, 32, 32, 3), torch.rand(1, 32, 32, 3)]
+    with pytest.raises(ValueError, match="start_percent 0.8 is after end_percent 0.2"):
+        apply_few_shot(node_classes, control, *images, start=0.8, end=0.2)
+    with pytest.raises(ValueError, match="mask is 0 everywhere"):
+        apply_few_shot(node_classes, control, *images, mask=torch.zeros(1, 64, 64))
+    with pytest.raises(ValueError, match="not a Prompt Diffusion ControlNet"):
+        apply_few_shot(node_classes, object(), *images)
 
 
 @pytest.mark.parametrize("combine, queries", [("residuals", 2), ("embedding", 2), ("residuals", 1)])
