@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_pipeline import DTYPES, PROMPT, BenchConfig, build_pair, make_runs, sync  # noqa: E402
 from benchmarks.common import device_name, report, time_alternating  # noqa: E402
-from pdiff_core.configs import PRESETS  # noqa: E402
+from pdiff_core.presets import PRESETS  # noqa: E402
 
 Run = Callable[[], torch.Tensor]
 # In the order they run: batch 1 eager and fast, graph only, the other batch sizes, the compiled peer,

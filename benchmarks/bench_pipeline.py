@@ -1,7 +1,7 @@
 """Time PromptDiffusionPipeline against diffusers' StableDiffusionControlNetPipeline, side by side.
 
 Both pipelines share the UNet, VAE, text encoder, tokenizer and scheduler settings (random weights
-at a `pdiff_core.configs` preset's size); the peer's ControlNetModel has the same config with one
+at a `pdiff_core.presets` preset's size); the peer's ControlNetModel has the same config with one
 hint encoder (3 channels), and every weight it shares with ours is copied from ours. Our
 example-pair encoder's last conv is zeroed and the peer's hint encoder is our query encoder, so
 both see the same hint and their outputs should agree: the max pixel difference checks that the
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline  # noqa: E402
 
 from benchmarks.common import device_name, report, time_alternating  # noqa: E402
-from pdiff_core.configs import PRESETS, build_components  # noqa: E402
 from pdiff_core.defaults import DTYPES  # noqa: E402
 from pdiff_core.pipeline import PromptDiffusionPipeline  # noqa: E402
+from pdiff_core.presets import PRESETS, build_preset_components  # noqa: E402
 from pdiff_core.tokenizer import train_clip_tokenizer  # noqa: E402
 
 PROMPT = "a red sphere and a blue cube on a checkered floor"
@@ -63,7 +63,7 @@ def build_pair(config: BenchConfig):
         tokenizer = train_clip_tokenizer([PROMPT] * 20, folder, vocab_size=600)
     # Built where they run: at SD1.5 size random initialisation takes seconds on a GPU, a minute on a CPU.
     with torch.device(config.device):
-        components = build_components(config.preset, tokenizer, seed=0)
+        components = build_preset_components(config.preset, tokenizer, seed=0)
         controlnet = components["controlnet"]
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():

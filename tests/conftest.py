@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # importlib mode and put the root (pdiff_core, training) and this folder (helpers) on the path.
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from pdiff_core.configs import build_components  # noqa: E402
 from pdiff_core.pipeline import PromptDiffusionPipeline  # noqa: E402
+from pdiff_core.presets import build_preset_components  # noqa: E402
 from pdiff_core.tokenizer import train_clip_tokenizer  # noqa: E402
 
 CAPTIONS = [
@@ -40,7 +40,7 @@ def randomize_zero_parameters(module: torch.nn.Module, seed: int = 0, std: float
 def make_tiny_pipeline(tokenizer_dir: Path, seed: int = 0) -> PromptDiffusionPipeline:
     from transformers import CLIPTokenizer
 
-    components = build_components("tiny", CLIPTokenizer.from_pretrained(str(tokenizer_dir)), seed=seed)
+    components = build_preset_components("tiny", CLIPTokenizer.from_pretrained(str(tokenizer_dir)), seed=seed)
     randomize_zero_parameters(components["controlnet"], seed)
     pipe = PromptDiffusionPipeline(**components)
     pipe.set_progress_bar_config(disable=True)

@@ -77,11 +77,11 @@ def latent8(comfyui, node_classes, tiny_tokenizer_dir, tmp_path_factory):
     from diffusers import DDIMScheduler
     from transformers import CLIPTokenizer
 
-    from pdiff_core.configs import PRESETS, build_components
     from pdiff_core.pipeline import PromptDiffusionPipeline
+    from pdiff_core.presets import PRESETS, build_preset_components
 
     preset = dataclasses.replace(PRESETS["tiny"], latent_channels=8)
-    components = build_components(preset, CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir)), seed=3)
+    components = build_preset_components(preset, CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir)), seed=3)
     from conftest import randomize_zero_parameters
 
     randomize_zero_parameters(components["controlnet"], 3)

@@ -19,7 +19,7 @@ from pdiff_core.pipeline import PromptDiffusionPipeline
 from test_training_support import make_dataset, shapes_image
 from training import annotate
 from training.config import load_config
-from training.train import build_components
+from training.train import build_training_components
 from training.train import main as train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,14 +72,14 @@ def test_embedded_finetune_from_a_folder_of_photos(photos: Path, tmp_path: Path,
 
 def test_pretrained_alone_keeps_the_pipelines_controlnet_and_controlnet_still_wins(tmp_path: Path) -> None:
     config = load_config(CONFIGS / "finetune_photos_embedded.yaml", [f"model.pretrained={DEFAULT_MODEL}"])
-    kept = build_components(config, None, None)["controlnet"].state_dict()
+    kept = build_training_components(config, None, None)["controlnet"].state_dict()
     trained = load_controlnet(DEFAULT_MODEL / "controlnet").state_dict()
     assert all(torch.equal(kept[k], trained[k]) for k in trained)
     other = PromptDiffusionControlNetModel.from_unet(
-        build_components(config, None, None)["unet"]).to(torch.float32)
+        build_training_components(config, None, None)["unet"]).to(torch.float32)
     save_controlnet(other, tmp_path / "other.safetensors")
     config.model.controlnet = str(tmp_path / "other.safetensors")
-    chosen = build_components(config, None, None)["controlnet"].state_dict()
+    chosen = build_training_components(config, None, None)["controlnet"].state_dict()
     assert torch.equal(chosen["controlnet_down_blocks.0.weight"], other.state_dict()["controlnet_down_blocks.0.weight"])
 
 

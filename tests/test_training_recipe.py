@@ -53,7 +53,7 @@ def sd15_abar() -> np.ndarray:
 def training_scheduler(prediction_type: str):
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    from pdiff_core.configs import SD15_SCHEDULER
+    from pdiff_core.presets import SD15_SCHEDULER
 
     # As the trainer builds it: DDPM from the pipeline's DDIM config.
     return DDPMScheduler.from_config(DDIMScheduler(**SD15_SCHEDULER).config, prediction_type=prediction_type)

@@ -58,7 +58,7 @@ class DataConfig:
 class ModelConfig:
     # Exactly one of `pretrained` (a local diffusers SD1.5 folder with unet/ vae/ text_encoder/
     # tokenizer/, or a Prompt Diffusion pipeline folder, whose controlnet/ is then kept) or `preset`
-    # (pdiff_core.configs: tiny, small, sd15; random weights).
+    # (pdiff_core.presets: tiny, small, sd15; random weights).
     pretrained: Optional[str] = None
     preset: Optional[str] = None
     # Preset only: a CLIP-format tokenizer folder; without it one is trained on the captions.

@@ -38,7 +38,7 @@ from diffusers.training_utils import EMAModel
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from pdiff_core import configs as presets
+from pdiff_core import presets
 from pdiff_core.data import DatasetFormatError, DatasetIndex, load_rgb, map_prompt, parse_task
 from pdiff_core.model_info import write_model_info
 from pdiff_core.pipeline import PromptDiffusionPipeline
@@ -462,7 +462,7 @@ def build_diffusion_components(config: Config, data: GroupTensors, out_dir: Path
         raise ConfigError("model.preset: the in-memory trainer builds preset models (set model.preset)")
     prompts = list(data.captions) + [map_prompt(k) for k in data.kinds[1:]]
     tokenizer = train_clip_tokenizer(prompts, out_dir / "tokenizer", vocab_size=m.tokenizer_vocab_size)
-    components = presets.build_components(m.preset, tokenizer, seed=m.seed)
+    components = presets.build_preset_components(m.preset, tokenizer, seed=m.seed)
     if m.vae is not None:
         components["vae"] = AutoencoderKL.from_pretrained(m.vae)
     if m.prediction_type is not None:

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-from pdiff_core import configs as presets
+from pdiff_core import presets
 from pdiff_core.checkpoints import load_controlnet, save_controlnet
 from pdiff_core.data import DatasetFormatError
 from pdiff_core.model import PromptDiffusionControlNetModel
@@ -155,7 +155,9 @@ def set_trainable(model: DiffusionModel, modules: Sequence[str]) -> List[nn.Para
 # --------------------------------------------------------------------------- building
 
 
-def build_components(config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator) -> Dict[str, Any]:
+def build_training_components(
+    config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator
+) -> Dict[str, Any]:
     """unet, vae, text_encoder, tokenizer, controlnet, scheduler (the sampling scheduler) from a
     local pretrained SD folder or a preset; `model.vae` and `model.controlnet` replace theirs."""
     m = config.model
@@ -180,7 +182,7 @@ def build_components(config: Config, dataset: PromptDiffusionDataset, accelerato
             presets.get_preset(m.preset)
         except ValueError as err:
             raise ConfigError(f"model.preset: {err}") from None
-        components = presets.build_components(m.preset, _tokenizer(config, dataset, accelerator), seed=m.seed)
+        components = presets.build_preset_components(m.preset, _tokenizer(config, dataset, accelerator), seed=m.seed)
     if m.vae is not None:
         components["vae"] = AutoencoderKL.from_pretrained(m.vae)
     if m.controlnet is not None:
@@ -303,7 +305,7 @@ class Trainer:
             if acc.is_main_process:
                 logger.info("checked the %d dataset files the run reads", self.dataset.verify_files())
         set_seed(t.seed)  # identical weights on every process
-        self.components = build_components(config, self.dataset, self.accelerator)
+        self.components = build_training_components(config, self.dataset, self.accelerator)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
         # DeepSpeed runs the module in half precision without autocast: inputs must match it.
         deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -525,7 +527,7 @@ class Trainer:
             return acc.unwrap_model(self.model)
         # FSDP shards the weights: gather them into a fresh copy of the original modules.
         state = acc.get_state_dict(self.model)
-        fresh = build_components(self.config, self.dataset, acc)
+        fresh = build_training_components(self.config, self.dataset, acc)
         model = (DiffusionModel(fresh["text_encoder"], fresh["controlnet"], fresh["unet"])
                  if self.config.train.stage == "diffusion" else VAEModel(fresh["vae"]))
         if acc.is_main_process:

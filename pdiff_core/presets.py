@@ -126,7 +126,9 @@ def get_preset(name: str) -> ModelPreset:
     return PRESETS[name]
 
 
-def build_components(preset: str | ModelPreset, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Dict[str, Any]:
+def build_preset_components(
+    preset: str | ModelPreset, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+) -> Dict[str, Any]:
     """Random-weight components of a Prompt Diffusion pipeline at `preset`'s size. The ControlNet
     starts from the UNet's encoder, as the authors' `tool_add_control.py` does."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
