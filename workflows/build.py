@@ -20,7 +20,7 @@ import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,6 +55,13 @@ NODE_TYPES: Dict[str, Dict[str, Any]] = {
         "links": {"positive": "CONDITIONING", "negative": "CONDITIONING", "control_net": "CONTROL_NET",
                   "example_source": "IMAGE", "example_target": "IMAGE", "query": "IMAGE"},
         "outputs": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], "size": (380, 260)},
+    "PDiff_ApplyPromptDiffusionFewShot": {
+        "widgets": ["combine", "shot_weights", "strength", "start_percent", "end_percent"],
+        "links": {"positive": "CONDITIONING", "negative": "CONDITIONING", "control_net": "CONTROL_NET",
+                  "example_sources": "IMAGE", "example_targets": "IMAGE", "query": "IMAGE"},
+        "outputs": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], "size": (380, 320)},
+    "ImageBatch": {"widgets": [], "links": {"image1": "IMAGE", "image2": "IMAGE"}, "outputs": [("IMAGE", "IMAGE")],
+                   "size": (380, 50)},
     "EmptyLatentImage": {"widgets": ["width", "height", "batch_size"], "links": {}, "outputs": [("LATENT", "LATENT")],
                          "size": (380, 110)},
     "KSampler": {"widgets": ["seed", None, "steps", "cfg", "sampler_name", "scheduler", "denoise"],
@@ -83,6 +90,7 @@ class Example:
     query: str
     about: str  # what the template shows, first paragraph of its Note
     full_size: bool = False  # SD1.5 from the user's files instead of the embedded model
+    more_pairs: Tuple[Tuple[str, str], ...] = ()  # few-shot: (source, target) of the further example pairs
 
 
 EMBEDDED_NOTE = (
@@ -191,6 +199,65 @@ def graph(example: Example) -> Graph:
     ]
 
 
+FEW_SHOT = 3
+
+
+def render_few_shot_example(inputs: Path) -> Example:
+    """Three example pairs of the unseen image -> normal map task, each on another scene, and a query."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    from PIL import Image
+
+    from training.dataset import map_prompt
+    from training.toyworld.render import render
+    from training.toyworld.scene import sample_group, sample_item
+
+    rng = np.random.default_rng(11)
+    for k in range(1, FEW_SHOT + 1):
+        rendered = render(sample_item(rng, sample_group(rng)), resolution=SIZE)
+        Image.fromarray(rendered.image).save(inputs / f"{INPUT_PREFIX}few_shot_normal_source_{k}.png")
+        Image.fromarray(rendered.maps(("normal",))["normal"]).save(inputs / f"{INPUT_PREFIX}few_shot_normal_target_{k}.png")
+    Image.fromarray(render(sample_item(rng, sample_group(rng)), resolution=SIZE).image).save(
+        inputs / f"{INPUT_PREFIX}few_shot_normal_query.png")
+    pairs = [(f"few_shot_normal_source_{k}.png", f"few_shot_normal_target_{k}.png") for k in range(1, FEW_SHOT + 1)]
+    return Example("few_shot_image_to_normal", "Three example pairs, image to normal map", map_prompt("normal"),
+                   *pairs[0], "few_shot_normal_query.png",
+                   f"Few-shot: {FEW_SHOT} example pairs of one task (here the unseen image -> normal map), each on "
+                   "another scene, batched with Image Batch into Apply Prompt Diffusion (Few-Shot), which shows all of "
+                   "them to the model for the query. Add pairs by batching more images; shot_weights weighs them.",
+                   more_pairs=tuple(pairs[1:]))
+
+
+def few_shot_graph(example: Example) -> Graph:
+    """`graph` with K example pairs: K LoadImage nodes per side, batched by ImageBatch, into the few-shot apply."""
+    nodes = graph(example)
+    shots = 1 + len(example.more_pairs)
+    next_id, batched, extra = 15, {}, []
+    for index, (side, first) in enumerate((("source", 2), ("target", 3))):
+        batch = first
+        for k, pair in enumerate(example.more_pairs, start=2):
+            extra.append((next_id, "LoadImage", f"example {side} {k}", {"image": INPUT_PREFIX + pair[index]}, {}, 1))
+            # a column each, between the inputs' (1) and the apply's (3): links only go rightwards
+            extra.append((next_id + 1, "ImageBatch", f"example {side}s 1..{k}", {},
+                          {"image1": (batch, 0), "image2": (next_id, 0)}, 1 + (k - 1) / (shots - 1)))
+            batch, next_id = next_id + 1, next_id + 2
+        batched[side] = (batch, 0)
+    images = {"example_source": batched["source"], "example_target": batched["target"]}
+    out = []
+    for node_id, node_type, title, widgets, links, column in nodes:
+        if node_id == 7:
+            node_type, title = "PDiff_ApplyPromptDiffusionFewShot", f"Apply Prompt Diffusion (Few-Shot, {shots} pairs)"
+            widgets = {"combine": "residuals", "shot_weights": "", **widgets}
+            links = {**links, "example_sources": images["example_source"], "example_targets": images["example_target"]}
+            del links["example_source"], links["example_target"]
+        elif node_id == 12:
+            links = {**links, **images}
+        out.append((node_id, node_type, title, widgets, links, column))
+        if node_id == 4:  # the further LoadImages below the query, in the inputs' column
+            out += [node for node in extra if node[1] == "LoadImage"]
+    return out + [node for node in extra if node[1] == "ImageBatch"]
+
+
 def api_format(nodes: Graph) -> Dict[str, Any]:
     prompt = {}
     for node_id, node_type, title, widgets, links, _ in sorted(nodes):
@@ -260,15 +327,16 @@ def examples(inputs: Optional[Path] = None) -> List[Example]:
         for example in embedded:
             for name in (example.source, example.target, example.query):
                 shutil.copyfile(EXAMPLES / name, inputs / (INPUT_PREFIX + name))
-    edit = render_edit_example(inputs) if inputs is not None else _edit_example_description()
-    return [*embedded[:3], edit, embedded[3], full_size_example(embedded[0])]
+    edit = render_edit_example(inputs) if inputs is not None else _description(render_edit_example)
+    few_shot = render_few_shot_example(inputs) if inputs is not None else _description(render_few_shot_example)
+    return [*embedded[:3], edit, embedded[3], few_shot, full_size_example(embedded[0])]
 
 
-def _edit_example_description() -> Example:
+def _description(render_example: Callable[[Path], Example]) -> Example:
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
-        return render_edit_example(Path(scratch))
+        return render_example(Path(scratch))
 
 
 def build(root: Path) -> List[Path]:
@@ -280,7 +348,7 @@ def build(root: Path) -> List[Path]:
     chosen = examples(inputs)
     written = sorted(inputs.glob("*.png"))
     for example in chosen:
-        nodes = graph(example)
+        nodes = few_shot_graph(example) if example.more_pairs else graph(example)
         for path, content in ((templates / f"{example.title}.json", ui_format(nodes)),
                               (api / f"{example.name}.json", api_format(nodes))):
             path.write_text(json.dumps(content, indent=2) + "\n")
