@@ -22,6 +22,7 @@ from comfy_harness import PACK_NAME, ROOT, ComfyServer, comfyui_copy, one_torch_
 
 TEMPLATES = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
 NEEDS_USER_FILES = {"SD1.5 full size, depth map to image"}  # SD1.5 weights: opened and checked, not run
+THUMBNAIL_TIMEOUT = 60  # s per card, once in view: the images are small, a loaded machine is slow
 TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT in this frontend; read from the page below
 
 
@@ -86,13 +87,20 @@ def open_pack_templates(page: Chromium, shots: Path) -> list:
         page.pause(1.0)
     cards = "Array.from(document.querySelectorAll('[data-testid^=\"template-workflow-\"]'))"
     try:
-        page.wait_for(f"{cards}.length === {len(TEMPLATES)} && {cards}.every(c => {{ const i = c.querySelector('img'); "
-                      "return i && i.complete && i.naturalWidth > 0; })", timeout=120, what="every card with its thumbnail")
+        page.wait_for(f"{cards}.length === {len(TEMPLATES)}", timeout=60, what=f"{len(TEMPLATES)} cards")
+        # the dialog sets a card's image only while the card is in view (a card below the fold has none):
+        # bring each into view, then wait on its image
+        for index in [*range(len(TEMPLATES)), 0]:  # the first again for the screenshot
+            card = f"{cards}[{index}]"
+            loaded = f"(() => {{ const i = {card}.querySelector('img'); return !!i && i.complete && i.naturalWidth > 0; }})()"
+            page.evaluate(f"{card}.scrollIntoView({{block: 'center'}})")
+            page.wait_for(loaded, timeout=THUMBNAIL_TIMEOUT, what=f"card {index}'s thumbnail")
     except BrowserError as err:
         state = page.evaluate(f"{cards}.map(c => {{ const i = c.querySelector('img'); return [c.getAttribute('data-testid'), "
                               "i ? [i.src, i.complete, i.naturalWidth] : null]; })")
         raise AssertionError(f"{err}; cards (id, [img src, complete, width]): {state}; "
                              f"see {page.screenshot(shots / 'templates_dialog.png')}") from err
+    page.pause(1.0)  # loaded is not yet painted
     page.screenshot(shots / "templates_dialog.png")
     return page.evaluate(f"{cards}.map(c => c.getAttribute('data-testid').slice('template-workflow-'.length))")
 
