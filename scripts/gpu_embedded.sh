@@ -50,7 +50,7 @@ for g in $GUIDANCES; do
     log "guidance $g exit $?"
 done
 BEST=$(python3 scripts/pick_guidance.py "$RESULTS"/val-g*/results.json)
-log "best guidance ${BEST:-none: keeping the trainer's}"
+log "best guidance ${BEST:-none, the trained guidance is kept}"
 [ -n "$BEST" ] && python3 -c "
 import json, sys
 p = sys.argv[1]; info = json.load(open(p)); info['guidance_scale'] = float(sys.argv[2])
