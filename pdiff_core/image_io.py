@@ -23,6 +23,11 @@ class ImageFileError(ValueError):
     """An image file that cannot be read or written; the message names it."""
 
 
+def gray_to_rgb(array: np.ndarray) -> np.ndarray:
+    """An HxW (single-channel) array as HxWx3; an HxWx3 one unchanged."""
+    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
+
+
 def to_rgb8(image: Image.Image) -> np.ndarray:
     """A PIL image as uint8 HxWx3: 16-bit gray scaled by 255/65535, float (F) read as [0, 1]."""
     if image.mode in HIGH_BIT_MODES:
@@ -34,7 +39,7 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
         gray = np.round(array.clip(0.0, 1.0) * 255.0).astype(np.uint8)
     else:
         return np.asarray(image.convert("RGB"))
-    return np.repeat(gray[:, :, None], 3, axis=2)
+    return gray_to_rgb(gray)
 
 
 def read_image(path: PathLike, what: str = "image") -> Image.Image:

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from pdiff_core import presets
 from pdiff_core.data import DatasetFormatError, DatasetIndex, load_rgb, map_prompt, parse_task
+from pdiff_core.image_io import gray_to_rgb
 from pdiff_core.model_info import write_model_info
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.tokenizer import train_clip_tokenizer
@@ -114,12 +115,8 @@ def render_toyworld(n_groups: int, seed: int, resolution: int, workers: Optional
     for caption, items in tqdm(iter_groups(n_groups, seed=seed, items_per_group=items_per_group, resolution=resolution,
                                            workers=workers),
                                total=n_groups, desc="toyworld", unit="group"):
-        groups.append((caption, [np.stack([image] + [_rgb(maps[m]) for m in ALL_MAPS]) for image, maps in items]))
+        groups.append((caption, [np.stack([image] + [gray_to_rgb(maps[m]) for m in ALL_MAPS]) for image, maps in items]))
     return GroupTensors.from_groups(groups, [IMAGE_KIND, *ALL_MAPS])
-
-
-def _rgb(array: np.ndarray) -> np.ndarray:
-    return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
 
 
 def load_data(config: Config) -> GroupTensors:

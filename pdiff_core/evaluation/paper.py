@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..data import DatasetIndex, Task
+from ..image_io import gray_to_rgb
 from .metrics import images_to_batch, load_inception, make_fid
 from .runner import (
     BASELINES,
@@ -36,7 +37,6 @@ from .runner import (
     plan_samples,
     process_state,
     resolve_tasks,
-    rgb,
     run_samples,
     write_json,
 )
@@ -151,7 +151,7 @@ def fid_scores(samples: List[Any], out: Path, resolution: int, feature_extractor
                 images = [np.asarray(Image.open(out / IMAGES_DIR / s.image_name).convert("RGB")) for s in batch]
             else:
                 attribute = "truth" if who == "real" else who  # baselines are SampleImages fields
-                images = [rgb(getattr(load_sample(s, resolution), attribute)) for s in batch]
+                images = [gray_to_rgb(getattr(load_sample(s, resolution), attribute)) for s in batch]
             fid.update(images_to_batch(images), real=who == "real")
             bar.update(len(batch))
         if who != "real":

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ..data import DatasetIndex, Group, GroupItem, Task, map_prompt, parse_task
 from ..defaults import DEFAULT_MODEL, DTYPES
+from ..image_io import gray_to_rgb
 from ..loading import load_pipeline
 from ..shots import DEFAULT_COMBINE
 from .metrics import score
@@ -195,10 +196,6 @@ def load_sample(sample: Sample, resolution: int) -> SampleImages:
     return SampleImages(*(read_image(p, resolution) for p in (example_source, example_target, query, truth)), more)
 
 
-def rgb(image: np.ndarray) -> np.ndarray:
-    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
-
-
 PROMPT_MODES = ("trained", "caption", "empty")
 
 
@@ -323,14 +320,14 @@ def run_samples(
     for start in range(0, len(mine), config.batch_size):
         batch = mine[start:start + config.batch_size]
         images = [load_sample(s, resolution) for s in batch]
-        shots = [([rgb(i.example_source) for i in images], [rgb(i.example_target) for i in images])]
-        shots += [([rgb(i.more_examples[k][0]) for i in images], [rgb(i.more_examples[k][1]) for i in images])
+        shots = [([gray_to_rgb(i.example_source) for i in images], [gray_to_rgb(i.example_target) for i in images])]
+        shots += [([gray_to_rgb(i.more_examples[k][0]) for i in images], [gray_to_rgb(i.more_examples[k][1]) for i in images])
                   for k in range(config.shots - 1)]
         few_shot = dict(example_pairs=shots, shot_combine=config.shot_combine) if config.shots > 1 else dict(example_pair=shots[0])
         outputs = pipe(
             [prompt_for(s, config.prompt) for s in batch],
             **few_shot,
-            query=[rgb(i.query) for i in images],
+            query=[gray_to_rgb(i.query) for i in images],
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
             generator=[torch.Generator().manual_seed(s.seed(config.seed)) for s in batch],
