@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import aiohttp
 
+from comfy_harness import stop_process
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--remote-debugging-port=0", "--window-size=1600,1000"]
@@ -143,13 +145,7 @@ class Chromium:
             if hasattr(self, "_session"):
                 self.loop.run_until_complete(self._session.close())
         finally:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout=15)
+            stop_process(self.process)
             self.loop.close()
             shutil.rmtree(self.profile, ignore_errors=True)
 

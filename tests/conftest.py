@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable, List
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -45,6 +47,17 @@ def make_tiny_pipeline(tokenizer_dir: Path, seed: int = 0) -> PromptDiffusionPip
     pipe = PromptDiffusionPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture
+def inputs(tmp_path) -> dict:
+    """Three random 64 x 64 PNGs (example source, example target, query) for the CLI's image flags."""
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("source", "target", "query"):
+        paths[name] = tmp_path / f"{name}.png"
+        PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(paths[name])
+    return paths
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,16 +22,6 @@ from test_checkpoints import TINY, ldm_checkpoint
 
 
 @pytest.fixture
-def inputs(tmp_path):
-    rng = np.random.default_rng(0)
-    paths = {}
-    for name in ("source", "target", "query"):
-        paths[name] = tmp_path / f"{name}.png"
-        PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(paths[name])
-    return paths
-
-
-@pytest.fixture
 def never_loads(monkeypatch):
     """Fail the test if a model is loaded: these mistakes must be caught before."""
     def refuse(*args, **kwargs):

@@ -17,16 +17,6 @@ from test_checkpoints import HEADS, ldm_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def inputs(tmp_path):
-    rng = np.random.default_rng(0)
-    paths = {}
-    for name in ("source", "target", "query"):
-        paths[name] = tmp_path / f"{name}.png"
-        PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(paths[name])
-    return paths
-
-
 def generate(model, inputs, out, *extra):
     return main(["generate", "--example-source", str(inputs["source"]), "--example-target", str(inputs["target"]),
                  "--query", str(inputs["query"]), "--prompt", "a red sphere", "--out", str(out),
