@@ -179,6 +179,25 @@ def test_vae_then_diffusion_write_a_loadable_pipeline_with_its_tasks(tmp_path, d
         run(load_config(path, [f"model.vae={vae_folder}"]))
 
 
+def test_a_run_continues_an_exported_pipeline_so_that_runs_add_up(tmp_path, dataset_folder):
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.format(root=dataset_folder, out=tmp_path / "first"))
+    vae_folder = run(load_config(path, ["train.stage=vae", "train.max_steps=1"]))
+    first = run(load_config(path, [f"model.vae={vae_folder}"]))
+    first_report = json.loads((tmp_path / "first" / REPORT_FILE).read_text())
+    second = run(load_config(path, ["model.preset=null", f"model.pretrained={first}",
+                                    f"train.output_dir={tmp_path / 'second'}"]))
+    second_report = json.loads((tmp_path / "second" / REPORT_FILE).read_text())
+    # The continued run starts where the first ended: the same fixed probe gives the same losses.
+    for name, value in first_report["pair_effect_after"].items():
+        assert second_report["pair_effect_before"][name] == pytest.approx(value, rel=1e-5), name
+    assert not (tmp_path / "second" / "tokenizer").exists()  # the pipeline's own tokenizer, not a new one
+    a, b = (PromptDiffusionPipeline.from_pretrained(str(folder)) for folder in (first, second))
+    assert torch.equal(a.vae.encoder.conv_in.weight, b.vae.encoder.conv_in.weight)  # frozen
+    assert not torch.equal(a.controlnet.controlnet_mid_block.weight, b.controlnet.controlnet_mid_block.weight)
+    assert b.scheduler.config.prediction_type == "v_prediction"
+
+
 def test_a_time_budget_cuts_max_steps_to_what_the_measured_step_time_allows(tmp_path, dataset_folder):
     from training.inmemory import StepLoop
 

@@ -11,7 +11,8 @@ target's cached latents. The draws follow `training.dataset` (example pair from 
 and target from another item of the same group; the authors' classifier-free dropout).
 
 One process, one device; `train.stage: vae` trains the AutoencoderKL on every image and map kind,
-`diffusion` the text encoder, UNet and control branch (presets) on the VAE of `model.vae`.
+`diffusion` the text encoder, UNet and control branch (a preset's, or an exported pipeline's with
+`model.pretrained`, so that runs on lent GPUs add up) on the VAE of `model.vae`.
 `data.toyworld_groups > 0` renders that many toy-world groups in memory instead of reading
 `data.root`. `train.time_budget_minutes` sets `max_steps` from the measured step time, so that a run
 fits a lent GPU's minutes; the step count it chose is logged and written to `train_report.json`.
@@ -45,6 +46,7 @@ from pdiff_core.model_info import write_model_info
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.tokenizer import train_clip_tokenizer
 
+from .components import apply_model_overrides, load_pretrained_components
 from .config import Config, ConfigError, load_config
 from .train import DiffusionModel, apply_dropout, diffusion_target, set_trainable
 
@@ -452,20 +454,17 @@ def pair_effect(model: DiffusionModel, scheduler: DDPMScheduler, batches: Diffus
 
 
 def build_diffusion_components(config: Config, data: GroupTensors, out_dir: Path) -> Dict[str, object]:
-    """Preset components with a tokenizer trained on every prompt the run can draw, the VAE of
-    `model.vae` and the configured prediction type."""
+    """The components to train: `model.pretrained`'s (a pipeline folder, so that runs add up), or
+    the preset's with a tokenizer trained on every prompt the run can draw; then `model.vae`,
+    `model.controlnet` and the configured prediction type in their place."""
     m = config.model
-    if m.preset is None:
-        raise ConfigError("model.preset: the in-memory trainer builds preset models (set model.preset)")
-    prompts = list(data.captions) + [map_prompt(k) for k in data.kinds[1:]]
-    tokenizer = train_clip_tokenizer(prompts, out_dir / "tokenizer", vocab_size=m.tokenizer_vocab_size)
-    components = presets.build_preset_components(m.preset, tokenizer, seed=m.seed)
-    if m.vae is not None:
-        components["vae"] = AutoencoderKL.from_pretrained(m.vae)
-    if m.prediction_type is not None:
-        scheduler = components["scheduler"]
-        components["scheduler"] = scheduler.__class__.from_config(scheduler.config, prediction_type=m.prediction_type)
-    return components
+    if m.pretrained is not None:
+        components = load_pretrained_components(Path(m.pretrained))
+    else:
+        prompts = list(data.captions) + [map_prompt(k) for k in data.kinds[1:]]
+        tokenizer = train_clip_tokenizer(prompts, out_dir / "tokenizer", vocab_size=m.tokenizer_vocab_size)
+        components = presets.build_preset_components(m.preset, tokenizer, seed=m.seed)
+    return apply_model_overrides(components, m)
 
 
 def train_diffusion(config: Config, data: GroupTensors, components: Dict[str, object], device: torch.device) -> Dict[str, object]:

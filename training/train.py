@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
@@ -43,12 +43,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from pdiff_core import presets
-from pdiff_core.checkpoints import load_controlnet, save_controlnet
+from pdiff_core.checkpoints import save_controlnet
 from pdiff_core.data import DatasetFormatError
 from pdiff_core.model import PromptDiffusionControlNetModel
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.tokenizer import load_clip_tokenizer, train_clip_tokenizer
 
+from .components import apply_model_overrides, load_pretrained_components
 from .config import Config, ConfigError, load_config, missing_inputs
 from .dataset import PromptDiffusionDataset, ResumableSampler, collate
 from .ema_state import EMAStateError, accelerate_view, load_ema, save_ema
@@ -162,48 +163,16 @@ def build_training_components(
     local pretrained SD folder or a preset; `model.vae` and `model.controlnet` replace theirs."""
     m = config.model
     if m.pretrained is not None:
-        root = Path(m.pretrained)
-        unet = UNet2DConditionModel.from_pretrained(root / "unet")
-        components = dict(
-            unet=unet,
-            vae=AutoencoderKL.from_pretrained(root / "vae"),
-            text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder").float(),  # transformers 5 keeps the saved dtype
-            tokenizer=load_clip_tokenizer(root / "tokenizer"),
-            scheduler=_pretrained_scheduler(root),
-        )
-        if m.controlnet is None and (root / "controlnet" / "config.json").is_file():
-            # A Prompt Diffusion pipeline folder: fine-tuning continues its trained control branch.
-            components["controlnet"] = load_controlnet(root / "controlnet")
-            logger.info("control branch: %s (the pipeline's own)", root / "controlnet")
-        else:
-            components["controlnet"] = PromptDiffusionControlNetModel.from_unet(unet)
+        components = load_pretrained_components(Path(m.pretrained))
     else:
         try:
             presets.get_preset(m.preset)
         except ValueError as err:
             raise ConfigError(f"model.preset: {err}") from None
         components = presets.build_preset_components(m.preset, _tokenizer(config, dataset, accelerator), seed=m.seed)
-    if m.vae is not None:
-        components["vae"] = AutoencoderKL.from_pretrained(m.vae)
-    if m.controlnet is not None:
-        components["controlnet"] = load_controlnet(m.controlnet)
-        logger.info("control branch: %s (model.controlnet)", m.controlnet)
-    elif m.pretrained is None or not (Path(m.pretrained) / "controlnet" / "config.json").is_file():
-        logger.info("control branch: a copy of the UNet's encoder (no model.controlnet)")
-    if m.prediction_type is not None:
-        scheduler = components["scheduler"]
-        components["scheduler"] = scheduler.__class__.from_config(scheduler.config, prediction_type=m.prediction_type)
+    components = apply_model_overrides(components, m)
     _check_resolution(config, components)
     return components
-
-
-def _pretrained_scheduler(root: Path) -> DDIMScheduler:
-    """SD1.5's DDIM settings, with the folder's prediction type where it has a scheduler config."""
-    settings = dict(presets.SD15_SCHEDULER)
-    config_file = root / "scheduler" / "scheduler_config.json"
-    if config_file.is_file():
-        settings["prediction_type"] = json.loads(config_file.read_text()).get("prediction_type", "epsilon")
-    return DDIMScheduler(**settings)
 
 
 def _tokenizer(config: Config, dataset: PromptDiffusionDataset, accelerator: Accelerator) -> PreTrainedTokenizerBase:
