@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pdiff_core.data import DatasetFormatError
 from pdiff_core.model_info import read_model_info
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from test_training_support import make_dataset
@@ -82,6 +83,16 @@ def test_draws_pair_one_item_and_query_another_of_the_same_group():
 def test_draws_refuse_a_task_whose_map_is_missing():
     with pytest.raises(ValueError, match="data.tasks.*normal"):
         TaskDraws(labelled_data(), ["normal"], 0.5, torch.Generator())
+
+
+def test_a_diffusion_run_keeps_only_the_maps_its_tasks_use():
+    data = labelled_data()
+    kept = data.for_tasks(["inv_seg", "depth"])
+    assert kept.kinds == ["image", "depth", "seg"]
+    assert torch.equal(kept.pixels, data.pixels[:, [0, 1, 3]])
+    assert data.for_tasks(None) is data
+    with pytest.raises(DatasetFormatError, match="normal"):
+        data.for_tasks(["normal"])
 
 
 def test_mixed_prompts_hide_the_task_often_and_never_name_an_inverse_one(tiny_tokenizer_dir):
@@ -209,3 +220,22 @@ def test_a_time_budget_cuts_max_steps_to_what_the_measured_step_time_allows(tmp_
     assert loop.max_steps == 120 and loop.schedule.total == 120
     loop._fit_budget(step=60, elapsed=6.0, step_time=1.0)
     assert loop.max_steps == 66
+
+
+def test_a_time_budget_stops_the_loop_when_steps_are_slower_than_calibrated(tmp_path, dataset_folder):
+    import time
+
+    from training.inmemory import StepLoop
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.format(root=dataset_folder, out=tmp_path / "run"))
+    config = load_config(path, ["train.max_steps=1000", "train.time_budget_minutes=0.005", "train.ema=false"])
+    weight = torch.nn.Parameter(torch.ones(1))
+    loop = StepLoop(config, [weight], torch.device("cpu"), "test")
+
+    def slow_loss() -> torch.Tensor:
+        time.sleep(0.1)
+        return (weight ** 2).sum()
+
+    steps = loop.run(slow_loss)  # 0.3 s of budget at 0.1 s a step: stopped long before the calibration
+    assert 3 <= steps <= 5 and loop.seconds < 1.0

@@ -74,6 +74,16 @@ class GroupTensors:
         return GroupTensors(self.pixels.to(device), self.group_start.to(device), self.group_size.to(device),
                             self.captions, self.kinds)
 
+    def for_tasks(self, tasks: Optional[Sequence[str]]) -> "GroupTensors":
+        """Only the image and the maps that `tasks` use (all of them for None): the VAE then
+        encodes, and the device holds, no map that no draw can ask for."""
+        if tasks is None:
+            return self
+        maps = {parse_task(task, self.kinds[1:]).map for task in tasks}
+        index = [0] + [k for k, kind in enumerate(self.kinds) if kind in maps]
+        return GroupTensors(self.pixels[:, index].contiguous(), self.group_start, self.group_size, self.captions,
+                            [self.kinds[k] for k in index])
+
     @classmethod
     def from_groups(cls, groups: Sequence[Tuple[str, List[np.ndarray]]], kinds: Sequence[str]) -> "GroupTensors":
         """`groups`: (caption, [items]) with each item a (kinds, H, W, 3) uint8 array."""
@@ -312,6 +322,11 @@ class StepLoop:
                 progress.set_postfix(loss=f"{value:.4f}")
                 logger.debug("%s step %d loss %.4f lr %.2e", self.desc, step, value, self.lr.get_last_lr()[0])
             progress.update()
+            if t.time_budget_minutes > 0 and time.perf_counter() - started > t.time_budget_minutes * 60:
+                # Slower steps than calibrated (a shared machine): stop at the budget, not past it.
+                logger.warning("%s: the %.1f-minute budget is spent at step %d of %d; stopping",
+                               self.desc, t.time_budget_minutes, step, self.max_steps)
+                break
         progress.close()
         self.seconds = time.perf_counter() - started
         if self.ema is not None:
@@ -531,7 +546,7 @@ def run(config: Config, data: Optional[GroupTensors] = None) -> Path:
         vae.to("cpu", torch.float32).save_pretrained(str(out))
     else:
         components = build_diffusion_components(config, data, out_dir)
-        report = train_diffusion(config, data, components, device)
+        report = train_diffusion(config, data.for_tasks(config.data.tasks), components, device)
         save_pipeline(components, out, config.data.tasks, config.validation.guidance_scale)
     report.update(stage=t.stage, device=str(device), config=config.to_dict(),
                   wall_seconds=time.perf_counter() - started)
