@@ -9,7 +9,7 @@ from pdiff_core.cli import main
 from pdiff_core.data import DatasetIndex, load_rgb, parse_task
 from pdiff_core.evaluation.runner import plan_samples
 from pdiff_core.evaluation.toyworld import ToyworldEvalConfig, run_toyworld_eval
-from training.toyworld import generate
+from pdiff_core.toyworld import generate
 
 MAPS = ("depth", "normal")
 

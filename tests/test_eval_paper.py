@@ -11,7 +11,7 @@ from pdiff_core.cli import main
 from pdiff_core.data import DatasetIndex, load_rgb
 from pdiff_core.evaluation import metrics
 from pdiff_core.evaluation.paper import PaperEvalConfig, run_paper_eval
-from training.toyworld import generate
+from pdiff_core.toyworld import generate
 
 GROUPS = 6
 

@@ -11,7 +11,7 @@ from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from pdiff_core.cli import main
 from pdiff_core.data import DatasetIndex, load_rgb
 from pdiff_core.evaluation.toyworld import ToyworldEvalConfig, heldout_dataset, run_toyworld_eval
-from training.toyworld import generate
+from pdiff_core.toyworld import generate
 
 MAPS = ("depth", "seg", "normal")
 

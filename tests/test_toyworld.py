@@ -1,4 +1,4 @@
-"""training.toyworld: exact maps against independent geometry, captions, determinism."""
+"""pdiff_core.toyworld and `python -m training.toyworld`: exact maps against independent geometry, captions, determinism."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pdiff_core.data import DatasetIndex
-from training.toyworld import (
+from pdiff_core.toyworld import (
     ALL_MAPS,
     INSTANCE_COLORS,
     Camera,
@@ -24,7 +24,7 @@ from training.toyworld import (
     render_group,
     sample_group,
 )
-from training.toyworld.__main__ import main as cli_main
+from training.toyworld import main as cli_main
 
 # ADE20K palette colours, written out here rather than imported from the code under test.
 ADE_SKY, ADE_FLOOR, ADE_BALL, ADE_BOX, ADE_COLUMN, ADE_TENT = (

@@ -13,6 +13,7 @@ import torch
 from pdiff_core.data import DatasetFormatError
 from pdiff_core.model_info import read_model_info
 from pdiff_core.pipeline import PromptDiffusionPipeline
+from pdiff_core.toyworld import generate
 from test_training_support import make_dataset
 from training.config import ConfigError, load_config
 from training.inmemory import (
@@ -26,7 +27,6 @@ from training.inmemory import (
     render_toyworld,
     run,
 )
-from training.toyworld import generate
 
 KINDS = ["image", "depth", "hed", "seg"]
 

@@ -121,7 +121,7 @@ def render_toyworld(n_groups: int, seed: int, resolution: int, workers: Optional
                     items_per_group: int = 4) -> GroupTensors:
     """`n_groups` toy-world groups with every map, rendered in memory (the pixels
     `python -m training.toyworld --groups N --seed S` would write)."""
-    from training.toyworld import ALL_MAPS, iter_groups
+    from pdiff_core.toyworld import ALL_MAPS, iter_groups
 
     groups = []
     for caption, items in tqdm(iter_groups(n_groups, seed=seed, items_per_group=items_per_group, resolution=resolution,

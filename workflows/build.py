@@ -8,7 +8,7 @@
   input/ when it loads, never over an existing file).
 
 Run `python workflows/build.py` after changing it; tests/test_comfy_workflows.py checks the files are
-up to date. The text-guided edit example is rendered with training.toyworld; the others come from the
+up to date. The text-guided edit example is rendered with pdiff_core.toyworld; the others come from the
 bundled held-out examples in pdiff_core/assets/examples.
 """
 
@@ -143,8 +143,8 @@ def render_edit_example(inputs: Path) -> Example:
     import numpy as np
     from PIL import Image
 
-    from training.toyworld.render import render
-    from training.toyworld.scene import make_caption, sample_group, sample_item
+    from pdiff_core.toyworld.render import render
+    from pdiff_core.toyworld.scene import make_caption, sample_group, sample_item
 
     rng = np.random.default_rng(7)
     group = sample_group(rng, max_objects=2)
@@ -208,9 +208,9 @@ def render_few_shot_example(inputs: Path) -> Example:
     import numpy as np
     from PIL import Image
 
+    from pdiff_core.toyworld.render import render
+    from pdiff_core.toyworld.scene import sample_group, sample_item
     from training.dataset import map_prompt
-    from training.toyworld.render import render
-    from training.toyworld.scene import sample_group, sample_item
 
     rng = np.random.default_rng(11)
     for k in range(1, FEW_SHOT + 1):

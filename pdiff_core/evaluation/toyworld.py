@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 
 from ..data import DatasetIndex, Task
 from ..model_info import read_model_info
+from ..toyworld import GENERATOR_VERSION, generate
 from .metrics import better
 from .runner import (
     EvalConfig,
@@ -74,8 +75,6 @@ def default_cache_dir() -> Path:
 
 def heldout_dataset(cache_dir: Optional[Path] = None, groups: int = HELDOUT_GROUPS, resolution: int = HELDOUT_RESOLUTION) -> Path:
     """The held-out toy world (seed 100000), generated once into the cache folder."""
-    from training.toyworld import GENERATOR_VERSION, generate
-
     # The generator version is in the name: a newer toy world (more maps) is generated anew.
     name = f"toyworld-v{GENERATOR_VERSION}-heldout-seed{HELDOUT_SEED}-{groups}g-{resolution}px"
     root = Path(cache_dir or default_cache_dir()) / name

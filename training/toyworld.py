@@ -1,4 +1,7 @@
-"""CLI: ``python -m training.toyworld --out DIR --groups N [--resolution 64] [--seed S]``."""
+"""Write the procedural toy world (`pdiff_core.toyworld`) as a pdiff-groups dataset.
+
+    python -m training.toyworld --out DIR --groups N [--resolution 64] [--seed S] [--maps depth,hed,...]
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,13 @@ import argparse
 import logging
 import sys
 import time
+from typing import List, Optional
 
-from .generate import generate
-from .render import ALL_MAPS
+from pdiff_core.toyworld import ALL_MAPS, generate
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.toyworld", description=__doc__)
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.toyworld", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="dataset folder (must be empty unless --overwrite)")
     p.add_argument("--groups", type=int, required=True, help="number of groups (captions)")
     p.add_argument("--items-per-group", type=int, default=4)

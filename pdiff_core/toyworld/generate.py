@@ -12,6 +12,7 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from ..data import DatasetWriter
 from .render import ALL_MAPS, render
 from .scene import SEG_CLASSES, sample_group, sample_item
 
@@ -97,7 +98,7 @@ def generate(
         supersample=supersample,
     )
     meta = {
-        "generator": "training.toyworld",
+        "generator": "pdiff_core.toyworld",
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "items_per_group": items_per_group,
@@ -118,10 +119,6 @@ def generate(
             "bgr": "the image with red and blue swapped",
         },
     }
-    # Imported here, not at the top: spawned workers import this module, and the
-    # pdiff_core package may pull in torch, which would slow every worker start.
-    from pdiff_core.data import DatasetWriter
-
     root = Path(root)
     logger.info(
         "toyworld: %d groups x %d items at %dpx into %s (%d workers)",

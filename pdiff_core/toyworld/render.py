@@ -1,4 +1,4 @@
-"""Vectorised numpy ray caster for :mod:`training.toyworld` scenes.
+"""Vectorised numpy ray caster for `pdiff_core.toyworld` scenes.
 
 Every pixel's primary ray goes through the pixel centre; the exact maps (depth,
 normals, seg, albedo, edges) come from those rays. The shaded image is
