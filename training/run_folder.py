@@ -20,6 +20,8 @@ from typing import Any, Dict, List
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
 
+from pdiff_core.jsonl import JsonLinesError, read_jsonl
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
@@ -74,22 +76,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """The records of a metrics.jsonl. A torn last line (a kill while appending) is dropped with a
-    warning; a broken line before it is an error naming the file and line."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("no integer 'step'")
-        except ValueError as err:
-            if number == len(lines):
-                logger.warning("%s:%d: dropped a partly written last line (%s)", path, number, err)
-                break
-            raise CheckpointRestoreError(f"{path}:{number}: not a metrics record ({err})") from None
-        records.append(record)
-    return records
+    """The records of a metrics.jsonl, read as `pdiff_core.jsonl` reads every appended file: a torn
+    last line (a kill while appending) is dropped with a warning, a broken line before it is an error."""
+    try:
+        return read_jsonl(path, check=_check_metrics_record)
+    except JsonLinesError as err:
+        raise CheckpointRestoreError(str(err)) from None
+
+
+def _check_metrics_record(record: Any) -> None:
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise ValueError("no integer 'step'")
 
 
 def read_trainer_state(folder: Path) -> Dict[str, Any]:
