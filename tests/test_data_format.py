@@ -147,6 +147,49 @@ def test_interrupted_write_is_not_loadable(tmp_path: Path) -> None:
         DatasetIndex.load(tmp_path / "ds")
 
 
+def test_resumed_writer_keeps_whole_groups_and_continues_after_them(tmp_path: Path) -> None:
+    root, rng = tmp_path / "ds", np.random.default_rng(0)
+    groups = [[_item(rng), _item(rng)] for _ in range(4)]
+    with pytest.raises(KeyboardInterrupt):
+        with DatasetWriter(root, MAPS, resolution=8, source="test", resume=True) as w:
+            w.add_group("c0", groups[0], source="photos/a")
+            w.add_group("c1", groups[1])
+            raise KeyboardInterrupt
+    whole = (root / "groups.jsonl").read_text()
+    # A kill while group 2 was written: its files partly there, its line torn.
+    (root / "000002").mkdir()
+    (root / "000002" / "0.png").write_bytes(b"half a png")
+    with (root / "groups.jsonl").open("a") as f:
+        f.write('{"id": "000002", "capt')
+    with DatasetWriter(root, MAPS, resolution=8, source="test", resume=True, extra="kept") as w:
+        assert w.n_groups == 2
+        assert w.add_group("c2", groups[2]) == "000002"
+        w.add_group("c3", groups[3])
+    assert (root / "groups.jsonl").read_text().startswith(whole + '{"id": "000002", "caption": "c2"')
+    index = DatasetIndex.load(root)
+    assert [g.caption for g in index.groups] == ["c0", "c1", "c2", "c3"] and index.meta["groups"] == 4
+    assert index.meta["extra"] == "kept"
+    for group, items in zip(index.groups, groups):
+        for item, (image, maps) in zip(group.items, items):
+            np.testing.assert_array_equal(load_rgb(item.image), image)
+    assert json.loads(whole.splitlines()[0])["source"] == "photos/a"
+
+
+def test_resume_refuses_a_dataset_it_cannot_continue(tmp_path: Path) -> None:
+    _write(tmp_path / "ds", groups=2)
+    before = (tmp_path / "ds" / "groups.jsonl").read_text()
+    with pytest.raises(DatasetFormatError, match=r"cannot resume .*groups\.jsonl:1: not a record \(expected items with"):
+        with DatasetWriter(tmp_path / "ds", ["depth"], resolution=8, source="test", resume=True):
+            pass
+    assert (tmp_path / "ds" / "groups.jsonl").read_text() == before and (tmp_path / "ds" / "dataset.json").is_file()
+    _rewrite_groups(tmp_path / "ds", lambda rs: rs.reverse())
+    with pytest.raises(DatasetFormatError, match=r"groups\.jsonl:1: not a record \(expected group '000000'"):
+        with DatasetWriter(tmp_path / "ds", MAPS, resolution=8, source="test", resume=True):
+            pass
+    with pytest.raises(ValueError, match="pass one"):
+        DatasetWriter(tmp_path / "ds", MAPS, resolution=8, source="test", resume=True, overwrite=True)
+
+
 def test_writer_rejects_bad_items(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     with DatasetWriter(tmp_path / "ds", MAPS, resolution=8, source="test") as w:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from pdiff_core.data import FORMAT_NAME, FORMAT_VERSION, DatasetFormatError
+from pdiff_core.data import FORMAT_NAME, DatasetFormatError, DatasetWriter
 from pdiff_core.data.photos import PhotoFolder, SourceGroup, folder_groups, ip2p_groups, load_square
 from pdiff_core.defaults import default_device
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "annotate.json"
-GROUPS_FILE = "groups.jsonl"
 # Learned annotators: (name recorded in dataset.json, file or folder in --annotator-weights).
 WEIGHTS = {
     "depth": ("midas-dpt-hybrid", "dpt_hybrid-midas-501f0c75.pt"),
@@ -235,27 +232,7 @@ def _load_learned(name: str, path: Path, device: str, detect_resolution: int) ->
     return _per_image(lambda im: np.asarray(detector(im, detect_resolution=im.shape[0], image_resolution=im.shape[0], output_type="np")))
 
 
-# --------------------------------------------------------------------------- the resumable writer
-
-
-def _done_groups(out: Path) -> Dict[str, dict]:
-    """Records of completed groups; a torn last line from an interrupted run is dropped."""
-    path = out / GROUPS_FILE
-    if not path.is_file():
-        return {}
-    records, good = {}, 0
-    with path.open("rb") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            records[record["id"]] = record
-            good += len(line)
-    if good != path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(good)
-    return records
+# --------------------------------------------------------------------------- annotating into a dataset
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -274,19 +251,20 @@ def _check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _save_png(array: np.ndarray, path: Path, is_map: bool = True) -> None:
-    if is_map and array.ndim == 3 and array.shape[2] == 3 and (array[..., :1] == array).all():
-        array = array[..., 0]  # grey maps are stored single-channel; images stay RGB, greyscale photos too
-    Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB").save(path, format="PNG")
+def _grey_as_single(array: np.ndarray) -> np.ndarray:
+    """A map whose three channels are equal, as one channel: grey maps are stored as L PNGs."""
+    if array.ndim == 3 and array.shape[2] == 3 and (array[..., :1] == array).all():
+        return array[..., 0]
+    return array
 
 
-def _batches(groups: List[Tuple[str, SourceGroup]], batch_size: int) -> Iterator[List[Tuple[str, SourceGroup]]]:
+def _batches(groups: List[SourceGroup], batch_size: int) -> Iterator[List[SourceGroup]]:
     """Whole groups, about `batch_size` images at a time."""
-    batch: List[Tuple[str, SourceGroup]] = []
+    batch: List[SourceGroup] = []
     count = 0
-    for item in groups:
-        batch.append(item)
-        count += len(item[1].images)
+    for group in groups:
+        batch.append(group)
+        count += len(group.images)
         if count >= batch_size:
             yield batch
             batch, count = [], 0
@@ -307,38 +285,25 @@ def annotate(groups: List[SourceGroup], out: Path, annotators: List[Annotator], 
     maps = [a.map for a in annotators]
     settings = {"format": FORMAT_NAME, "maps": maps, "resolution": resolution,
                 "annotators": {a.map: a.kind for a in annotators}, "groups": [g.key for g in usable]}
+    # The settings fix the list of groups, so the groups already written are its first ones.
     _check_settings(out, settings)
-    done = _done_groups(out)
-    todo = [(f"{i:06d}", g) for i, g in enumerate(usable) if f"{i:06d}" not in done]
-    if done:
-        logger.info("resuming: %d of %d groups already done", len(done), len(usable))
-    bar = tqdm(total=sum(len(g.images) for _, g in todo), unit="image", disable=not progress, desc="annotate")
-    with (out / GROUPS_FILE).open("a", encoding="utf-8") as index:
+    with DatasetWriter(out, maps, resolution, source, resume=True, annotators=settings["annotators"],
+                       classical_maps=[a.map for a in annotators if a.classical]) as writer:
+        todo = usable[writer.n_groups:]
+        if writer.n_groups:
+            logger.info("resuming: %d of %d groups already done", writer.n_groups, len(usable))
+        bar = tqdm(total=sum(len(g.images) for g in todo), unit="image", disable=not progress, desc="annotate")
         for batch in _batches(todo, batch_size):
-            images = [load_square(p, resolution) for _, g in batch for p in g.images]
+            images = [load_square(p, resolution) for g in batch for p in g.images]
             results = {a.map: a.run(images) for a in annotators}
             k = 0
-            for gid, group in batch:
-                (out / gid).mkdir(exist_ok=True)
-                items = []
-                for n in range(len(group.images)):
-                    _save_png(images[k], out / gid / f"{n}.png", is_map=False)
-                    item_maps = {}
-                    for name in maps:
-                        _save_png(results[name][k], out / gid / f"{n}_{name}.png")
-                        item_maps[name] = f"{gid}/{n}_{name}.png"
-                    items.append({"image": f"{gid}/{n}.png", "maps": item_maps})
-                    k += 1
-                # The line goes in only once every file of the group is on disk: it marks the group done.
-                index.write(json.dumps({"id": gid, "caption": group.caption, "items": items, "source": group.key}) + "\n")
-                index.flush()
-                os.fsync(index.fileno())
+            for group in batch:
+                items = [(images[j], {name: _grey_as_single(results[name][j]) for name in maps})
+                         for j in range(k, k + len(group.images))]
+                writer.add_group(group.caption, items, source=group.key)
+                k += len(group.images)
             bar.update(k)
-    bar.close()
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "maps": maps, "resolution": resolution, "source": source,
-            "annotators": settings["annotators"], "classical_maps": [a.map for a in annotators if a.classical],
-            "groups": len(usable)}
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        bar.close()
     logger.info("%s: %d groups (%d annotated now, %d already done)", out, len(usable), len(todo), len(usable) - len(todo))
     return len(todo)
 

@@ -6,8 +6,10 @@ needs numpy and Pillow so that data tools run without torch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..image_io import to_rgb8
+from ..jsonl import JsonLinesError, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +227,12 @@ class DatasetWriter:
     Use as a context manager; ``dataset.json`` is written on a clean exit only,
     so an interrupted run leaves a folder that :meth:`DatasetIndex.load` rejects.
     Single-channel maps are saved as L PNGs, 3-channel maps and images as RGB.
+
+    ``resume=True`` continues a dataset an interrupted writer began in ``root``
+    (the caller vouches that the folder is meant for it): the groups already in
+    ``groups.jsonl`` are kept, a last line torn by a kill is cut off, numbering
+    goes on from there, and each group's line reaches the disk only after its
+    files, so a kill loses at most the group being written.
     """
 
     def __init__(
@@ -233,6 +242,7 @@ class DatasetWriter:
         resolution: int,
         source: str,
         overwrite: bool = False,
+        resume: bool = False,
         **meta: Any,
     ) -> None:
         self.root = Path(root)
@@ -249,13 +259,19 @@ class DatasetWriter:
             "source": source,
             **meta,
         }
+        if overwrite and resume:
+            raise ValueError("DatasetWriter: overwrite=True replaces a dataset, resume=True continues one; pass one")
         self.overwrite = overwrite
+        self.resume = resume
         self.n_groups = 0
         self._groups_file: Any = None
 
     def __enter__(self) -> "DatasetWriter":
-        self._prepare_root()
-        self._groups_file = (self.root / GROUPS_FILE).open("w", encoding="utf-8", newline="\n")
+        if self.resume:
+            self.n_groups = self._resume_root()
+        else:
+            self._prepare_root()
+        self._groups_file = (self.root / GROUPS_FILE).open("a" if self.resume else "w", encoding="utf-8", newline="\n")
         return self
 
     def __exit__(
@@ -300,12 +316,44 @@ class DatasetWriter:
                 shutil.rmtree(e)
         logger.info("overwriting dataset in %s", self.root)
 
+    def _resume_root(self) -> int:
+        """Keep the whole groups of an interrupted run in ``root``; returns how many there are."""
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetFormatError(f"{self.root}: exists and is not a folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / GROUPS_FILE
+        records = self._read_records(path) if path.is_file() else []
+        # A dataset being written has no dataset.json; this writer's clean exit writes it anew.
+        (self.root / DATASET_FILE).unlink(missing_ok=True)
+        if records:
+            logger.info("resuming the dataset in %s after its %d groups", self.root, len(records))
+        return len(records)
+
+    def _read_records(self, path: Path) -> list[Any]:
+        """The groups in ``path``, each checked to be the next group of a dataset with these maps."""
+        ids = (f"{n:06d}" for n in itertools.count())
+
+        def check(record: Any) -> None:
+            gid = next(ids)
+            items = record.get("items") if isinstance(record, dict) else None
+            if not isinstance(record, dict) or record.get("id") != gid:
+                raise ValueError(f"expected group {gid!r} of a dataset this writer began")
+            if not isinstance(items, list) or any(not isinstance(i, dict) or set(i.get("maps", ())) != set(self.maps) for i in items):
+                raise ValueError(f"expected items with the maps {self.maps}")
+
+        try:
+            return read_jsonl(path, check, repair=True)
+        except JsonLinesError as err:
+            raise DatasetFormatError(f"{self.root}: cannot resume this dataset: {err}") from None
+
     def add_group(
         self,
         caption: str,
         items: Iterable[tuple[ArrayLike, Mapping[str, ArrayLike]]],
+        source: str | None = None,
     ) -> str:
-        """Write one group of (image, {map: array}) items; returns its id."""
+        """Write one group of (image, {map: array}) items; returns its id. ``source``, where the
+        group came from (a photo folder's group), is kept in its line."""
         if self._groups_file is None:
             raise RuntimeError("DatasetWriter.add_group called outside its `with` block")
         items = list(items)
@@ -328,8 +376,9 @@ class DatasetWriter:
                         f"group {gid} item {k} map {m!r}: size {a.shape[:2]} differs from image {img.shape[:2]}"
                     )
             prepared.append((img, arrs))
-        # Validate everything before touching the disk so a bad group leaves no files.
-        (self.root / gid).mkdir()
+        # Validate everything before touching the disk so a bad group leaves no files. A resumed
+        # writer rewrites the files a killed run left of a group it had not recorded.
+        (self.root / gid).mkdir(exist_ok=self.resume)
         record_items = []
         for k, (img, arrs) in enumerate(prepared):
             rel_img = f"{gid}/{k}.png"
@@ -341,7 +390,14 @@ class DatasetWriter:
                 rel_maps[m] = rel
             record_items.append({IMAGE_KEY: rel_img, "maps": rel_maps})
         record = {"id": gid, "caption": caption, "items": record_items}
+        if source is not None:
+            record["source"] = source
         self._groups_file.write(json.dumps(record) + "\n")
+        if self.resume:
+            # The line, written after the group's files, marks the group done: flushed and synced at
+            # once, so a kill (or a crash) after it never costs that group again.
+            self._groups_file.flush()
+            os.fsync(self._groups_file.fileno())
         self.n_groups += 1
         return gid
 
