@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from pdiff_core.cli import DEFAULT_MODEL, DTYPES, load_pipeline  # noqa: E402
 PROMPT = "a red sphere and a blue cube on a checkered floor"
 
 
-def parse_args(argv: List[str] | None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded model)")
     p.add_argument("--shots", type=lambda s: [int(k) for k in s.split(",")], default=[1, 2, 4])
@@ -67,7 +67,7 @@ def make_runs(args: argparse.Namespace, pipe) -> Dict[str, Callable[[], torch.Te
     return runs
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -182,7 +182,7 @@ def memory_format(pipe, fmt):
             module.to(memory_format=torch.contiguous_format)
 
 
-def parse_args(argv: List[str] | None) -> BenchConfig:
+def parse_args(argv: Optional[List[str]]) -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--resolution", type=int, default=None, help="default: the preset's (64 for small/tiny, 512 for sd15)")
@@ -203,7 +203,7 @@ def parse_args(argv: List[str] | None) -> BenchConfig:
     return BenchConfig(**{**vars(args), "resolution": resolution})
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     config = parse_args(argv)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -21,12 +22,12 @@ from pdiff_core.data import (
 MAPS = ["depth", "seg"]
 
 
-def _item(rng: np.random.Generator, size: int = 8) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _item(rng: np.random.Generator, size: int = 8) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     return image, {"depth": rng.integers(0, 256, (size, size), dtype=np.uint8), "seg": image[::-1].copy()}
 
 
-def _write(root: Path, groups: int = 2, items: int = 3, **kwargs) -> list[list[tuple[np.ndarray, dict]]]:
+def _write(root: Path, groups: int = 2, items: int = 3, **kwargs) -> List[List[Tuple[np.ndarray, dict]]]:
     rng = np.random.default_rng(0)
     written = []
     with DatasetWriter(root, MAPS, resolution=8, source="test", **kwargs) as w:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Dict, Tuple
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ PLAIN = Ground("plain", (0.6, 0.6, 0.6), (0.6, 0.6, 0.6), color_name="gray")
 SUN_ABOVE = Light(elevation=90, azimuth=0)
 
 
-def _camera_rays(cam: Camera, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _camera_rays(cam: Camera, res: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Camera position, forward axis and unit ray of every pixel centre (res, res, 3),
     derived from the documented conventions: orbit angles, pinhole, square image."""
     el, az = math.radians(cam.elevation), math.radians(cam.azimuth)
@@ -52,7 +53,7 @@ def _camera_rays(cam: Camera, res: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return pos, f, d / np.linalg.norm(d, axis=-1, keepdims=True)
 
 
-def _sphere_scene(res: int = 41) -> tuple[Scene, np.ndarray]:
+def _sphere_scene(res: int = 41) -> Tuple[Scene, np.ndarray]:
     centre = np.array([0.3, 0.5, -0.2])
     sphere = Primitive("sphere", (0.3, -0.2), radius=0.5, height=1.0, color=(0.8, 0.1, 0.1), color_name="red")
     cam = Camera(elevation=30, azimuth=40, distance=4.0, fov=40, target=tuple(centre))
@@ -239,7 +240,7 @@ def test_group_items_share_the_scene_but_differ_in_view() -> None:
         assert maps["seg"].shape == maps["normal"].shape == maps["albedo"].shape == (24, 24, 3)
 
 
-def _tree_bytes(root: Path) -> dict[str, bytes]:
+def _tree_bytes(root: Path) -> Dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 

@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from PIL import Image, ImageDraw
 
@@ -95,7 +95,7 @@ def render(comfy_dir: Path, cpu: bool, templates: Path) -> List[Path]:
     return written
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"),
                         help="ComfyUI checkout (default: $COMFYUI_PATH)")

@@ -1,6 +1,6 @@
-"""Dataset access for training, evaluation and examples (format ``pdiff-groups`` v1).
+"""Dataset access for training, evaluation and examples (format `pdiff-groups` v1).
 
-See ``docs/dataset-format.md``. numpy and Pillow only: no torch import here.
+See `docs/dataset-format.md`. numpy and Pillow only: no torch import here.
 """
 
 from .format import (

@@ -1,6 +1,6 @@
-"""Reader, writer and task names for the ``pdiff-groups`` dataset format.
+"""Reader, writer and task names for the `pdiff-groups` dataset format.
 
-The on-disk layout is described in ``docs/dataset-format.md``. This module only
+The on-disk layout is described in `docs/dataset-format.md`. This module only
 needs numpy and Pillow so that data tools run without torch.
 """
 
@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 import numpy as np
 from PIL import Image
@@ -35,7 +35,7 @@ STANDARD_TASKS = ("depth", "hed", "seg", "inv_depth", "inv_hed", "inv_seg")
 
 # Map names become file-name suffixes and task names, so keep them plain.
 _MAP_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-# Group folders the writer owns; only these are removed by ``overwrite=True``.
+# Group folders the writer owns; only these are removed by `overwrite=True`.
 _GROUP_DIR = re.compile(r"^\d{6,}$")
 
 PathLike = Union[str, Path]
@@ -51,10 +51,10 @@ class GroupItem:
     """One image of a group and its maps, as absolute paths."""
 
     image: Path
-    maps: dict[str, Path]
+    maps: Dict[str, Path]
 
     def path(self, name: str) -> Path:
-        """Path of ``"image"`` or of a map name."""
+        """Path of `"image"` or of a map name."""
         if name == IMAGE_KEY:
             return self.image
         try:
@@ -69,7 +69,7 @@ class Group:
 
     id: str
     caption: str
-    items: list[GroupItem]
+    items: List[GroupItem]
 
 
 @dataclass
@@ -77,11 +77,11 @@ class DatasetIndex:
     """A loaded, validated dataset: its metadata and its groups."""
 
     root: Path
-    meta: dict[str, Any]
-    groups: list[Group] = field(default_factory=list)
+    meta: Dict[str, Any]
+    groups: List[Group] = field(default_factory=list)
 
     @property
-    def maps(self) -> list[str]:
+    def maps(self) -> List[str]:
         return list(self.meta["maps"])
 
     def __len__(self) -> int:
@@ -89,9 +89,9 @@ class DatasetIndex:
 
     @classmethod
     def load(cls, root: PathLike, check_files: bool = True) -> "DatasetIndex":
-        """Read and validate ``root``; raises :class:`DatasetFormatError` on any problem.
+        """Read and validate `root`; raises `DatasetFormatError` on any problem.
 
-        ``check_files=False`` skips the existence check of every PNG (slow on
+        `check_files=False` skips the existence check of every PNG (slow on
         network disks for big datasets); the structure is still validated.
         """
         root = Path(root)
@@ -100,8 +100,8 @@ class DatasetIndex:
         groups_path = root / GROUPS_FILE
         if not groups_path.is_file():
             raise DatasetFormatError(f"{groups_path}: file not found; expected one JSON group per line")
-        groups: list[Group] = []
-        seen: set[str] = set()
+        groups: List[Group] = []
+        seen: Set[str] = set()
         with groups_path.open("r", encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
@@ -117,7 +117,7 @@ class DatasetIndex:
         return cls(root=root, meta=meta, groups=groups)
 
 
-def _load_meta(path: Path) -> dict[str, Any]:
+def _load_meta(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise DatasetFormatError(f"{path}: file not found; expected a {FORMAT_NAME} dataset.json")
     try:
@@ -140,7 +140,7 @@ def _load_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _check_map_names(maps: list[Any], where: str) -> None:
+def _check_map_names(maps: List[Any], where: str) -> None:
     for m in maps:
         # "inv_" is reserved so every task name parses one way only.
         if not isinstance(m, str) or not _MAP_NAME.match(m) or m == IMAGE_KEY or m.startswith(INVERSE_PREFIX):
@@ -165,7 +165,7 @@ def _resolve(root: Path, rel: Any, where: str, what: str, check_files: bool) -> 
     return full
 
 
-def _parse_group(line: str, where: str, root: Path, maps: list[str], check_files: bool) -> Group:
+def _parse_group(line: str, where: str, root: Path, maps: List[str], check_files: bool) -> Group:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -181,7 +181,7 @@ def _parse_group(line: str, where: str, root: Path, maps: list[str], check_files
     if not isinstance(items, list) or not items:
         n = len(items) if isinstance(items, list) else items
         raise DatasetFormatError(f"{where}: expected \"items\" to list at least 1 item, found {n!r}")
-    parsed: list[GroupItem] = []
+    parsed: List[GroupItem] = []
     for k, item in enumerate(items):
         iw = f"{where} item {k}"
         if not isinstance(item, dict) or not isinstance(item.get("maps"), dict):
@@ -222,15 +222,15 @@ def _to_uint8(arr: ArrayLike, what: str) -> np.ndarray:
 
 
 class DatasetWriter:
-    """Write a ``pdiff-groups`` dataset one group at a time.
+    """Write a `pdiff-groups` dataset one group at a time.
 
-    Use as a context manager; ``dataset.json`` is written on a clean exit only,
-    so an interrupted run leaves a folder that :meth:`DatasetIndex.load` rejects.
+    Use as a context manager; `dataset.json` is written on a clean exit only,
+    so an interrupted run leaves a folder that `DatasetIndex.load` rejects.
     Single-channel maps are saved as L PNGs, 3-channel maps and images as RGB.
 
-    ``resume=True`` continues a dataset an interrupted writer began in ``root``
+    `resume=True` continues a dataset an interrupted writer began in `root`
     (the caller vouches that the folder is meant for it): the groups already in
-    ``groups.jsonl`` are kept, a last line torn by a kill is cut off, numbering
+    `groups.jsonl` are kept, a last line torn by a kill is cut off, numbering
     goes on from there, and each group's line reaches the disk only after its
     files, so a kill loses at most the group being written.
     """
@@ -251,7 +251,7 @@ class DatasetWriter:
         reserved = {"format", "version", "maps", "resolution", "source", "groups"} & set(meta)
         if reserved:
             raise DatasetFormatError(f"metadata keys {sorted(reserved)} are set by the writer")
-        self.meta: dict[str, Any] = {
+        self.meta: Dict[str, Any] = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "maps": self.maps,
@@ -276,9 +276,9 @@ class DatasetWriter:
 
     def __exit__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
     ) -> None:
         if self._groups_file is not None:
             self._groups_file.close()
@@ -317,7 +317,7 @@ class DatasetWriter:
         logger.info("overwriting dataset in %s", self.root)
 
     def _resume_root(self) -> int:
-        """Keep the whole groups of an interrupted run in ``root``; returns how many there are."""
+        """Keep the whole groups of an interrupted run in `root`; returns how many there are."""
         if self.root.exists() and not self.root.is_dir():
             raise DatasetFormatError(f"{self.root}: exists and is not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -329,8 +329,8 @@ class DatasetWriter:
             logger.info("resuming the dataset in %s after its %d groups", self.root, len(records))
         return len(records)
 
-    def _read_records(self, path: Path) -> list[Any]:
-        """The groups in ``path``, each checked to be the next group of a dataset with these maps."""
+    def _read_records(self, path: Path) -> List[Any]:
+        """The groups in `path`, each checked to be the next group of a dataset with these maps."""
         ids = (f"{n:06d}" for n in itertools.count())
 
         def check(record: Any) -> None:
@@ -349,10 +349,10 @@ class DatasetWriter:
     def add_group(
         self,
         caption: str,
-        items: Iterable[tuple[ArrayLike, Mapping[str, ArrayLike]]],
-        source: str | None = None,
+        items: Iterable[Tuple[ArrayLike, Mapping[str, ArrayLike]]],
+        source: Optional[str] = None,
     ) -> str:
-        """Write one group of (image, {map: array}) items; returns its id. ``source``, where the
+        """Write one group of (image, {map: array}) items; returns its id. `source`, where the
         group came from (a photo folder's group), is kept in its line."""
         if self._groups_file is None:
             raise RuntimeError("DatasetWriter.add_group called outside its `with` block")
@@ -410,7 +410,7 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 
 @dataclass(frozen=True)
 class Task:
-    """A translation task: ``map`` forward (image → map) or inverse (map → image)."""
+    """A translation task: `map` forward (image → map) or inverse (map → image)."""
 
     name: str
     map: str
@@ -418,27 +418,27 @@ class Task:
 
     @property
     def source(self) -> str:
-        """``"image"`` or the map name the task reads."""
+        """`"image"` or the map name the task reads."""
         return self.map if self.inverse else IMAGE_KEY
 
     @property
     def target(self) -> str:
-        """``"image"`` or the map name the task produces."""
+        """`"image"` or the map name the task produces."""
         return IMAGE_KEY if self.inverse else self.map
 
-    def paths(self, item: GroupItem) -> tuple[Path, Path]:
-        """(source, target) files of ``item`` for this task."""
+    def paths(self, item: GroupItem) -> Tuple[Path, Path]:
+        """(source, target) files of `item` for this task."""
         return item.path(self.source), item.path(self.target)
 
 
-def dataset_tasks(maps: Iterable[str]) -> list[str]:
+def dataset_tasks(maps: Iterable[str]) -> List[str]:
     """Every task the maps make: each map forward, then each inverse."""
     maps = list(maps)
     return maps + [INVERSE_PREFIX + m for m in maps]
 
 
 def parse_task(name: str, available_maps: Iterable[str]) -> Task:
-    """``"depth"`` → image→depth; ``"inv_depth"`` → depth→image."""
+    """`"depth"` → image→depth; `"inv_depth"` → depth→image."""
     available = list(available_maps)
     inverse = name.startswith(INVERSE_PREFIX)
     map_name = name[len(INVERSE_PREFIX):] if inverse else name

@@ -17,7 +17,7 @@ import io
 import math
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -208,6 +208,6 @@ def make_fid(feature_extractor: torch.nn.Module) -> FrechetInceptionDistance:
     return FrechetInceptionDistance(feature=feature_extractor, reset_real_features=False, normalize=False)
 
 
-def images_to_batch(images: list[np.ndarray]) -> torch.Tensor:
+def images_to_batch(images: List[np.ndarray]) -> torch.Tensor:
     """uint8 HxWx3 images as a uint8 (B, 3, H, W) tensor, the input `make_fid` metrics take."""
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

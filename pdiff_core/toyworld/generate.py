@@ -1,4 +1,4 @@
-"""Write toyworld groups as a ``pdiff-groups`` dataset (see docs/dataset-format.md)."""
+"""Write toyworld groups as a `pdiff-groups` dataset (see docs/dataset-format.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import multiprocessing as mp
 import os
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -19,7 +19,7 @@ from .scene import SEG_CLASSES, sample_group, sample_item
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2  # 2: the maps shading .. bgr
-GroupData = tuple[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]]
+GroupData = Tuple[str, List[Tuple[np.ndarray, Dict[str, np.ndarray]]]]
 
 
 def render_group(
@@ -30,7 +30,7 @@ def render_group(
     maps: Sequence[str] = ALL_MAPS,
     supersample: int = 2,
 ) -> GroupData:
-    """Caption and (image, maps) items of group ``index``; depends only on the
+    """Caption and (image, maps) items of group `index`; depends only on the
     arguments, so any worker may render any group."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     spec = sample_group(rng)
@@ -57,10 +57,10 @@ def iter_groups(
     resolution: int = 64,
     maps: Sequence[str] = ALL_MAPS,
     supersample: int = 2,
-    workers: int | None = None,
+    workers: Optional[int] = None,
 ) -> Iterator[GroupData]:
-    """Groups ``0 .. n_groups - 1`` in order, rendered in memory by ``workers`` processes (default:
-    all cores); the same pixels :func:`generate` writes."""
+    """Groups `0 .. n_groups - 1` in order, rendered in memory by `workers` processes (default:
+    all cores); the same pixels `generate` writes."""
     if workers is None:
         workers = min(os.cpu_count() or 1, max(1, n_groups // 8))
     job = partial(render_group, seed=seed, items_per_group=items_per_group, resolution=resolution,
@@ -77,11 +77,11 @@ def generate(
     maps: Sequence[str] = ALL_MAPS,
     overwrite: bool = False,
     progress: bool = True,
-    workers: int | None = None,
+    workers: Optional[int] = None,
     supersample: int = 2,
 ) -> Path:
-    """Render ``n_groups`` groups into ``root``; the same arguments give the same bytes
-    whatever ``workers`` is. Returns ``root``."""
+    """Render `n_groups` groups into `root`; the same arguments give the same bytes
+    whatever `workers` is. Returns `root`."""
     unknown = [m for m in maps if m not in ALL_MAPS]
     if unknown:
         raise ValueError(f"unknown toyworld map(s) {unknown}; available: {list(ALL_MAPS)}")

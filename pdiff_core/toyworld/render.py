@@ -3,23 +3,23 @@
 Every pixel's primary ray goes through the pixel centre; the exact maps (depth,
 normals, seg, albedo, edges) come from those rays. The shaded image is
 anti-aliased adaptively: pixels on edges and colour steps are re-shaded with
-``supersample`` x ``supersample`` rays; that does not change the maps.
+`supersample` x `supersample` rays; that does not change the maps.
 
 Conventions:
 - world: y up, the floor is the plane y=0;
-- ``Render.depth`` is z-depth (distance along the camera's forward axis), inf on sky;
+- `Render.depth` is z-depth (distance along the camera's forward axis), inf on sky;
 - the depth map is inverse depth normalised per image to [0, 255], near = bright,
   sky = 0 (like MiDaS/ControlNet depth maps);
 - the normal map is camera space, x right → R, y up → G, towards the camera → B,
   encoded as (n + 1) / 2 * 255; sky = 0;
-- ``object_id``: -1 sky, 0 floor, k + 1 for ``scene.objects[k]``.
+- `object_id`: -1 sky, 0 floor, k + 1 for `scene.objects[k]`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -60,11 +60,11 @@ class Render:
     normal: np.ndarray  # HxWx3 float64 world-space unit normals, 0 on sky
     normal_camera: np.ndarray  # HxWx3 float64 camera-space unit normals, 0 on sky
     albedo: np.ndarray  # HxWx3 float64 sRGB base colour in [0, 1]
-    seg_classes: tuple[str, ...]  # seg key per object id + 1 (index 0 = sky)
+    seg_classes: Tuple[str, ...]  # seg key per object id + 1 (index 0 = sky)
 
-    def maps(self, names: Sequence[str] = ALL_MAPS) -> dict[str, np.ndarray]:
+    def maps(self, names: Sequence[str] = ALL_MAPS) -> Dict[str, np.ndarray]:
         """The requested uint8 maps (HxW for depth/hed/gray, HxWx3 otherwise)."""
-        builders: dict[str, Callable[[], np.ndarray]] = {
+        builders: Dict[str, Callable[[], np.ndarray]] = {
             "depth": self.depth_map,
             "hed": self.hed_map,
             "seg": self.seg_map,
@@ -178,7 +178,7 @@ def _normalize(v: np.ndarray) -> np.ndarray:
 # --- ray/primitive intersections, in the object's local frame (base at origin, y up)
 
 
-def _hit_sphere(o: np.ndarray, d: np.ndarray, obj: Primitive) -> tuple[np.ndarray, np.ndarray]:
+def _hit_sphere(o: np.ndarray, d: np.ndarray, obj: Primitive) -> Tuple[np.ndarray, np.ndarray]:
     r = obj.radius
     oc = o - np.array([0.0, r, 0.0])
     b = _dot(oc, d)
@@ -192,7 +192,7 @@ def _hit_sphere(o: np.ndarray, d: np.ndarray, obj: Primitive) -> tuple[np.ndarra
     return t, n
 
 
-def _hit_box(o: np.ndarray, d: np.ndarray, obj: Primitive) -> tuple[np.ndarray, np.ndarray]:
+def _hit_box(o: np.ndarray, d: np.ndarray, obj: Primitive) -> Tuple[np.ndarray, np.ndarray]:
     half = np.array([obj.radius, obj.height / 2, obj.radius * obj.aspect])
     lo, hi = np.array([-half[0], 0.0, -half[2]]), np.array([half[0], obj.height, half[2]])
     safe = np.where(np.abs(d) < 1e-12, 1e-12, d)
@@ -207,7 +207,7 @@ def _hit_box(o: np.ndarray, d: np.ndarray, obj: Primitive) -> tuple[np.ndarray, 
     return t, n
 
 
-def _hit_cylinder(o: np.ndarray, d: np.ndarray, obj: Primitive) -> tuple[np.ndarray, np.ndarray]:
+def _hit_cylinder(o: np.ndarray, d: np.ndarray, obj: Primitive) -> Tuple[np.ndarray, np.ndarray]:
     r, h = obj.radius, obj.height
     ox, oy, oz = o[:, 0], o[:, 1], o[:, 2]
     dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
@@ -231,7 +231,7 @@ def _hit_cylinder(o: np.ndarray, d: np.ndarray, obj: Primitive) -> tuple[np.ndar
     return t, n
 
 
-def _hit_cone(o: np.ndarray, d: np.ndarray, obj: Primitive) -> tuple[np.ndarray, np.ndarray]:
+def _hit_cone(o: np.ndarray, d: np.ndarray, obj: Primitive) -> Tuple[np.ndarray, np.ndarray]:
     # Base (radius r) on the floor, apex at y=h: x² + z² = k²(h - y)², 0 <= y <= h.
     r, h = obj.radius, obj.height
     k2 = (r / h) ** 2
@@ -258,7 +258,7 @@ _HIT = {"sphere": _hit_sphere, "box": _hit_box, "cylinder": _hit_cylinder, "cone
 
 def _intersect_objects(
     objects: Sequence[Primitive], o: np.ndarray, d: np.ndarray, want_normals: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest object hit of each ray: (t, object index or -1, world normal)."""
     n_rays = len(d)
     t = np.full(n_rays, np.inf)
@@ -318,7 +318,7 @@ def _smooth_noise(x: np.ndarray, z: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _floor_albedo(ground: Ground, p: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    """Linear floor colour at points ``p``. Patterns fade to their mean where a
+    """Linear floor colour at points `p`. Patterns fade to their mean where a
     pixel covers about a stripe or more, which prevents moiré near the horizon."""
     a, b = _srgb_to_linear(np.array(ground.color_a)), _srgb_to_linear(np.array(ground.color_b))
     x, z = p[:, 0] / ground.scale, p[:, 2] / ground.scale
@@ -338,7 +338,7 @@ def _floor_albedo(ground: Ground, p: np.ndarray, footprint: np.ndarray) -> np.nd
 
 
 def _sky(scene: Scene, d: np.ndarray) -> np.ndarray:
-    """Linear sky colour along directions ``d``."""
+    """Linear sky colour along directions `d`."""
     zen = _srgb_to_linear(np.array(scene.light.sky_zenith))
     hor = _srgb_to_linear(np.array(scene.light.sky_horizon))
     w = np.sqrt(np.clip(d[:, 1], 0.0, 1.0))[:, None]
@@ -437,8 +437,8 @@ def _shade(scene: Scene, hits: _Hits, d: np.ndarray, albedo: np.ndarray) -> np.n
     return out
 
 
-def _shifted(axis: int, n: int) -> list[tuple[slice, ...]]:
-    """Index tuples for the k-th of ``n`` consecutive pixels along ``axis`` (k = 0..n-1)."""
+def _shifted(axis: int, n: int) -> List[Tuple[slice, ...]]:
+    """Index tuples for the k-th of `n` consecutive pixels along `axis` (k = 0..n-1)."""
     out = []
     for k in range(n):
         sl = [slice(None), slice(None)]
@@ -459,10 +459,10 @@ def _needs_supersampling(ids: np.ndarray, srgb: np.ndarray) -> np.ndarray:
 
 
 def render(scene: Scene, resolution: int = 64, supersample: int = 2) -> Render:
-    """Ray-cast ``scene`` into a square image and its exact per-pixel buffers.
+    """Ray-cast `scene` into a square image and its exact per-pixel buffers.
 
     Pixels on edges and colour steps of the centre-ray image are re-shaded with
-    ``supersample`` x ``supersample`` rays (adaptive anti-aliasing); the other
+    `supersample` x `supersample` rays (adaptive anti-aliasing); the other
     buffers always come from the pixel-centre rays.
     """
     if resolution < 1 or supersample < 1:

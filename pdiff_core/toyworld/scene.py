@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,7 +18,7 @@ FLOOR_PATTERNS = ("checkered", "striped", "plain", "noise")
 
 # ADE20K (SceneParse150, mmsegmentation order) classes and palette colours, so
 # the seg maps read like those of the ControlNet/UniFormer annotator.
-SEG_CLASSES: dict[str, tuple[str, int, tuple[int, int, int]]] = {
+SEG_CLASSES: Dict[str, Tuple[str, int, Tuple[int, int, int]]] = {
     # key: (ADE20K class name, class index, RGB)
     "sky": ("sky", 2, (6, 230, 230)),
     "floor": ("floor", 3, (80, 50, 50)),
@@ -29,7 +29,7 @@ SEG_CLASSES: dict[str, tuple[str, int, tuple[int, int, int]]] = {
 }
 
 # sRGB base colours of objects, by the name used in captions.
-OBJECT_COLORS: dict[str, tuple[float, float, float]] = {
+OBJECT_COLORS: Dict[str, Tuple[float, float, float]] = {
     "red": (0.80, 0.10, 0.09),
     "green": (0.13, 0.62, 0.20),
     "blue": (0.10, 0.27, 0.82),
@@ -44,7 +44,7 @@ OBJECT_COLORS: dict[str, tuple[float, float, float]] = {
 }
 
 # Floor colour pairs (light, dark) and the names of plain floors.
-FLOOR_PAIRS: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...] = (
+FLOOR_PAIRS: Tuple[Tuple[Tuple[float, float, float], Tuple[float, float, float]], ...] = (
     ((0.86, 0.86, 0.83), (0.22, 0.22, 0.24)),
     ((0.84, 0.74, 0.56), (0.46, 0.32, 0.20)),
     ((0.72, 0.79, 0.86), (0.30, 0.38, 0.52)),
@@ -52,7 +52,7 @@ FLOOR_PAIRS: tuple[tuple[tuple[float, float, float], tuple[float, float, float]]
     ((0.90, 0.80, 0.78), (0.55, 0.30, 0.30)),
     ((0.66, 0.66, 0.66), (0.42, 0.42, 0.44)),
 )
-PLAIN_FLOORS: dict[str, tuple[float, float, float]] = {
+PLAIN_FLOORS: Dict[str, Tuple[float, float, float]] = {
     "beige": (0.80, 0.72, 0.58),
     "gray": (0.56, 0.56, 0.57),
     "white": (0.88, 0.88, 0.86),
@@ -68,15 +68,15 @@ _COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 class Primitive:
     """An object standing on the floor (its base at y=0), in world units.
 
-    ``radius`` is the half-width in x (sphere/cylinder/cone radius);
-    ``aspect`` scales a box's z half-width; ``height`` is the full height.
+    `radius` is the half-width in x (sphere/cylinder/cone radius);
+    `aspect` scales a box's z half-width; `height` is the full height.
     """
 
     shape: str
-    position: tuple[float, float]
+    position: Tuple[float, float]
     radius: float
     height: float
-    color: tuple[float, float, float]
+    color: Tuple[float, float, float]
     color_name: str = ""
     shiny: bool = False
     yaw: float = 0.0
@@ -102,8 +102,8 @@ class Ground:
     """The floor plane y=0 and its texture (sRGB colours)."""
 
     pattern: str
-    color_a: tuple[float, float, float]
-    color_b: tuple[float, float, float]
+    color_a: Tuple[float, float, float]
+    color_b: Tuple[float, float, float]
     scale: float = 1.0
     angle: float = 0.0
     color_name: str = ""
@@ -112,13 +112,13 @@ class Ground:
 
 @dataclass(frozen=True)
 class Camera:
-    """Orbit camera looking at ``target``; angles in degrees."""
+    """Orbit camera looking at `target`; angles in degrees."""
 
     elevation: float
     azimuth: float
     distance: float
     fov: float = 40.0
-    target: tuple[float, float, float] = (0.0, 0.4, 0.0)
+    target: Tuple[float, float, float] = (0.0, 0.4, 0.0)
 
     @property
     def position(self) -> np.ndarray:
@@ -126,7 +126,7 @@ class Camera:
         offset = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
         return np.asarray(self.target, dtype=np.float64) + self.distance * offset
 
-    def basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def basis(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(right, up, forward) unit vectors in world space."""
         forward = np.asarray(self.target, dtype=np.float64) - self.position
         forward /= np.linalg.norm(forward)
@@ -143,10 +143,10 @@ class Light:
 
     elevation: float
     azimuth: float
-    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    color: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     ambient: float = 0.35
-    sky_zenith: tuple[float, float, float] = (0.35, 0.55, 0.85)
-    sky_horizon: tuple[float, float, float] = (0.78, 0.84, 0.92)
+    sky_zenith: Tuple[float, float, float] = (0.35, 0.55, 0.85)
+    sky_horizon: Tuple[float, float, float] = (0.78, 0.84, 0.92)
 
     @property
     def direction(self) -> np.ndarray:
@@ -157,7 +157,7 @@ class Light:
 
 @dataclass(frozen=True)
 class Scene:
-    objects: tuple[Primitive, ...]
+    objects: Tuple[Primitive, ...]
     ground: Ground
     camera: Camera
     light: Light
@@ -167,7 +167,7 @@ class Scene:
 class GroupSpec:
     """What a group's items share: objects (with a base layout) and floor."""
 
-    objects: tuple[Primitive, ...]
+    objects: Tuple[Primitive, ...]
     ground: Ground
 
     @property
@@ -195,7 +195,7 @@ def _plural(noun_phrase: str) -> str:
 
 def make_caption(objects: Sequence[Primitive], ground: Ground) -> str:
     """E.g. "a red sphere and two blue cubes on a checkered floor"."""
-    counts: dict[str, int] = {}
+    counts: Dict[str, int] = {}
     for obj in objects:
         d = _describe(obj, large=0.62, small=0.36)
         counts[d] = counts.get(d, 0) + 1
@@ -250,9 +250,9 @@ def _sample_primitive(rng: np.random.Generator) -> Primitive:
 
 def _place(
     rng: np.random.Generator, objs: Sequence[Primitive], area: float, tries: int = 200
-) -> list[tuple[float, float]] | None:
-    """Non-overlapping floor positions in a disc of radius ``area``, or None."""
-    placed: list[tuple[float, float, float]] = []
+) -> Optional[List[Tuple[float, float]]]:
+    """Non-overlapping floor positions in a disc of radius `area`, or None."""
+    placed: List[Tuple[float, float, float]] = []
     for obj in objs:
         for _ in range(tries):
             r = area * math.sqrt(rng.random())
