@@ -45,6 +45,7 @@ from pdiff_core.image_io import gray_to_rgb
 from pdiff_core.model_info import write_model_info
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.tokenizer import train_clip_tokenizer
+from pdiff_core.toyworld import ALL_MAPS, iter_groups
 
 from .components import apply_model_overrides, load_pretrained_components
 from .config import Config, ConfigError, load_config
@@ -121,8 +122,6 @@ def render_toyworld(n_groups: int, seed: int, resolution: int, workers: Optional
                     items_per_group: int = 4) -> GroupTensors:
     """`n_groups` toy-world groups with every map, rendered in memory (the pixels
     `python -m training.toyworld --groups N --seed S` would write)."""
-    from pdiff_core.toyworld import ALL_MAPS, iter_groups
-
     groups = []
     for caption, items in tqdm(iter_groups(n_groups, seed=seed, items_per_group=items_per_group, resolution=resolution,
                                            workers=workers),

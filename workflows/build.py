@@ -208,9 +208,9 @@ def render_few_shot_example(inputs: Path) -> Example:
     import numpy as np
     from PIL import Image
 
+    from pdiff_core.data import map_prompt
     from pdiff_core.toyworld.render import render
     from pdiff_core.toyworld.scene import sample_group, sample_item
-    from training.dataset import map_prompt
 
     rng = np.random.default_rng(11)
     for k in range(1, FEW_SHOT + 1):
