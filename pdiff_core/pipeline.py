@@ -196,6 +196,35 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             return tensor.expand(batch, *tensor.shape[1:])
         raise ValueError(f"{name} has a batch of {tensor.shape[0]} but the batch is {batch}; pass 1 or {batch}")
 
+    @staticmethod
+    def _resolve_aliases(example_pair, query, image_pair, image, example_pairs=None) -> Tuple[List[Tuple[ImageInput, ImageInput]], ImageInput]:
+        """The example pairs as a list of (source, target) and the query."""
+        if image_pair is not None:
+            if example_pair is not None:
+                raise ValueError("pass example_pair or image_pair (the research port's name), not both")
+            example_pair = image_pair
+        if image is not None:
+            if query is not None:
+                raise ValueError("pass query or image (the research port's name), not both")
+            query = image
+        if example_pairs is not None:
+            if example_pair is not None:
+                raise ValueError("pass example_pair (one pair) or example_pairs (a list of pairs), not both")
+            if not isinstance(example_pairs, (list, tuple)) or not example_pairs:
+                raise ValueError("example_pairs must be a non-empty list of (source, target) pairs")
+            pairs = list(example_pairs)
+        elif example_pair is not None:
+            pairs = [example_pair]
+        else:
+            pairs = None
+        if pairs is None or query is None:
+            raise ValueError("pass example_pair=(source, target) and query (or image_pair=[source, target], image=query)")
+        for k, pair in enumerate(pairs):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                name = "example_pair" if example_pairs is None else f"example_pairs[{k}]"
+                raise ValueError(f"{name} must be a (source, target) pair of images")
+        return [(source, target) for source, target in pairs], query
+
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
@@ -241,6 +270,99 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         `pdiff_core.shots`), weighted by `shot_weights` (K non-negative numbers, normalised to sum
         to 1; default equal).
         """
+        # 1. Check inputs (every argument, before any model runs)
+        pairs, query, weights, batch = self.check_inputs(
+            prompt, example_pair, query, example_pairs, shot_weights, shot_combine, image_pair, image, height, width,
+            num_inference_steps, timesteps, guidance_scale, eta, controlnet_conditioning_scale, num_images_per_prompt,
+            prompt_embeds, callback_on_step_end_tensor_inputs,
+        )
+
+        # 2. Prepare the example pairs and the query: one size, one batch (the largest of prompts, pairs, query)
+        shots, query_t = self.prepare_example_hints(pairs, query, height, width)
+        height, width = query_t.shape[-2:]
+        batch = max(batch, query_t.shape[0], *(t.shape[0] for shot in shots for t in shot))
+        prompt, negative_prompt = _prompts_for_batch(prompt, negative_prompt, batch)
+        pair, query_t = self._batch_hints(shots, query_t, batch)
+
+        # 3. Encode the prompt
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, num_images_per_prompt, do_cfg, negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+        )
+        total = batch * num_images_per_prompt
+        if prompt_embeds.shape[0] != total:
+            raise ValueError(f"prompt_embeds has a batch of {prompt_embeds.shape[0]}, expected {total}")
+        # One batched pass; the unconditional half keeps the example pair and query.
+        text = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+
+        # 4. Encode the hints (once: the hint encoders do not see the timestep)
+        residual_shots = len(shots) if shot_combine == "residuals" else 1
+        hint = self.encode_example_hints(pair, query_t, len(shots), batch, num_images_per_prompt, weights,
+                                         residual_shots, do_cfg, device)
+
+        # 5. Prepare timesteps, latents and the step function
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
+        latents = self.prepare_latents(
+            total, self.unet.config.in_channels, height, width, text.dtype, device, generator, latents
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        predict = self._noise_predictor(
+            device, guidance_scale if do_cfg else None, controlnet_conditioning_scale, cross_attention_kwargs,
+            tuple(weights) if residual_shots > 1 else None,
+        )
+
+        # 6. Denoising loop
+        with self.progress_bar(total=num_inference_steps) as progress:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                noise = predict(model_input, t, text, hint)
+                latents = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = outputs.pop("latents", latents)
+                progress.update()
+
+        # 7. Decode
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images, None)
+        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)
+
+    # ------------------------------------------------------------------ the stages of __call__
+
+    def check_inputs(
+        self,
+        prompt: Union[str, List[str], None],
+        example_pair: Optional[Tuple[ImageInput, ImageInput]],
+        query: Optional[ImageInput],
+        example_pairs: Optional[Sequence[Tuple[ImageInput, ImageInput]]] = None,
+        shot_weights: Optional[Sequence[float]] = None,
+        shot_combine: str = DEFAULT_COMBINE,
+        image_pair: Optional[Sequence[ImageInput]] = None,
+        image: Optional[ImageInput] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_inference_steps: int = 50,
+        timesteps: Optional[List[int]] = None,
+        guidance_scale: float = 9.0,
+        eta: float = 0.0,
+        controlnet_conditioning_scale: float = 1.0,
+        num_images_per_prompt: int = 1,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> Tuple[List[Tuple[ImageInput, ImageInput]], ImageInput, List[float], int]:
+        """Refuse `__call__`'s bad arguments before any model runs (the images themselves are checked
+        as they are read, in `prepare_hint`). Returns the example pairs and the query with the research
+        port's aliases resolved, the shot weights normalised, and the prompts' batch."""
         self.check_call_arguments(num_inference_steps, timesteps, guidance_scale, eta, controlnet_conditioning_scale,
                                   height, width)
         pairs, query = self._resolve_aliases(example_pair, query, image_pair, image, example_pairs)
@@ -252,7 +374,13 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} not in {self._callback_tensor_inputs}")
+        return pairs, query, weights, batch
 
+    def prepare_example_hints(
+        self, pairs: Sequence[Tuple[ImageInput, ImageInput]], query: ImageInput, height: Optional[int], width: Optional[int]
+    ) -> Tuple[List[Tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Each example pair's (source, target) and the query as hint tensors (`prepare_hint`), all of
+        one size, a multiple of the VAE's scale factor."""
         shots = []
         for k, (source, target) in enumerate(pairs):
             name = "example" if len(pairs) == 1 else f"example pair {k}:"
@@ -266,92 +394,56 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         multiple = self.vae_scale_factor
         if height % multiple or width % multiple:
             raise ValueError(f"image size {width}x{height} is not a multiple of {multiple}")
-        batch = max(batch, query_t.shape[0], *(t.shape[0] for shot in shots for t in shot))
-        if isinstance(prompt, str):
-            prompt = [prompt] * batch
-        elif isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt * batch
-        elif isinstance(prompt, list) and len(prompt) != batch:
-            raise ValueError(f"{len(prompt)} prompts for a batch of {batch} images; pass 1 or {batch}")
-        if isinstance(negative_prompt, str):
-            negative_prompt = [negative_prompt] * batch
-        elif isinstance(negative_prompt, list) and len(negative_prompt) == 1:
-            negative_prompt = negative_prompt * batch
-        # Shot-major: (K * batch, 6, H, W), shot k's pairs at [k * batch, (k + 1) * batch).
+        return shots, query_t
+
+    def _batch_hints(
+        self, shots: List[Tuple[torch.Tensor, torch.Tensor]], query: torch.Tensor, batch: int
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The pairs as one (K * batch, 6, H, W) tensor, shot-major (shot k's pairs at
+        [k * batch, (k + 1) * batch)), and the query, each broadcast over the batch."""
         pair = torch.cat([
             torch.cat([self._broadcast(source, batch, "example source"), self._broadcast(target, batch, "example target")], dim=1)
             for source, target in shots
         ])
-        query_t = self._broadcast(query_t, batch, "query")
+        return pair, self._broadcast(query, batch, "query")
 
-        device = self._execution_device
-        do_cfg = guidance_scale > 1.0
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, do_cfg, negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-        )
-        total = batch * num_images_per_prompt
-        if prompt_embeds.shape[0] != total:
-            raise ValueError(f"prompt_embeds has a batch of {prompt_embeds.shape[0]}, expected {total}")
-
-        # The hint encoders do not see the timestep: run them once, reuse at every step.
+    def encode_example_hints(
+        self, pair: torch.Tensor, query: torch.Tensor, shot_count: int, batch: int, num_images_per_prompt: int,
+        weights: List[float], residual_shots: int, do_cfg: bool, device: torch.device,
+    ) -> torch.Tensor:
+        """The hint embedding every step reuses: one per image; with K > 1 pairs either their weighted
+        mean (`residual_shots` 1) or all K, shot-major (`residual_shots` K, combined later as residuals);
+        doubled for the unconditional half under classifier-free guidance."""
         cn_dtype = self.controlnet.dtype
-        shot_count = len(shots)
-        hint = self.controlnet.encode_hints(pair.to(device, cn_dtype), query_t.repeat(shot_count, 1, 1, 1).to(device, cn_dtype))
+        hint = self.controlnet.encode_hints(pair.to(device, cn_dtype), query.repeat(shot_count, 1, 1, 1).to(device, cn_dtype))
         hint = hint.unflatten(0, (shot_count, batch)).repeat_interleave(num_images_per_prompt, dim=1)
-        residual_shots = shot_count if shot_combine == "residuals" else 1
         if shot_count == 1:
             hint = hint[0]
         elif residual_shots == 1:
             hint = weighted_mean(hint, weights)
-        text = prompt_embeds
         if do_cfg:
-            # One batched pass; the unconditional half keeps the example pair and query.
-            text = torch.cat([negative_prompt_embeds, prompt_embeds])
             hint = torch.cat([hint, hint], dim=-4)
         if residual_shots > 1:
-            hint = hint.flatten(0, 1)  # shot-major, as the repeated latents below
+            hint = hint.flatten(0, 1)  # shot-major, as _predict_noise repeats the latents
+        return hint
 
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
-        latents = self.prepare_latents(
-            total, self.unet.config.in_channels, height, width, text.dtype, device, generator, latents
-        )
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-
+    def _noise_predictor(
+        self, device: torch.device, guidance_scale: Optional[float], conditioning_scale: float,
+        cross_attention_kwargs: Optional[Dict[str, Any]], shot_weights: Optional[Tuple[float, ...]],
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`(sample, t, text, hint) -> noise` for this call: `_predict_noise` with the call's constants,
+        replayed from a CUDA graph when `enable_fast_gpu` is on and applies."""
         predict = functools.partial(
-            self._predict_noise, guidance_scale=guidance_scale if do_cfg else None,
-            conditioning_scale=controlnet_conditioning_scale, cross_attention_kwargs=cross_attention_kwargs,
-            shot_weights=tuple(weights) if residual_shots > 1 else None,
+            self._predict_noise, guidance_scale=guidance_scale, conditioning_scale=conditioning_scale,
+            cross_attention_kwargs=cross_attention_kwargs, shot_weights=shot_weights,
         )
         fast = self._fast_step_for(device, cross_attention_kwargs)
-        if fast is not None:
-            # Everything the graph bakes in besides its tensor inputs (see fast_gpu.StaticStep).
-            key = (guidance_scale if do_cfg else None, controlnet_conditioning_scale,
-                   model_fingerprint(self.unet, self.controlnet), predict.keywords["shot_weights"])
-        with self.progress_bar(total=num_inference_steps) as progress:
-            for i, t in enumerate(timesteps):
-                model_input = torch.cat([latents] * 2) if do_cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                if fast is None:
-                    noise = predict(model_input, t, text, hint)
-                else:
-                    noise = fast(predict, key, sample=model_input, t=torch.as_tensor(t, device=device), text=text, hint=hint)
-                latents = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    local = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
-                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = outputs.pop("latents", latents)
-                progress.update()
-
-        if output_type == "latent":
-            images = latents
-        else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-            images = self.image_processor.postprocess(decoded, output_type=output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images, None)
-        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)
+        if fast is None:
+            return predict
+        # Everything the graph bakes in besides its tensor inputs (see fast_gpu.StaticStep).
+        key = (guidance_scale, conditioning_scale, model_fingerprint(self.unet, self.controlnet), shot_weights)
+        return lambda sample, t, text, hint: fast(
+            predict, key, sample=sample, t=torch.as_tensor(t, device=device), text=text, hint=hint)
 
     def _predict_noise(
         self, sample: torch.Tensor, t: torch.Tensor, text: torch.Tensor, hint: torch.Tensor, *,
@@ -438,34 +530,22 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             return None
         return fast
 
-    @staticmethod
-    def _resolve_aliases(example_pair, query, image_pair, image, example_pairs=None) -> Tuple[List[Tuple[ImageInput, ImageInput]], ImageInput]:
-        """The example pairs as a list of (source, target) and the query."""
-        if image_pair is not None:
-            if example_pair is not None:
-                raise ValueError("pass example_pair or image_pair (the research port's name), not both")
-            example_pair = image_pair
-        if image is not None:
-            if query is not None:
-                raise ValueError("pass query or image (the research port's name), not both")
-            query = image
-        if example_pairs is not None:
-            if example_pair is not None:
-                raise ValueError("pass example_pair (one pair) or example_pairs (a list of pairs), not both")
-            if not isinstance(example_pairs, (list, tuple)) or not example_pairs:
-                raise ValueError("example_pairs must be a non-empty list of (source, target) pairs")
-            pairs = list(example_pairs)
-        elif example_pair is not None:
-            pairs = [example_pair]
-        else:
-            pairs = None
-        if pairs is None or query is None:
-            raise ValueError("pass example_pair=(source, target) and query (or image_pair=[source, target], image=query)")
-        for k, pair in enumerate(pairs):
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                name = "example_pair" if example_pairs is None else f"example_pairs[{k}]"
-                raise ValueError(f"{name} must be a (source, target) pair of images")
-        return [(source, target) for source, target in pairs], query
+
+def _prompts_for_batch(
+    prompt: Union[str, List[str], None], negative_prompt: Union[str, List[str], None], batch: int
+) -> Tuple[Optional[List[str]], Optional[List[str]]]:
+    """The prompt and negative prompt as one string per image (a single one repeated)."""
+    if isinstance(prompt, str):
+        prompt = [prompt] * batch
+    elif isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt * batch
+    elif isinstance(prompt, list) and len(prompt) != batch:
+        raise ValueError(f"{len(prompt)} prompts for a batch of {batch} images; pass 1 or {batch}")
+    if isinstance(negative_prompt, str):
+        negative_prompt = [negative_prompt] * batch
+    elif isinstance(negative_prompt, list) and len(negative_prompt) == 1:
+        negative_prompt = negative_prompt * batch
+    return prompt, negative_prompt
 
 
 def _as_list(value: Any) -> Any:

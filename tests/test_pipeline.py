@@ -168,6 +168,19 @@ def test_aliases_conflict_is_refused(tiny_pipeline):
         run(tiny_pipeline, image=images(3)[0])
 
 
+def test_check_inputs_resolves_the_arguments_without_running_a_model(tiny_pipeline):
+    counters = [CallCounter(m) for m in (tiny_pipeline.text_encoder, tiny_pipeline.controlnet, tiny_pipeline.unet)]
+    source, target, query = images(1)[0], images(2)[0], images(3)[0]
+    pairs, resolved, weights, batch = tiny_pipeline.check_inputs(
+        ["a", "b"], None, None, image_pair=[source, target], image=query)
+    assert pairs == [(source, target)] and resolved is query and weights == [1.0] and batch == 2
+    _, _, weights, _ = tiny_pipeline.check_inputs("a", None, query, example_pairs=[(source, target)] * 2, shot_weights=[3, 1])
+    assert weights == [0.75, 0.25]
+    with pytest.raises(ValueError, match="num_images_per_prompt must be at least 1"):
+        tiny_pipeline.check_inputs("a", (source, target), query, num_images_per_prompt=0)
+    assert [c.calls for c in counters] == [0, 0, 0]
+
+
 def test_height_width_resize_all_inputs(tiny_pipeline):
     out = run(tiny_pipeline, query=images(3, size=128)[0], height=64, width=64)
     assert out.shape == (1, 64, 64, 3)
