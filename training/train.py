@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -359,10 +359,29 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> Path:
-        config, t, acc = self.config, self.config.train, self.accelerator
-        diffusion = t.stage == "diffusion"
+        """Train from step 0 (or from the checkpoint given as `resume`) to train.max_steps, then validate
+        and export; returns the exported folder (the pipeline, or the VAE)."""
         self.setup()
-        o = config.optim
+        optimizer, lr_scheduler = self._prepare_optimization()
+        step, samples = self._resume() if self.resume_from is not None else self._start()
+        if self.accelerator.is_main_process:
+            self.accelerator.init_trackers("train", config={k: str(v) for k, v in _flat(self.config.to_dict()).items()})
+        batches = self._batches(step, samples)
+        step = self._train_steps(optimizer, lr_scheduler, batches, step, samples)
+        self._with_ema(self._validate, step)
+        out = self._with_ema(self._export, step)
+        self.accelerator.end_training()
+        return out
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one optimizer step sees, over accumulation and processes."""
+        t = self.config.train
+        return t.batch_size * t.gradient_accumulation_steps * self.accelerator.num_processes
+
+    def _prepare_optimization(self) -> Tuple[torch.optim.Optimizer, Any]:
+        """The optimizer, its learning-rate schedule and the EMA; model, optimizer and schedule prepared by accelerate."""
+        t, o, acc = self.config.train, self.config.optim, self.accelerator
         optimizer = torch.optim.AdamW(self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
                                       weight_decay=o.weight_decay, eps=o.adam_epsilon)
         # The prepared scheduler steps once per process per optimizer step.
@@ -377,83 +396,115 @@ class Trainer:
             # The loader is prepared after load_state, so DeepSpeed cannot read the batch size off it.
             acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
         self.model, optimizer, lr_scheduler = acc.prepare(self.model, optimizer, lr_scheduler)
+        return optimizer, lr_scheduler
 
-        step, samples = 0, 0
-        if self.resume_from is not None:
-            state = read_trainer_state(self.resume_from)
-            if state["stage"] != t.stage:
-                raise ConfigError(f"--resume {self.resume_from}: a {state['stage']!r} checkpoint, but train.stage is {t.stage!r}")
-            saved_modules = state.get("config", {}).get("train", {}).get("train_modules")
-            if saved_modules is not None and list(saved_modules) != list(t.train_modules):
-                raise ConfigError(f"train.train_modules: {list(t.train_modules)}, but checkpoint {self.resume_from} "
-                                  f"trained {list(saved_modules)}; resume with the same modules")
-            with accelerate_view(self.resume_from) as folder:
-                acc.load_state(str(folder))
-            if self.ema is not None:
-                load_ema(self.ema, self.resume_from)
-            step, samples = state["step"], state["samples"]
-            self._warn_schedule_change(state.get("config", {}))
-            self._truncate_metrics(step)
-            logger.info("resumed from %s at step %d", self.resume_from, step)
-        else:
-            set_seed(t.seed, device_specific=True)  # different noise on every process
-        if acc.is_main_process:
-            acc.init_trackers("train", config={k: str(v) for k, v in _flat(config.to_dict()).items()})
+    def _start(self) -> Tuple[int, int]:
+        """A fresh run: step 0, no samples seen."""
+        set_seed(self.config.train.seed, device_specific=True)  # different noise on every process
+        return 0, 0
 
-        per_step = t.batch_size * t.gradient_accumulation_steps * acc.num_processes
+    def _resume(self) -> Tuple[int, int]:
+        """Load `resume_from` (model, optimizer, schedule, RNG, EMA) after checking it fits this config;
+        returns its step and samples seen."""
+        t, acc = self.config.train, self.accelerator
+        state = read_trainer_state(self.resume_from)
+        if state["stage"] != t.stage:
+            raise ConfigError(f"--resume {self.resume_from}: a {state['stage']!r} checkpoint, but train.stage is {t.stage!r}")
+        saved_modules = state.get("config", {}).get("train", {}).get("train_modules")
+        if saved_modules is not None and list(saved_modules) != list(t.train_modules):
+            raise ConfigError(f"train.train_modules: {list(t.train_modules)}, but checkpoint {self.resume_from} "
+                              f"trained {list(saved_modules)}; resume with the same modules")
+        with accelerate_view(self.resume_from) as folder:
+            acc.load_state(str(folder))
+        if self.ema is not None:
+            load_ema(self.ema, self.resume_from)
+        step, samples = state["step"], state["samples"]
+        self._warn_schedule_change(state.get("config", {}))
+        self._truncate_metrics(step)
+        logger.info("resumed from %s at step %d", self.resume_from, step)
+        return step, samples
+
+    def _batches(self, step: int, samples: int) -> Iterator[Dict[str, Any]]:
+        """The batches of the steps left, the sampler going on after the `samples` already seen."""
+        t = self.config.train
         loader = DataLoader(
             self.dataset,
             batch_size=t.batch_size,
-            sampler=ResumableSampler(len(self.dataset), t.seed, samples, (t.max_steps - step) * per_step),
+            sampler=ResumableSampler(len(self.dataset), t.seed, samples, (t.max_steps - step) * self.samples_per_step),
             collate_fn=collate,
-            num_workers=config.data.num_workers,
+            num_workers=self.config.data.num_workers,
             drop_last=True,
             # The loader's own generator keeps its seed draw off the global RNG that resume restores.
             generator=torch.Generator().manual_seed(t.seed),
         )
-        batches = iter(acc.prepare(loader))
-        validation = self._validate_diffusion if diffusion else self._validate_vae
+        return iter(self.accelerator.prepare(loader))
 
+    def _train_steps(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any, batches: Iterator[Dict[str, Any]],
+                     step: int, samples: int) -> int:
+        """Optimizer steps from `step` to train.max_steps, each logged, and checkpointed and validated
+        when due; returns the last step."""
+        config, t, acc = self.config, self.config.train, self.accelerator
         self.model.train()
         progress = tqdm(total=t.max_steps, initial=step, desc=t.stage, disable=not acc.is_local_main_process)
         started = time.perf_counter()
         first_step = step
         while step < t.max_steps:
-            total = torch.zeros((), device=acc.device)
-            for _ in range(t.gradient_accumulation_steps):
-                batch = next(batches)
-                with acc.accumulate(self.model):
-                    loss = self.loss(batch)
-                    acc.backward(loss)
-                    if acc.sync_gradients and o.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.params, o.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                total += loss.detach() / t.gradient_accumulation_steps
+            mean_loss = self._optimizer_step(optimizer, lr_scheduler, batches)
             step += 1
-            samples += per_step
-            if self.ema is not None:
-                self.ema.step(self.params)
-            mean_loss = acc.gather(total[None]).mean().item()
+            samples += self.samples_per_step
             progress.update()
             progress.set_postfix(loss=f"{mean_loss:.4f}")
-            if step % t.log_every == 0 or step == t.max_steps:
-                step_time = (time.perf_counter() - started) / (step - first_step)
-                metrics = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time": step_time}
-                acc.log(metrics, step=step)
-                self._append_metrics(step, metrics)
-            else:
-                self._append_metrics(step, {"loss": mean_loss})
+            self._log_step(step, mean_loss, lr_scheduler, started, first_step)
             if step % t.checkpoint_every == 0 or step == t.max_steps:
                 save_checkpoint(acc, config, step, samples, self.ema)
             if config.validation.every and step % config.validation.every == 0 and step != t.max_steps:
-                self._with_ema(validation, step)
+                self._with_ema(self._validate, step)
         progress.close()
-        self._with_ema(validation, step)
-        out = self._with_ema(self._save_outputs if diffusion else self._save_vae, step)
-        acc.end_training()
-        return out
+        return step
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any,
+                        batches: Iterator[Dict[str, Any]]) -> float:
+        """One optimizer step over train.gradient_accumulation_steps batches, then the EMA; returns the
+        step's loss averaged over batches and processes."""
+        t, o, acc = self.config.train, self.config.optim, self.accelerator
+        total = torch.zeros((), device=acc.device)
+        for _ in range(t.gradient_accumulation_steps):
+            batch = next(batches)
+            with acc.accumulate(self.model):
+                loss = self.loss(batch)
+                acc.backward(loss)
+                if acc.sync_gradients and o.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.params, o.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.detach() / t.gradient_accumulation_steps
+        if self.ema is not None:
+            self.ema.step(self.params)
+        return acc.gather(total[None]).mean().item()
+
+    def _log_step(self, step: int, mean_loss: float, lr_scheduler: Any, started: float, first_step: int) -> None:
+        """The step's loss in the metrics file; every train.log_every steps and at the last, also the
+        learning rate and the mean step time since `first_step`, to the trackers too."""
+        t = self.config.train
+        if step % t.log_every == 0 or step == t.max_steps:
+            step_time = (time.perf_counter() - started) / (step - first_step)
+            metrics = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time": step_time}
+            self.accelerator.log(metrics, step=step)
+            self._append_metrics(step, metrics)
+        else:
+            self._append_metrics(step, {"loss": mean_loss})
+
+    def _validate(self, step: int) -> None:
+        """Validation images for the configured stage."""
+        if self.config.train.stage == "diffusion":
+            self._validate_diffusion(step)
+        else:
+            self._validate_vae(step)
+
+    def _export(self, step: int) -> Path:
+        """The trained model written for use (the pipeline and controlnet, or the VAE); returns its folder."""
+        return self._save_outputs(step) if self.config.train.stage == "diffusion" else self._save_vae(step)
 
     def _warn_schedule_change(self, saved: Dict[str, Any]) -> None:
         """A learning-rate schedule shaped by max_steps (cosine, linear...) bends differently once
