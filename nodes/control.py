@@ -17,9 +17,8 @@ query (+ mask: 6K + 4, so the parity tells whether a mask is there); the control
 
 from __future__ import annotations
 
-import functools
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,79 +32,13 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequenti
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from pdiff_core.checkpoints import CheckpointError, ControlCheckpoint, diffusers_to_ldm
+from pdiff_core.ldm_config import ldm_unet_config
 from pdiff_core.model import PAIR_CHANNELS, QUERY_CHANNELS
 from pdiff_core.shots import DEFAULT_COMBINE, check_combine, combine_shot_batches, normalise_weights, weighted_mean
 
+from .group_norm import group_norm_operations
+
 logger = logging.getLogger(__name__)
-
-COMFY_GROUP_NORM_GROUPS = 32  # what ComfyUI's SD blocks hard-code
-
-
-@functools.lru_cache(maxsize=None)
-def group_norm_operations(base: type, groups: int) -> type:
-    """ComfyUI operations `base` whose GroupNorm uses `groups` groups. ComfyUI's SD blocks ask for
-    32 groups; small models are trained with fewer."""
-    if groups == COMFY_GROUP_NORM_GROUPS:
-        return base
-
-    class GroupNorm(base.GroupNorm):
-        def __init__(self, num_groups: int, num_channels: int, *args: Any, **kwargs: Any) -> None:
-            super().__init__(groups, num_channels, *args, **kwargs)
-
-    return type(f"{base.__name__}_groups{groups}", (base,), {"GroupNorm": GroupNorm})
-
-
-def _heads(config: Mapping[str, Any]) -> int:
-    # diffusers' SD1.5 configs store the head count in `attention_head_dim`.
-    heads = config.get("num_attention_heads") or config["attention_head_dim"]
-    if isinstance(heads, (list, tuple)):
-        if len(set(heads)) != 1:
-            raise CheckpointError(f"per-level attention head counts {list(heads)} are not supported; expected one count")
-        heads = heads[0]
-    return int(heads)
-
-
-def ldm_unet_config(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """ComfyUI's LDM UNet/ControlNet arguments for a diffusers SD1.5-family UNet or ControlNet config."""
-    unsupported = {
-        "only_cross_attention": False, "resnet_time_scale_shift": "default", "class_embed_type": None,
-        "addition_embed_type": None, "encoder_hid_dim_type": None, "norm_eps": 1e-5,
-        "mid_block_type": "UNetMidBlock2DCrossAttn", "controlnet_conditioning_channel_order": "rgb",
-        "flip_sin_to_cos": True, "freq_shift": 0, "time_embedding_type": "positional", "conv_in_kernel": 3,
-        "conv_out_kernel": 3, "dual_cross_attention": False, "num_class_embeds": None, "time_cond_proj_dim": None,
-    }
-    for key, expected in unsupported.items():
-        if config.get(key, expected) != expected:
-            raise CheckpointError(f"unsupported config: {key}={config[key]!r} (this loader supports {expected!r})")
-    channels = list(config["block_out_channels"])
-    if any(c % channels[0] for c in channels):
-        raise CheckpointError(f"block_out_channels {channels} are not multiples of the first width")
-    layers = int(config["layers_per_block"])
-    down_types = list(config["down_block_types"])
-    depth = config.get("transformer_layers_per_block", 1)
-    depths = list(depth) if isinstance(depth, (list, tuple)) else [depth] * len(channels)
-    per_level = [d if kind.startswith("CrossAttn") else 0 for kind, d in zip(down_types, depths)]
-    return {
-        "image_size": 32,  # unused by the model
-        "in_channels": int(config["in_channels"]),
-        "model_channels": channels[0],
-        "num_res_blocks": [layers] * len(channels),
-        "channel_mult": [c // channels[0] for c in channels],
-        "transformer_depth": [d for d in per_level for _ in range(layers)],
-        "transformer_depth_output": [d for d in per_level for _ in range(layers + 1)],
-        "transformer_depth_middle": int(depths[-1]),
-        "context_dim": int(config["cross_attention_dim"]),
-        "num_heads": _heads(config),
-        "num_head_channels": -1,
-        "use_linear_in_transformer": bool(config.get("use_linear_projection", False)),
-        "use_spatial_transformer": True,
-        "legacy": False,
-        "adm_in_channels": None,
-        "use_checkpoint": False,
-        "use_temporal_attention": False,
-        "use_temporal_resblock": False,
-        "attn_precision": torch.float32 if config.get("upcast_attention") else None,
-    }
 
 
 def _hint_encoder(in_channels: int, widths: Sequence[int], out_channels: int, operations: type,
@@ -219,8 +152,7 @@ def build_control(checkpoint: ControlCheckpoint, dtype: Optional[torch.dtype] = 
     in through their LDM names (`diffusers_to_ldm`). `dtype` None lets ComfyUI pick, as its own
     ControlNet loader does."""
     config = checkpoint.config
-    unet_config = ldm_unet_config(config)
-    unet_config.pop("transformer_depth_output")
+    unet_config = ldm_unet_config(config, controlnet=True)
     state_dict = diffusers_to_ldm(checkpoint.state_dict, int(config["layers_per_block"]), prefix="")
     load_device = comfy.model_management.get_torch_device()
     if dtype is None:
@@ -228,8 +160,7 @@ def build_control(checkpoint: ControlCheckpoint, dtype: Optional[torch.dtype] = 
             model_params=-1, supported_dtypes=comfy.supported_models.SD15.supported_inference_dtypes,
             weight_dtype=comfy.utils.weight_dtype(state_dict))
     manual_cast_dtype = comfy.model_management.unet_manual_cast(dtype, load_device)
-    operations = group_norm_operations(comfy.ops.pick_operations(dtype, manual_cast_dtype, disable_fast_fp8=True),
-                                       int(config.get("norm_num_groups", COMFY_GROUP_NORM_GROUPS)))
+    operations = group_norm_operations(comfy.ops.pick_operations(dtype, manual_cast_dtype, disable_fast_fp8=True), config)
     model = PromptDiffusionControlModel(
         list(config["conditioning_embedding_out_channels"]), operations=operations, dtype=dtype,
         device=comfy.model_management.unet_offload_device(), **unet_config)

@@ -30,17 +30,13 @@ import comfy.utils
 import folder_paths
 
 from pdiff_core.checkpoints import FOLDER_WEIGHT_NAMES, CheckpointError, PipelineFolderError, read_controlnet
+from pdiff_core.ldm_config import ldm_unet_config
 from pdiff_core.model_folder import check_model_folder
 from pdiff_core.text_encoder import with_text_model_prefix
 from pdiff_core.tokenizer import TokenizerFolderError, clip_tokenizer_class, read_clip_vocab
 
-from .control import (
-    COMFY_GROUP_NORM_GROUPS,
-    PromptDiffusionControl,
-    build_control,
-    group_norm_operations,
-    ldm_unet_config,
-)
+from .control import PromptDiffusionControl, build_control
+from .group_norm import group_norm_operations
 
 # ComfyUI's sampling schedules, by diffusers' names: "linear" in ComfyUI is diffusers' "scaled_linear".
 BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear"}
@@ -111,7 +107,6 @@ def _sampling(folder: Path) -> Tuple[comfy.model_base.ModelType, Dict[str, Any]]
 def load_unet(folder: Path, vae_scale: float) -> comfy.model_patcher.ModelPatcher:
     config, diffusers_sd = read_component(folder, "unet")
     unet_config = ldm_unet_config(config)
-    unet_config["out_channels"] = int(config.get("out_channels", 4))
     key_map = comfy.utils.unet_to_diffusers(unet_config)  # also lists optional keys
     state_dict = {ldm: diffusers_sd[diffusers] for diffusers, ldm in key_map.items() if diffusers in diffusers_sd}
     leftover = sorted(set(diffusers_sd) - set(key_map))
@@ -124,8 +119,7 @@ def load_unet(folder: Path, vae_scale: float) -> comfy.model_patcher.ModelPatche
                                               weight_dtype=comfy.utils.weight_dtype(state_dict))
     manual_cast_dtype = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(dtype, manual_cast_dtype)
-    model_config.custom_operations = group_norm_operations(
-        comfy.ops.pick_operations(dtype, manual_cast_dtype), int(config.get("norm_num_groups", COMFY_GROUP_NORM_GROUPS)))
+    model_config.custom_operations = group_norm_operations(comfy.ops.pick_operations(dtype, manual_cast_dtype), config)
     offload_device = comfy.model_management.unet_offload_device()
     model = model_config.get_model(state_dict, "").to(offload_device)
     missing = sorted(set(model.diffusion_model.state_dict()) - set(state_dict))
@@ -184,12 +178,12 @@ def load_clip(folder: Path) -> comfy.sd.CLIP:
 
 
 @contextlib.contextmanager
-def _vae_norm_groups(num_groups: int) -> Iterator[None]:
+def _vae_norm_groups(config: Mapping[str, Any]) -> Iterator[None]:
     """ComfyUI's VAE blocks build their GroupNorms as `ops.GroupNorm(num_groups=32, ...)` from their
-    module's `ops`, with no way to ask for another count: swap those ops while the VAE is built
-    (ComfyUI builds models on one thread)."""
+    module's `ops`, with no way to ask for another count: swap in ops with the group count of the VAE's
+    diffusers `config` while the VAE is built (ComfyUI builds models on one thread)."""
     original = comfy_vae_blocks.ops
-    comfy_vae_blocks.ops = group_norm_operations(original, num_groups)
+    comfy_vae_blocks.ops = group_norm_operations(original, config)
     try:
         yield
     finally:
@@ -209,7 +203,7 @@ def load_vae(folder: Path) -> Tuple[comfy.sd.VAE, float]:
                 "in_channels": int(config.get("in_channels", 3)), "out_ch": int(config.get("out_channels", 3)),
                 "ch": channels[0], "ch_mult": [c // channels[0] for c in channels], "num_res_blocks": layers,
                 "attn_resolutions": [], "dropout": 0.0}
-    with _vae_norm_groups(int(config.get("norm_num_groups", COMFY_GROUP_NORM_GROUPS))):
+    with _vae_norm_groups(config):
         vae = comfy.sd.VAE(sd=state_dict, config={"params": {"embed_dim": latent_channels, "ddconfig": ddconfig}})
     vae.latent_channels = latent_channels  # comfy.sd.VAE assumes SD's 4 when given a config
     return vae, float(config.get("scaling_factor", 0.18215))

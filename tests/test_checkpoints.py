@@ -10,6 +10,8 @@ from pdiff_core.checkpoints import (
     read_state_dict,
     save_controlnet,
 )
+from pdiff_core.ldm_config import ldm_unet_config
+from pdiff_core.presets import get_preset
 from reference_cldm import control_outputs, ldm_control_shapes
 
 TINY = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[True, False],
@@ -156,3 +158,25 @@ def test_a_file_that_is_not_weights_is_named_with_what_it_looks_like(tmp_path, n
     with pytest.raises(CheckpointError) as err:
         read_controlnet(path)
     assert str(path) in str(err.value) and described in str(err.value)
+
+
+def test_the_ldm_arguments_of_sd15_are_its_published_ldm_config():
+    # SD1.5's v1-inference.yaml (model_channels 320, channel_mult 1, 2, 4, 4, 2 res blocks, 8 heads, context
+    # 768, attention_resolutions 4, 2, 1: transformers at the first three levels), per block as ComfyUI takes it.
+    unet = ldm_unet_config(get_preset("sd15").unet_config())
+    assert (unet["model_channels"], unet["channel_mult"], unet["num_res_blocks"]) == (320, [1, 2, 4, 4], [2] * 4)
+    assert (unet["num_heads"], unet["context_dim"], unet["in_channels"], unet["out_channels"]) == (8, 768, 4, 4)
+    assert unet["transformer_depth"] == [1] * 6 + [0] * 2 and unet["transformer_depth_middle"] == 1
+    assert unet["transformer_depth_output"] == [1] * 9 + [0] * 3
+    assert not unet["use_linear_in_transformer"] and unet["attn_precision"] is None
+    # A ControlNet has no output half.
+    control = ldm_unet_config(get_preset("sd15").unet_config(), controlnet=True)
+    assert control == {k: v for k, v in unet.items() if k not in ("transformer_depth_output", "out_channels")}
+
+
+def test_ldm_arguments_refuse_what_the_ldm_classes_cannot_build():
+    config = {**get_preset("tiny").unet_config(), "resnet_time_scale_shift": "scale_shift"}
+    with pytest.raises(CheckpointError, match="unsupported config: resnet_time_scale_shift='scale_shift'"):
+        ldm_unet_config(config)
+    with pytest.raises(CheckpointError, match="per-level attention head counts"):
+        ldm_unet_config({**get_preset("tiny").unet_config(), "attention_head_dim": (2, 4)})
