@@ -45,6 +45,7 @@ def _hint_encoder(in_channels: int, widths: Sequence[int], out_channels: int, op
                   dtype: Optional[torch.dtype], device: Optional[torch.device]) -> TimestepEmbedSequential:
     """The LDM hint encoder (convs at even indices, SiLU between, strided convs between widths)
     for any widths; ComfyUI's own hard-codes SD1.5's 16, 32, 96, 256."""
+    # Adapted from ComfyUI 0.3.64 comfy/cldm/cldm.py ControlNet.__init__'s input_hint_block.
     def conv(c_in: int, c_out: int, stride: int = 1) -> torch.nn.Module:
         return operations.conv_nd(2, c_in, c_out, 3, padding=1, stride=stride, dtype=dtype, device=device)
 

@@ -134,6 +134,7 @@ def fuse_attention_projections(model: torch.nn.Module) -> bool:
     matmul, as diffusers' `UNet2DConditionModel.fuse_qkv_projections` does (ControlNetModel has no such
     method). The fused weights are a copy: call it after loading weights. Returns False (and changes
     nothing) when the model has no attention or attention it cannot fuse."""
+    # Adapted from diffusers 0.35 models/unets/unet_2d_condition.py UNet2DConditionModel.fuse_qkv_projections.
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
 
     processors = getattr(model, "attn_processors", None)
@@ -149,6 +150,7 @@ def fuse_attention_projections(model: torch.nn.Module) -> bool:
 
 def unfuse_attention_projections(model: torch.nn.Module) -> None:
     """Undo `fuse_attention_projections`: the original processors back, the fused copies freed."""
+    # Adapted from diffusers 0.35 UNet2DConditionModel.unfuse_qkv_projections, which keeps the fused copies.
     from diffusers.models.attention_processor import Attention
 
     processors = getattr(model, "_pdiff_unfused_processors", None)

@@ -163,8 +163,8 @@ class PromptDiffusionControlNetModel(ControlNetModel):
         `added_cond_kwargs` are accepted because diffusers' `MultiControlNetModel` passes them,
         and must be empty: an SD1.5 ControlNet has no class, timestep-condition or SDXL embeddings.
         """
-        # Adapted from diffusers 0.35 ControlNetModel.forward: the two hint encoders replace
-        # controlnet_cond_embedding, and the hints may come precomputed.
+        # Adapted from diffusers 0.35 models/controlnets/controlnet.py ControlNetModel.forward: the two hint
+        # encoders replace controlnet_cond_embedding, and the hints may come precomputed.
         if class_labels is not None or timestep_cond is not None or added_cond_kwargs:
             raise ValueError("PromptDiffusionControlNetModel takes no class_labels, timestep_cond or added_cond_kwargs")
         if hint_embedding is None:

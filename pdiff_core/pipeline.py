@@ -270,6 +270,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         `pdiff_core.shots`), weighted by `shot_weights` (K non-negative numbers, normalised to sum
         to 1; default equal).
         """
+        # Stages and loop adapted from diffusers 0.35 pipelines/controlnet/pipeline_controlnet.py
+        # StableDiffusionControlNetPipeline.__call__: two hints, K example pairs, text-only guidance.
+
         # 1. Check inputs (every argument, before any model runs)
         pairs, query, weights, batch = self.check_inputs(
             prompt, example_pair, query, example_pairs, shot_weights, shot_combine, image_pair, image, height, width,
