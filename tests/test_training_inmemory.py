@@ -220,6 +220,8 @@ def test_a_time_budget_cuts_max_steps_to_what_the_measured_step_time_allows(tmp_
     assert loop.max_steps == 120 and loop.schedule.total == 120
     loop._fit_budget(step=60, elapsed=6.0, step_time=1.0)
     assert loop.max_steps == 66
+    loop._fit_budget(step=65, elapsed=6.5, step_time=0.001)  # faster later: steps come back, up to max_steps
+    assert loop.max_steps == 1000 and loop.schedule.total == 1000
 
 
 def test_a_time_budget_stops_the_loop_when_steps_are_slower_than_calibrated(tmp_path, dataset_folder):

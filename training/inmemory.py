@@ -277,22 +277,25 @@ class StepLoop:
         self.losses: List[Tuple[int, float]] = []
 
     def _fit_budget(self, step: int, elapsed: float, step_time: float) -> None:
-        """Cut max_steps so that the steps left, at `step_time` each, end within the budget."""
+        """Set max_steps so that the steps left, at `step_time` each, end within the budget, never
+        past the configured max_steps: a later fit may give back steps an earlier one cut."""
         budget = self.config.train.time_budget_minutes * 60
-        fitted = max(step + 1, step + int((budget - elapsed) / step_time))
-        if fitted < self.max_steps:
+        fitted = min(self.config.train.max_steps, max(step + 1, step + int((budget - elapsed) / step_time)))
+        if fitted != self.max_steps:
             logger.info("%s: %.1f ms/step; the %.1f-minute budget allows %d steps (of %d)",
-                        self.desc, 1000 * step_time, budget / 60, fitted, self.max_steps)
+                        self.desc, 1000 * step_time, budget / 60, fitted, self.config.train.max_steps)
             self.max_steps = fitted
             self.schedule.total = fitted
 
     def run(self, loss_fn) -> int:
         t = self.config.train
         # The step time is measured after the first steps (kernel selection, allocator growth), which
-        # on a GPU cost several times a steady step: counting them cut a budgeted run to a third.
-        warm, calibration = 10, 60
+        # on a GPU cost several times a steady step: counting them cut a budgeted run to a third. It is
+        # measured again every `refit` steps, since on a shared machine the speed changes as others run.
+        warm, calibration, refit = 10, 60, 250
         progress = tqdm(total=self.max_steps, desc=self.desc, unit="step")
-        started, step, running, warm_at = time.perf_counter(), 0, None, None
+        started, step, running = time.perf_counter(), 0, None
+        measured_at, measured_step = None, 0  # the start of the window the step time is measured over
         while step < self.max_steps:
             with _autocast(self.device, t.mixed_precision):
                 loss = loss_fn()
@@ -306,15 +309,14 @@ class StepLoop:
                 self.ema.step(self.params)
             step += 1
             running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
-            if t.time_budget_minutes > 0 and step in (warm, calibration):
+            if t.time_budget_minutes > 0 and (step in (warm, calibration) or (step > calibration and step % refit == 0)):
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
-                if step == warm:
-                    warm_at = now
-                else:
-                    self._fit_budget(step, now - started, (now - warm_at) / (calibration - warm))
+                if measured_at is not None:
+                    self._fit_budget(step, now - started, (now - measured_at) / (step - measured_step))
                     progress.total = self.max_steps
+                measured_at, measured_step = now, step
             if step % t.log_every == 0 or step == self.max_steps:
                 value = float(running)
                 self.losses.append((step, value))
