@@ -96,6 +96,9 @@ class ModelPreset:
         )
 
 
+# ComfyUI builds a UNet from a first width and integer multipliers (model_channels x channel_mult),
+# and its VAE likewise: every level's width must be a multiple of the first, and a multiple of the
+# norm group count. tests/test_comfy_nodes.py loads every preset through the pack's loader.
 PRESETS: Dict[str, ModelPreset] = {
     "sd15": ModelPreset(
         name="sd15", unet_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_heads=8,
@@ -108,7 +111,7 @@ PRESETS: Dict[str, ModelPreset] = {
         hint_channels=(16, 32, 48, 64), norm_groups=16, vae_norm_groups=16, resolution=64,
     ),
     "embedded": ModelPreset(
-        name="embedded", unet_channels=(48, 96, 128), layers_per_block=2, attention_heads=4,
+        name="embedded", unet_channels=(32, 96, 128), layers_per_block=2, attention_heads=4,
         text_width=64, text_layers=2, text_heads=4, vae_channels=(32, 64, 96, 96), vae_layers_per_block=1,
         hint_channels=(16, 32, 48, 64), norm_groups=16, vae_norm_groups=16, latent_channels=8, resolution=64,
     ),

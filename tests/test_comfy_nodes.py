@@ -15,11 +15,14 @@ from safetensors.torch import save_file
 from comfy_harness import comfyui_copy, import_comfyui, one_torch_thread, pack_module
 from pdiff_core.checkpoints import CheckpointError, diffusers_to_ldm, read_controlnet, save_controlnet
 from pdiff_core.defaults import DEFAULT_MODEL
+from pdiff_core.presets import PRESETS
 
 NODE_IDS = {
     "PDiff_LoadPromptDiffusionControlNet", "PDiff_LoadPromptDiffusionModel", "PDiff_ApplyPromptDiffusion",
     "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview", "PDiff_Annotate", "PDiff_ApplyPromptDiffusionFewShot",
 }
+# Every model-size preset but SD1.5's (1.1 B parameters), saved with random weights and run here.
+CPU_PRESETS = [name for name in PRESETS if name != "sd15"]
 # float32 on both sides; the two implementations differ only in operation order (attention kernels, sums).
 ATOL = 2e-5
 
@@ -78,7 +81,7 @@ def latent8(comfyui, node_classes, tiny_tokenizer_dir, tmp_path_factory):
     from transformers import CLIPTokenizer
 
     from pdiff_core.pipeline import PromptDiffusionPipeline
-    from pdiff_core.presets import PRESETS, build_preset_components
+    from pdiff_core.presets import build_preset_components
 
     preset = dataclasses.replace(PRESETS["tiny"], latent_channels=8)
     components = build_preset_components(preset, CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir)), seed=3)
@@ -92,6 +95,36 @@ def latent8(comfyui, node_classes, tiny_tokenizer_dir, tmp_path_factory):
     comfyui["folder_paths"].add_model_folder_path("prompt_diffusion", str(models))
     pipe.save_pretrained(str(models / "pdiff-tiny-latent8"))
     return pipe, node_classes["PDiff_LoadPromptDiffusionModel"].execute("pdiff-tiny-latent8").result
+
+
+@pytest.fixture(scope="session")
+def preset_model(comfyui, node_classes, tiny_tokenizer_dir, tmp_path_factory):
+    """`preset_model(name)`: a random-weight pipeline at the size of `pdiff_core.presets.PRESETS[name]`
+    (zero convolutions randomised, so that the control shows), saved as the model folder
+    `pdiff-preset-<name>` (registered in this process only), and its MODEL, CLIP, VAE, CONTROL_NET
+    through the loader node: `(folder, pipeline, (MODEL, CLIP, VAE, CONTROL_NET))`, made once per preset."""
+    from transformers import CLIPTokenizer
+
+    from conftest import randomize_zero_parameters
+    from pdiff_core.pipeline import PromptDiffusionPipeline
+    from pdiff_core.presets import build_preset_components
+
+    models = tmp_path_factory.mktemp("preset_models")
+    comfyui["folder_paths"].add_model_folder_path("prompt_diffusion", str(models))
+    made = {}
+
+    def get(name):
+        if name not in made:
+            components = build_preset_components(name, CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir)), seed=5)
+            randomize_zero_parameters(components["controlnet"], 5)
+            pipe = PromptDiffusionPipeline(**components)
+            pipe.set_progress_bar_config(disable=True)
+            folder = models / f"pdiff-preset-{name}"
+            pipe.save_pretrained(str(folder))
+            made[name] = folder, pipe, node_classes["PDiff_LoadPromptDiffusionModel"].execute(folder.name).result
+        return made[name]
+
+    return get
 
 
 def control_outputs(control_model, x, timesteps, context, hint):
@@ -425,11 +458,14 @@ def test_batch_mismatch_is_a_clear_error(node_classes, loaded):
 # ----------------------------------------------------------------------------- pipeline-folder loader
 
 
-@pytest.mark.parametrize("which", ["tiny test model", "tiny, tokenizer.json only", "embedded pdiff-toyworld"])
+@pytest.mark.parametrize("which", ["tiny test model", "tiny, tokenizer.json only", "embedded pdiff-toyworld",
+                                   *(f"preset {name}" for name in CPU_PRESETS)])
 def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyui, tiny_pipeline_dir, which, request):
     from pdiff_core.pipeline import PromptDiffusionPipeline
 
     folders = {"tiny test model": tiny_pipeline_dir, "embedded pdiff-toyworld": DEFAULT_MODEL}
+    if which.startswith("preset "):
+        folders[which] = request.getfixturevalue("preset_model")(which.split()[1])[0]
     folder = folders.get(which) or request.getfixturevalue("json_tokenizer_pipeline_dir")
     if not (folder / "model_index.json").is_file():
         pytest.skip(f"{folder} is not in this checkout")
@@ -497,7 +533,8 @@ def test_example_pair_and_side_by_side_preview(comfyui, node_classes):
 # ----------------------------------------------------------------------------- the same numbers both ways
 
 
-@pytest.mark.parametrize("variant", ["epsilon", "v_prediction", "v_prediction, 8 latent channels"])
+@pytest.mark.parametrize("variant", ["epsilon", "v_prediction", "v_prediction, 8 latent channels",
+                                     *(f"epsilon, preset {name}" for name in CPU_PRESETS)])
 def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, node_classes, tiny_pipeline, request,
                                                                       variant):
     """Same weights, sampler, seed and inputs (one example pair, two queries): loader -> CLIPTextEncode ->
@@ -522,6 +559,8 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
         model, clip, vae, control = request.getfixturevalue("loaded")
     elif variant == "v_prediction":
         model, clip, vae, control = request.getfixturevalue("loaded_v_prediction")
+    elif "preset" in variant:  # the embedded preset's 8 latent channels too
+        _, tiny_pipeline, (model, clip, vae, control) = request.getfixturevalue("preset_model")(variant.split()[-1])
     else:  # KSampler widens EmptyLatentImage's 4 channels to the model's 8
         tiny_pipeline, (model, clip, vae, control) = request.getfixturevalue("latent8")
     g = torch.Generator().manual_seed(6)
