@@ -178,7 +178,7 @@ def load_clip(folder: Path) -> comfy.sd.CLIP:
 
 
 @contextlib.contextmanager
-def _vae_norm_groups(config: Mapping[str, Any]) -> Iterator[None]:
+def vae_norm_groups(config: Mapping[str, Any]) -> Iterator[None]:
     """ComfyUI's VAE blocks build their GroupNorms as `ops.GroupNorm(num_groups=32, ...)` from their
     module's `ops`, with no way to ask for another count: swap in ops with the group count of the VAE's
     diffusers `config` while the VAE is built (ComfyUI builds models on one thread)."""
@@ -190,22 +190,28 @@ def _vae_norm_groups(config: Mapping[str, Any]) -> Iterator[None]:
         comfy_vae_blocks.ops = original
 
 
-def load_vae(folder: Path) -> Tuple[comfy.sd.VAE, float]:
-    config, state_dict = read_component(folder, "vae")
+def vae_params(config: Mapping[str, Any], config_file: Path) -> Dict[str, Any]:
+    """The arguments of ComfyUI's `AutoencoderKL` for the diffusers VAE `config` (read from `config_file`)."""
     channels = list(config["block_out_channels"])
     layers = int(config.get("layers_per_block", 2))
     if len(channels) != 4 or layers > 2 or any(c % channels[0] for c in channels):
         raise PipelineFolderError(
-            f"{folder / 'vae' / 'config.json'}: ComfyUI's SD VAE needs 4 levels (8x downscaling) of multiples of the first "
+            f"{config_file}: ComfyUI's SD VAE needs 4 levels (8x downscaling) of multiples of the first "
             f"width and at most 2 layers per block; got block_out_channels {channels}, layers_per_block {layers}")
     latent_channels = int(config.get("latent_channels", 4))
     ddconfig = {"double_z": True, "z_channels": latent_channels, "resolution": int(config.get("sample_size", 512)),
                 "in_channels": int(config.get("in_channels", 3)), "out_ch": int(config.get("out_channels", 3)),
                 "ch": channels[0], "ch_mult": [c // channels[0] for c in channels], "num_res_blocks": layers,
                 "attn_resolutions": [], "dropout": 0.0}
-    with _vae_norm_groups(config):
-        vae = comfy.sd.VAE(sd=state_dict, config={"params": {"embed_dim": latent_channels, "ddconfig": ddconfig}})
-    vae.latent_channels = latent_channels  # comfy.sd.VAE assumes SD's 4 when given a config
+    return {"embed_dim": latent_channels, "ddconfig": ddconfig}
+
+
+def load_vae(folder: Path) -> Tuple[comfy.sd.VAE, float]:
+    config, state_dict = read_component(folder, "vae")
+    params = vae_params(config, folder / "vae" / "config.json")
+    with vae_norm_groups(config):
+        vae = comfy.sd.VAE(sd=state_dict, config={"params": params})
+    vae.latent_channels = params["embed_dim"]  # comfy.sd.VAE assumes SD's 4 when given a config
     return vae, float(config.get("scaling_factor", 0.18215))
 
 

@@ -490,6 +490,58 @@ def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyu
                                reference_outputs(pipe.controlnet, x, t, context, images[:, :6], images[:, 6:]))
 
 
+def shapes(state_dict):
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_comfyui_builds_every_presets_unet_control_and_vae_from_the_loaders_configs(comfyui, name):
+    """Every preset, SD1.5's too, on the meta device (no memory, no weights): ComfyUI's UNet, the pack's
+    control model and ComfyUI's VAE, built from the loader's translation of the preset's diffusers
+    configs, have exactly the diffusers models' parameters, by name (through the weight-name maps) and shape."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    import comfy.diffusers_convert
+    import comfy.ldm.models.autoencoder
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+    import comfy.ops
+    import comfy.utils
+
+    from pdiff_core.ldm_config import ldm_unet_config
+    from pdiff_core.model import PromptDiffusionControlNetModel
+
+    preset = PRESETS[name]
+    group_norm = pack_module(comfyui["nodes"], "group_norm")
+    pipeline_folder = pack_module(comfyui["nodes"], "pipeline_folder")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**preset.unet_config())
+        controlnet = PromptDiffusionControlNetModel.from_unet(unet, conditioning_embedding_out_channels=preset.hint_channels)
+        vae = AutoencoderKL(**preset.vae_config())
+
+        config = dict(unet.config)
+        ldm = ldm_unet_config(config)
+        operations = group_norm.group_norm_operations(comfy.ops.disable_weight_init, config)
+        comfy_unet = openaimodel.UNetModel(**ldm, operations=operations)
+        names = comfy.utils.unet_to_diffusers(ldm)
+        assert shapes(comfy_unet.state_dict()) == {names[k]: v for k, v in shapes(unet.state_dict()).items()}
+
+        config = dict(controlnet.config)
+        control = pack_module(comfyui["nodes"], "control").PromptDiffusionControlModel(
+            list(config["conditioning_embedding_out_channels"]), operations=group_norm.group_norm_operations(
+                comfy.ops.disable_weight_init, config), **ldm_unet_config(config, controlnet=True))
+        expected = diffusers_to_ldm(controlnet.state_dict(), preset.layers_per_block, prefix="")
+        assert shapes(control.state_dict()) == shapes(expected)
+
+        config = dict(vae.config)
+        with pipeline_folder.vae_norm_groups(config):
+            comfy_vae = comfy.ldm.models.autoencoder.AutoencoderKL(
+                **pipeline_folder.vae_params(config, Path(f"{name}/vae/config.json")))
+        expected = comfy.diffusers_convert.convert_vae_state_dict(vae.state_dict())
+        assert shapes(comfy_vae.state_dict()) == shapes(expected)
+    assert {m.num_groups for m in comfy_vae.modules() if isinstance(m, torch.nn.GroupNorm)} == {preset.vae_norm_groups}
+    assert {m.num_groups for m in comfy_unet.modules() if isinstance(m, torch.nn.GroupNorm)} == {preset.norm_groups}
+
+
 def test_pipeline_folder_errors_name_the_missing_file(comfyui, tiny_pipeline_dir, tmp_path):
     pipeline_folder = pack_module(comfyui["nodes"], "pipeline_folder")
     broken = tmp_path / "broken"
