@@ -38,14 +38,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # pdiff_core, and the ComfyUI harness
 
-from benchmarks.common import cpu_name, report, time_alternating  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    COMFY_SAMPLER,
+    COMFY_SCHEDULER,
+    comfy_ddim,
+    comfy_start_latents,
+    cpu_name,
+    pixel_difference,
+    report,
+    time_alternating,
+)
 from comfy_harness import comfyui_copy, import_comfyui  # noqa: E402
 from pdiff_core.defaults import DEFAULT_MODEL, DEFAULT_MODEL_NAME  # noqa: E402
 
 EXAMPLES = ROOT / "pdiff_core" / "assets" / "examples" / "examples.json"
 TASK = "inv_depth"  # depth map -> image, as workflows/api/depth_to_image.json
 INPUT_PREFIX = "pdiff_"  # how workflows/build.py names the task's images in ComfyUI's input/
-SAMPLER, SCHEDULER = "ddim", "ddim_uniform"
 
 Run = Callable[[], torch.Tensor]
 
@@ -75,10 +83,6 @@ def task_prompt() -> str:
 
 
 def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
-    from diffusers import DDIMScheduler
-
-    import comfy.sample
-    import comfy.samplers
     import comfy.utils
 
     from pdiff_core.pipeline import PromptDiffusionPipeline
@@ -106,17 +110,14 @@ def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
 
     def run_comfyui(seed: int = config.seed) -> torch.Tensor:
         with torch.inference_mode():
-            samples = nodes.KSampler().sample(model, seed, config.steps, config.guidance, SAMPLER, SCHEDULER,
+            samples = nodes.KSampler().sample(model, seed, config.steps, config.guidance, COMFY_SAMPLER, COMFY_SCHEDULER,
                                               positive, negative, latent)[0]
             return nodes.VAEDecode().decode(vae, samples)[0]
 
     pipe = PromptDiffusionPipeline.from_pretrained(str(config.model))
     pipe.set_progress_bar_config(disable=True)
-    # ComfyUI's "ddim" steps to sigma 0 at the end; diffusers' DDIM does so with set_alpha_to_one.
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)
-    # KSampler's noise for the seed, in the pipeline's (variance-preserving) space.
-    sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), SCHEDULER, config.steps)[0]
-    latents = comfy.sample.prepare_noise(latent["samples"], config.seed) * sigma0 / torch.sqrt(1 + sigma0 ** 2)
+    pipe.scheduler = comfy_ddim(pipe.scheduler)
+    latents = comfy_start_latents(model, latent, config.seed, config.steps)
     pair, query_pt = (source.movedim(-1, 1), target.movedim(-1, 1)), query.movedim(-1, 1)
 
     def run_ours() -> torch.Tensor:
@@ -128,11 +129,6 @@ def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
     dtypes = (f"ComfyUI UNet {model.model.get_dtype()}, VAE {vae.vae_dtype}; "
               f"ours UNet {pipe.unet.dtype}, VAE {pipe.vae.dtype}")
     return Setup({"ours": run_ours, "comfyui": run_comfyui}, lambda: run_comfyui(config.seed + 1), conditioning_s, dtypes)
-
-
-def max_pixel_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max |a - b| on a 0-255 scale, of (B, H, W, 3) images in [0, 1]."""
-    return float((a.float() - b.float()).abs().max()) * 255
 
 
 def parse_args(argv: Optional[List[str]]) -> BenchConfig:
@@ -158,11 +154,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         times, outputs = time_alternating(setup.runs, config.repeats, config.warmup)
         other = setup.other_seed()
     print(f"{config.model.name}: {tuple(outputs['ours'].shape[1:3])} px, batch {config.batch}, {config.steps} steps "
-          f"{SAMPLER}/{SCHEDULER}, cfg {config.guidance}, seed {config.seed}; {setup.dtypes}", flush=True)
+          f"{COMFY_SAMPLER}/{COMFY_SCHEDULER}, cfg {config.guidance}, seed {config.seed}; {setup.dtypes}", flush=True)
     print(f"hardware: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}", flush=True)
-    print(f"max pixel difference ours vs comfyui: {max_pixel_difference(outputs['ours'], outputs['comfyui']):.4f} / 255 "
+    print(f"max pixel difference ours vs comfyui: {pixel_difference(outputs['ours'], outputs['comfyui']):.4f} / 255 "
           f"(comfyui at seed {config.seed + 1} vs seed {config.seed}: "
-          f"{max_pixel_difference(other, outputs['comfyui']):.1f} / 255)", flush=True)
+          f"{pixel_difference(other, outputs['comfyui']):.1f} / 255)", flush=True)
     print(f"comfyui conditioning (CLIPTextEncode x2 + Apply Prompt Diffusion), once per prompt, not in its batches: "
           f"{setup.conditioning_s:.3f} s", flush=True)
     rates = {name: report(name, t, config.batch, width=8) for name, t in times.items()}

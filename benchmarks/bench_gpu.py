@@ -43,8 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_pipeline import DTYPES, PROMPT, BenchConfig, build_pair, make_runs, sync  # noqa: E402
-from benchmarks.common import device_name, report, time_alternating  # noqa: E402
+from benchmarks.bench_pipeline import DTYPES, PROMPT, BenchConfig, build_pair, make_runs, plain_sd_pipeline, sync  # noqa: E402
+from benchmarks.common import device_name, pixel_difference, report, time_alternating  # noqa: E402
 from pdiff_core.presets import PRESETS  # noqa: E402
 
 Run = Callable[[], torch.Tensor]
@@ -96,11 +96,6 @@ class Results:
 def summary(times: List[float], batch: int) -> Dict[str, Any]:
     median = statistics.median(times)
     return {"median_s": round(median, 4), "images_per_s": round(batch / median, 3), "runs_s": [round(t, 4) for t in times]}
-
-
-def pixel_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max |a - b| out of 255, of images in [0, 1] (the pipelines' "pt" output)."""
-    return round(float((a.float() - b.float()).abs().max()) * 255, 4)
 
 
 def first_call(run: Run, device: str) -> Dict[str, float]:
@@ -210,13 +205,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ours, peer = build_pair(bench_config(config, config.batches[0]))
     # The peer keeps diffusers' published attention: its own UNet, since the fast path fuses ours.
     peer.unet = copy.deepcopy(ours.unet)
-    from diffusers import StableDiffusionPipeline
-
-    sd_plain = StableDiffusionPipeline(
-        vae=peer.vae, text_encoder=peer.text_encoder, tokenizer=peer.tokenizer, unet=peer.unet,
-        scheduler=peer.scheduler.__class__.from_config(peer.scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    sd_plain.set_progress_bar_config(disable=True)
+    sd_plain = plain_sd_pipeline(peer)
     results.data["build_s"] = round(time.perf_counter() - start, 2)
     results.save()
 

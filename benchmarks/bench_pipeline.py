@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusers import ControlNetModel, StableDiffusionControlNetPipeline  # noqa: E402
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline  # noqa: E402
 
 from benchmarks.common import device_name, report, time_alternating  # noqa: E402
 from pdiff_core.defaults import DTYPES  # noqa: E402
@@ -92,6 +92,17 @@ def build_pair(config: BenchConfig):
         pipe.to(device, dtype)
         pipe.set_progress_bar_config(disable=True)
     return ours, peer
+
+
+def plain_sd_pipeline(peer: StableDiffusionControlNetPipeline) -> StableDiffusionPipeline:
+    """diffusers' plain StableDiffusionPipeline on the peer's UNet, VAE and text encoder, with its own
+    copy of the scheduler: what the peer is without its ControlNet."""
+    plain = StableDiffusionPipeline(
+        vae=peer.vae, text_encoder=peer.text_encoder, tokenizer=peer.tokenizer, unet=peer.unet,
+        scheduler=peer.scheduler.__class__.from_config(peer.scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    plain.set_progress_bar_config(disable=True)
+    return plain
 
 
 def make_runs(config: BenchConfig, ours, peer, seed: int = 0, output_type: str = "pt") -> Dict[str, Callable[[], torch.Tensor]]:

@@ -1,4 +1,6 @@
-"""What the benchmark scripts share: the hardware they name and the interleaved A/B timing loop."""
+"""What the benchmark scripts share: the hardware they name, the interleaved A/B timing loop, the
+pixel difference they check agreement with, and how a diffusers pipeline starts where ComfyUI's
+KSampler does (same noise, same DDIM)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,32 @@ def time_alternating(runs: Dict[str, Callable[[], Any]], repeats: int, warmup: i
             sync()
             times[name].append(time.perf_counter() - start)
     return times, outputs
+
+
+def pixel_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b| out of 255, of images in [0, 1] (the pipelines' "pt" output, ComfyUI's IMAGE)."""
+    return round(float((a.float().cpu() - b.float().cpu()).abs().max()) * 255, 4)
+
+
+COMFY_SAMPLER, COMFY_SCHEDULER = "ddim", "ddim_uniform"
+
+
+def comfy_ddim(scheduler: Any) -> Any:
+    """diffusers' DDIM as ComfyUI's "ddim" runs it: to sigma 0 at the end, which diffusers does with set_alpha_to_one."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(scheduler.config, set_alpha_to_one=True)
+
+
+def comfy_start_latents(model: Any, latent: Dict[str, torch.Tensor], seed: int, steps: int) -> torch.Tensor:
+    """KSampler's noise for `seed` on ComfyUI's `latent` (as EmptyLatentImage makes it), scaled into the
+    diffusers pipelines' variance-preserving space, to pass as their `latents`. Needs ComfyUI imported."""
+    import comfy.sample
+    import comfy.samplers
+
+    sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), COMFY_SCHEDULER, steps)[0]
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    return comfy.sample.prepare_noise(samples, seed) * sigma0 / torch.sqrt(1 + sigma0 ** 2)
 
 
 def report(name: str, times: List[float], batch: int, width: int = 24) -> float:

@@ -32,6 +32,7 @@ ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 _copy: Optional[Path] = None
 _inprocess: Optional[Dict[str, ModuleType]] = None
+_inprocess_cpu = True
 
 
 @contextlib.contextmanager
@@ -44,10 +45,11 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def comfyui_copy(base: Path, pipeline_dir: Path) -> Path:
+def comfyui_copy(base: Path, pipeline_dir: Optional[Path]) -> Path:
     """A writable ComfyUI copy under `base` (made once per process): this pack linked into custom_nodes/,
     the pipeline folder `pipeline_dir` (the tests' tiny one, or a benchmark's) as
-    models/prompt_diffusion/pdiff-toyworld. The pack itself copies the templates' inputs into input/."""
+    models/prompt_diffusion/pdiff-toyworld, unless None (a caller that loads its own folder: at SD1.5
+    size a copy is gigabytes). The pack itself copies the templates' inputs into input/."""
     global _copy
     if _copy is None:
         if not (SNAPSHOT / "main.py").is_file():
@@ -55,18 +57,23 @@ def comfyui_copy(base: Path, pipeline_dir: Path) -> Path:
         target = base / "ComfyUI"
         shutil.copytree(SNAPSHOT, target, ignore=shutil.ignore_patterns("__pycache__", ".git"))
         (target / "custom_nodes" / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
-        shutil.copytree(pipeline_dir, target / "models" / "prompt_diffusion" / DEFAULT_MODEL_NAME)
+        if pipeline_dir is not None:
+            shutil.copytree(pipeline_dir, target / "models" / "prompt_diffusion" / DEFAULT_MODEL_NAME)
         _copy = target
     return _copy
 
 
-def import_comfyui(comfy_dir: Path) -> Dict[str, ModuleType]:
-    """ComfyUI from `comfy_dir` imported into this process (once) by the headless runner's boot, on the CPU.
-    The text encoder runs in fp32 so that its numbers can be compared with the diffusers pipeline's
-    (ComfyUI's CPU default stores it in fp16)."""
-    global _inprocess
+def import_comfyui(comfy_dir: Path, cpu: bool = True) -> Dict[str, ModuleType]:
+    """ComfyUI from `comfy_dir` imported into this process (once) by the headless runner's boot, on the
+    CPU unless `cpu` is False (then on the device ComfyUI picks). On the CPU the text encoder runs in
+    fp32 so that its numbers can be compared with the diffusers pipeline's (ComfyUI's CPU default
+    stores it in fp16)."""
+    global _inprocess, _inprocess_cpu
     if _inprocess is None:
-        _inprocess = load_runner().boot_comfyui(comfy_dir, cpu=True, fp32_text_encoder=True)
+        _inprocess = load_runner().boot_comfyui(comfy_dir, cpu=cpu, fp32_text_encoder=cpu)
+        _inprocess_cpu = cpu
+    elif _inprocess_cpu != cpu:
+        raise RuntimeError(f"ComfyUI is already imported in this process with cpu={_inprocess_cpu}; it cannot switch to cpu={cpu}")
     return _inprocess
 
 

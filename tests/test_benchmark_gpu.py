@@ -48,6 +48,23 @@ def test_gpu_session_dry_run_writes_results_and_a_log_per_step(tmp_path):
     data = json.loads((out / "bench_gpu.json").read_text())
     assert {"batch1", "batch2", "batch1_fast_variants"} <= set(data) and data["config"]["device"] == "cpu"
     assert "batch2: ours fast" in (out / "bench_gpu.headline.txt").read_text() and "batch2: ours fast" in done.stdout
+    # The ComfyUI step: ComfyUI and its packages are installed here, so it runs rather than skips.
+    assert "step bench_control_cost: exit 0" in steps
+    cost = json.loads((out / "bench_control_cost.json").read_text())
+    assert set(cost["rows"]) == {"comfyui_plain", "comfyui_control", "diffusers_plain", "diffusers_controlnet"}
+    assert cost["config"]["device"] == "cpu" and "verdict: " in done.stdout
+
+
+def test_gpu_session_skips_the_comfyui_step_with_a_reason_without_comfyui(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "COMFYUI_PATH": str(tmp_path / "nowhere"),
+           "GPU_SESSION_SECONDS": "20"}  # bench_gpu skips its stages (or is stopped): only the skip is under test
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    steps = (out / "steps.txt").read_text()
+    assert f"step bench_control_cost: skipped: no ComfyUI at {tmp_path / 'nowhere'}" in steps
+    assert not (out / "bench_control_cost.json").exists()
 
 
 def test_gpu_session_refuses_unknown_arguments_and_a_missing_out(tmp_path):
