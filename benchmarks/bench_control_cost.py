@@ -16,7 +16,7 @@ Rows alternate after warm-up; medians. All four start from KSampler's noise for 
 ending at sigma 0 on both sides, and build_pair zeroes our example-pair encoder's last conv, so
 `comfyui_control` computes what `diffusers_controlnet` does and `comfyui_plain` what
 `diffusers_plain` does: the max pixel differences check it, and control vs plain shows the control
-is applied. `--breakdown` adds one more generation per control row with its UNet, ControlNet, hint
+is applied. `--breakdown` adds a few more generations per control row with its UNet, ControlNet, hint
 encoders and VAE decoder timed by forward hooks (synchronised on a GPU, so slower there).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_control_cost.py --threads 1 --repeats 15 --breakdown   # small, 64 px, CPU
@@ -176,23 +176,32 @@ def module_seconds(modules: Dict[str, Any], device: str) -> Iterator[Dict[str, f
             handle.remove()
 
 
-def breakdown(setup: Setup, device: str) -> Dict[str, Dict[str, float]]:
-    """One generation of each control row with its parts timed; `other` is the rest (sampler, glue, prompt-free)."""
+def timed_parts(setup: Setup, row: str, device: str) -> Dict[str, float]:
+    """One generation of a control row, with seconds in its UNet, ControlNet (hint encoders included),
+    hint encoders and VAE decoder, and `other`: the rest (sampler, guidance, glue)."""
+    modules = setup.modules[row]
+    with module_seconds(modules, device) as spent:
+        sync(device)
+        start = time.perf_counter()
+        setup.runs[row]()
+        sync(device)
+        total = time.perf_counter() - start
+    return {"total_s": total, **spent, "other": total - spent["unet"] - spent["controlnet"] - spent["vae_decoder"]}
+
+
+def breakdown(setup: Setup, device: str, rounds: int) -> Dict[str, Dict[str, float]]:
+    """Each control row's parts, median of `rounds` generations (the rows alternate)."""
+    samples: Dict[str, List[Dict[str, float]]] = {row: [] for row in setup.modules}
+    for _ in range(rounds):
+        for row in setup.modules:
+            samples[row].append(timed_parts(setup, row, device))
     out = {}
-    for row, modules in setup.modules.items():
-        with module_seconds(modules, device) as spent:
-            sync(device)
-            start = time.perf_counter()
-            setup.runs[row]()
-            sync(device)
-            total = time.perf_counter() - start
-        parts = {name: round(s, 4) for name, s in spent.items()}
-        # The hint encoders run inside the ControlNet: its time includes theirs.
-        parts["other"] = round(total - spent["unet"] - spent["controlnet"] - spent["vae_decoder"], 4)
-        out[row] = {"total_s": round(total, 4), **parts}
-        print(f"breakdown {row}: total {total:.3f} s = UNet {spent['unet']:.3f} + ControlNet {spent['controlnet']:.3f} "
-              f"(hint encoders {spent['hint_encoders']:.3f}) + VAE decoder {spent['vae_decoder']:.3f} + other {parts['other']:.3f}",
-              flush=True)
+    for row, runs in samples.items():
+        parts = {name: round(statistics.median(run[name] for run in runs), 4) for name in runs[0]}
+        out[row] = parts
+        print(f"breakdown {row} (median of {rounds}): total {parts['total_s']:.3f} s; UNet {parts['unet']:.3f}, "
+              f"ControlNet {parts['controlnet']:.3f} (hint encoders {parts['hint_encoders']:.3f}), "
+              f"VAE decoder {parts['vae_decoder']:.3f}, other {parts['other']:.3f}", flush=True)
     return out
 
 
@@ -243,7 +252,8 @@ def parse_args(argv: Optional[List[str]]) -> CostConfig:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds of the four rows (medians reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--breakdown", action="store_true", help="also time the control rows' parts (one more generation each)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the control rows' parts (min(repeats, 5) more generations each, medians)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -292,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"diffusers {data['control_cost_paired']['diffusers']:.3f}", flush=True)
         print(verdict(data["control_cost"], data["control_cost_paired"]), flush=True)
         if config.breakdown:
-            data["breakdown"] = breakdown(setup, config.device)
+            data["breakdown"] = breakdown(setup, config.device, min(config.repeats, 5))
             save(config.json, data)
     return 0
 
