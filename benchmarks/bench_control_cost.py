@@ -12,8 +12,10 @@ pipeline saved as a folder and loaded into ComfyUI 0.3.64, in-process, by the pa
 Each row is one batch: sampling and VAE decoding. The prompts are encoded once, untimed, on both
 sides (ComfyUI caches its conditioning when only the seed changes; the diffusers pipelines get
 `prompt_embeds`), so each side's ratio, time with control / time without, compares the same work.
-Rows alternate after warm-up; medians. All four start from KSampler's noise for the seed, with DDIM
-ending at sigma 0 on both sides, and build_pair zeroes our example-pair encoder's last conv, so
+Rows alternate after warm-up; medians, and the median of the rounds' own ratios; on a CPU also
+each row's process CPU time, which other processes' load stretches far less. All four start from
+KSampler's noise for the seed, with DDIM ending at sigma 0 on both sides, and build_pair zeroes our
+example-pair encoder's last conv, so
 `comfyui_control` computes what `diffusers_controlnet` does and `comfyui_plain` what
 `diffusers_plain` does: the max pixel differences check it, and control vs plain shows the control
 is applied. `--breakdown` adds a few more generations per control row with its UNet, ControlNet, hint
@@ -39,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -224,14 +226,32 @@ def paired_control_cost(times: Dict[str, List[float]], side: str) -> float:
     return round(statistics.median(w / o for w, o in zip(times[with_control], times[without])), 3)
 
 
-def verdict(ratios: Dict[str, float], paired: Dict[str, float]) -> str:
+def verdict(ratios: Dict[str, float], others: Dict[str, Dict[str, float]]) -> str:
+    """Whether the ComfyUI ratio is at most diffusers', and which other measures of the same rounds disagree."""
     comfyui, diffusers = ratios["comfyui"], ratios["diffusers"]
     relation = "no more than" if comfyui <= diffusers else "MORE than"
     line = (f"verdict: the pack's control adds {relation} diffusers' ControlNet adds "
             f"(ComfyUI x{comfyui:.3f} over plain KSampler, diffusers x{diffusers:.3f} over plain SD)")
-    if (paired["comfyui"] <= paired["diffusers"]) != (comfyui <= diffusers):
-        line += "; the per-round ratios say the opposite: the difference is within this run's noise"
+    opposite = [name for name, other in others.items() if (other["comfyui"] <= other["diffusers"]) != (comfyui <= diffusers)]
+    if opposite:
+        line += f"; {' and '.join(opposite)} say the opposite: the difference is within this run's noise"
     return line
+
+
+def cpu_timed(runs: Dict[str, Run]) -> Tuple[Dict[str, Run], Dict[str, List[float]]]:
+    """The runs, each also recording the process CPU seconds it took: with one torch thread on a shared
+    CPU, other processes' load stretches wall time far more than this process's own CPU time."""
+    spent: Dict[str, List[float]] = {name: [] for name in runs}
+
+    def recording(name: str, run: Run) -> Run:
+        def wrapped() -> torch.Tensor:
+            start = time.process_time()
+            out = run()
+            spent[name].append(time.process_time() - start)
+            return out
+        return wrapped
+
+    return {name: recording(name, run) for name, run in runs.items()}, spent
 
 
 def save(path: Optional[Path], data: Dict[str, Any]) -> None:
@@ -280,13 +300,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"hardware: {data['env']['device']}, {data['env']['threads']} torch threads, torch {torch.__version__}, "
               f"diffusers {diffusers.__version__}; built in {data['build_s']} s", flush=True)
         save(config.json, data)
-        times, outputs = time_alternating(setup.runs, config.repeats, config.warmup, lambda: sync(config.device))
+        runs, cpu_times = cpu_timed(setup.runs)
+        times, outputs = time_alternating(runs, config.repeats, config.warmup, lambda: sync(config.device))
         rows = {name: summary(t, config.batch) for name, t in times.items()}
         for name, t in times.items():
             report(name, t, config.batch)
         data["rows"] = rows
         data["control_cost"] = {side: control_cost(rows, side) for side in SIDES}
-        data["control_cost_paired"] = {side: paired_control_cost(times, side) for side in SIDES}
+        others = {"the per-round ratios": {side: paired_control_cost(times, side) for side in SIDES}}
+        data["control_cost_paired"] = others["the per-round ratios"]
+        if config.device == "cpu":  # on a GPU the process's CPU time is launch work, not the cost
+            cpu_rows = {name: summary(t[config.warmup:], config.batch) for name, t in cpu_times.items()}
+            data["rows_cpu_time"] = cpu_rows
+            others["the CPU times"] = data["control_cost_cpu_time"] = {side: control_cost(cpu_rows, side) for side in SIDES}
         data["comfyui_adds_no_more"] = data["control_cost"]["comfyui"] <= data["control_cost"]["diffusers"]
         data["max_pixel_diff"] = {
             "comfyui_plain_vs_diffusers_plain": pixel_difference(outputs["comfyui_plain"], outputs["diffusers_plain"]),
@@ -300,7 +326,10 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"diffusers {data['control_cost']['diffusers']:.3f}", flush=True)
         print(f"control cost, median of the rounds' own ratios: comfyui {data['control_cost_paired']['comfyui']:.3f}, "
               f"diffusers {data['control_cost_paired']['diffusers']:.3f}", flush=True)
-        print(verdict(data["control_cost"], data["control_cost_paired"]), flush=True)
+        if "control_cost_cpu_time" in data:
+            print(f"control cost, median process CPU time with control / without: comfyui "
+                  f"{data['control_cost_cpu_time']['comfyui']:.3f}, diffusers {data['control_cost_cpu_time']['diffusers']:.3f}", flush=True)
+        print(verdict(data["control_cost"], others), flush=True)
         if config.breakdown:
             data["breakdown"] = breakdown(setup, config.device, min(config.repeats, 5))
             save(config.json, data)

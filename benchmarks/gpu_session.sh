@@ -28,7 +28,7 @@ case "${1:-}" in
   "")  # everything but what does not fit: the compiled peer gets the time that is left
     NAME=bench_gpu
     BENCH=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --batches 1,4 --repeats 3)
-    COST=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --batch 1 --repeats 5 --breakdown) ;;
+    COST=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --guidance 7.5 --batch 1 --repeats 5 --breakdown) ;;
   --compile)  # the compiled peer alone (its first call is ~100 s cold) against ours fast, batch 1
     NAME=bench_gpu_compile
     BENCH=(--preset sd15 --resolution 512 --device cuda --dtype fp16 --steps 20 --batches 1 --repeats 3

@@ -43,6 +43,10 @@ def test_control_cost_bench_measures_four_rows_and_compares_the_two_overheads(ru
         assert data["control_cost"][side] == pytest.approx(ratio, abs=2e-3)
         paired = statistics.median(w / o for w, o in zip(rows[with_control]["runs_s"], rows[without]["runs_s"]))
         assert data["control_cost_paired"][side] == pytest.approx(paired, abs=2e-3)
+        cpu = data["rows_cpu_time"]
+        assert data["control_cost_cpu_time"][side] == pytest.approx(cpu[with_control]["median_s"] / cpu[without]["median_s"], abs=2e-3)
+        # One torch thread: the process's CPU time is about its wall time, never far above it.
+        assert 0 < cpu[with_control]["median_s"] < 2 * rows[with_control]["median_s"] + 0.05
     assert data["comfyui_adds_no_more"] == (data["control_cost"]["comfyui"] <= data["control_cost"]["diffusers"])
     printed = re.search(r"^control cost \(median time with control / without\): comfyui (\S+), diffusers (\S+)$", out, re.M)
     assert tuple(map(float, printed.groups())) == (data["control_cost"]["comfyui"], data["control_cost"]["diffusers"])
