@@ -18,8 +18,9 @@ KSampler's noise for the seed, with DDIM ending at sigma 0 on both sides, and bu
 example-pair encoder's last conv, so
 `comfyui_control` computes what `diffusers_controlnet` does and `comfyui_plain` what
 `diffusers_plain` does: the max pixel differences check it, and control vs plain shows the control
-is applied. `--breakdown` adds a few more generations per control row with its UNet, ControlNet, hint
-encoders and VAE decoder timed by forward hooks (synchronised on a GPU, so slower there).
+is applied. `--breakdown` adds a few more generations per row with its UNet, ControlNet, hint
+encoders and VAE decoder timed by forward hooks (synchronised on a GPU, so slower there): a control
+row's `other` less its plain row's is the control's glue.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_control_cost.py --threads 1 --repeats 15 --breakdown   # small, 64 px, CPU
     python benchmarks/bench_control_cost.py --preset sd15 --resolution 512 --device cuda --dtype fp16 \\
@@ -86,7 +87,7 @@ class CostConfig:
 @dataclasses.dataclass
 class Setup:
     runs: Dict[str, Run]  # one batch each, (B, H, W, 3) in [0, 1] on the CPU, in ROWS' order
-    modules: Dict[str, Dict[str, torch.nn.Module]]  # per control row, what --breakdown times
+    modules: Dict[str, Dict[str, Any]]  # per row, the modules (or lists of them) --breakdown times
     dtypes: str
 
 
@@ -139,12 +140,16 @@ def build(config: CostConfig, base: Path) -> Setup:
         return peer(image=hint, height=config.resolution, width=config.resolution, **common).images.movedim(1, -1).cpu()
 
     control_model = control.control_model
+    comfyui_parts = {"unet": model.model.diffusion_model, "controlnet": [], "hint_encoders": [],
+                     "vae_decoder": vae.first_stage_model.decoder}
+    diffusers_parts = {"unet": peer.unet, "controlnet": [], "hint_encoders": [], "vae_decoder": peer.vae.decoder}
     modules = {
-        "comfyui_control": {"unet": model.model.diffusion_model, "controlnet": control_model,
-                            "hint_encoders": [control_model.input_hint_block, control_model.input_cond_block],
-                            "vae_decoder": vae.first_stage_model.decoder},
-        "diffusers_controlnet": {"unet": peer.unet, "controlnet": peer.controlnet,
-                                 "hint_encoders": [peer.controlnet.controlnet_cond_embedding], "vae_decoder": peer.vae.decoder},
+        "comfyui_plain": comfyui_parts,
+        "comfyui_control": {**comfyui_parts, "controlnet": control_model,
+                            "hint_encoders": [control_model.input_hint_block, control_model.input_cond_block]},
+        "diffusers_plain": diffusers_parts,
+        "diffusers_controlnet": {**diffusers_parts, "controlnet": peer.controlnet,
+                                 "hint_encoders": [peer.controlnet.controlnet_cond_embedding]},
     }
     dtypes = (f"ComfyUI UNet {model.model.get_dtype()}, ControlNet {control_model.dtype}, VAE {vae.vae_dtype}; "
               f"diffusers UNet {peer.unet.dtype}, ControlNet {peer.controlnet.dtype}, VAE {peer.vae.dtype}")
@@ -179,8 +184,8 @@ def module_seconds(modules: Dict[str, Any], device: str) -> Iterator[Dict[str, f
 
 
 def timed_parts(setup: Setup, row: str, device: str) -> Dict[str, float]:
-    """One generation of a control row, with seconds in its UNet, ControlNet (hint encoders included),
-    hint encoders and VAE decoder, and `other`: the rest (sampler, guidance, glue)."""
+    """One generation of a row, with seconds in its UNet, ControlNet (hint encoders included; 0 in a
+    plain row), hint encoders and VAE decoder, and `other`: the rest (sampler, guidance, the control's glue)."""
     modules = setup.modules[row]
     with module_seconds(modules, device) as spent:
         sync(device)
@@ -192,7 +197,7 @@ def timed_parts(setup: Setup, row: str, device: str) -> Dict[str, float]:
 
 
 def breakdown(setup: Setup, device: str, rounds: int) -> Dict[str, Dict[str, float]]:
-    """Each control row's parts, median of `rounds` generations (the rows alternate)."""
+    """Each row's parts, median of `rounds` generations (the rows alternate)."""
     samples: Dict[str, List[Dict[str, float]]] = {row: [] for row in setup.modules}
     for _ in range(rounds):
         for row in setup.modules:
@@ -273,7 +278,7 @@ def parse_args(argv: Optional[List[str]]) -> CostConfig:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--breakdown", action="store_true",
-                   help="also time the control rows' parts (min(repeats, 5) more generations each, medians)")
+                   help="also time each row's parts (min(repeats, 5) more generations each, medians)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.repeats < 1:

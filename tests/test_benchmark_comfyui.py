@@ -57,6 +57,10 @@ def test_control_cost_bench_measures_four_rows_and_compares_the_two_overheads(ru
     assert diff["comfyui_plain_vs_diffusers_plain"] < 0.05 and diff["comfyui_control_vs_diffusers_controlnet"] < 0.05
     assert diff["comfyui_control_vs_plain"] > 5 and diff["diffusers_controlnet_vs_plain"] > 5
     # Medians of two generations are means, so the parts still add up to the total.
+    assert list(data["breakdown"]) == list(rows)
     for row, parts in data["breakdown"].items():
-        assert 0 < parts["hint_encoders"] < parts["controlnet"] < parts["total_s"], row
+        if row.endswith("plain"):
+            assert parts["controlnet"] == parts["hint_encoders"] == 0 and 0 < parts["unet"] < parts["total_s"], row
+        else:
+            assert 0 < parts["hint_encoders"] < parts["controlnet"] < parts["total_s"], row
         assert parts["unet"] + parts["controlnet"] + parts["vae_decoder"] + parts["other"] == pytest.approx(parts["total_s"], abs=1e-3)
