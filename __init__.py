@@ -18,7 +18,8 @@ def _register_core() -> None:
         return
     core_dir = os.path.join(_PACK_DIR, "pdiff_core")
     spec = importlib.util.spec_from_file_location(
-        "pdiff_core", os.path.join(core_dir, "__init__.py"), submodule_search_locations=[core_dir])
+        "pdiff_core", os.path.join(core_dir, "__init__.py"), submodule_search_locations=[core_dir]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["pdiff_core"] = module
     try:
@@ -35,7 +36,12 @@ except ImportError as err:
     # Imported outside ComfyUI (pytest collects this folder as a package): no node API exists to
     # register with, and in a checkout whose folder name is no Python name (ComfyUI-PromptDiffusion)
     # there is not even a parent package. Inside ComfyUI both always exist, so real import errors still raise.
-    outside_comfyui = isinstance(err, ModuleNotFoundError) and err.name in ("comfy_api", "comfy", "folder_paths", "node_helpers")
+    outside_comfyui = isinstance(err, ModuleNotFoundError) and err.name in (
+        "comfy_api",
+        "comfy",
+        "folder_paths",
+        "node_helpers",
+    )
     if __package__ and not outside_comfyui:
         raise
 else:

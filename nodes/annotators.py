@@ -30,7 +30,9 @@ ANNOTATORS: Dict[str, Tuple[str, str, str]] = {
 
 
 def register_annotator_folder() -> None:
-    folder_paths.add_model_folder_path(ANNOTATOR_FOLDER, os.path.join(folder_paths.models_dir, ANNOTATOR_FOLDER), is_default=True)
+    folder_paths.add_model_folder_path(
+        ANNOTATOR_FOLDER, os.path.join(folder_paths.models_dir, ANNOTATOR_FOLDER), is_default=True
+    )
 
 
 def weights_path(annotator: str) -> str:
@@ -39,7 +41,8 @@ def weights_path(annotator: str) -> str:
     if path is None:
         raise FileNotFoundError(
             f"{annotator}: weights file {filename!r} not found in {folder_paths.get_folder_paths(ANNOTATOR_FOLDER)}; "
-            f"get it from {source} and put it in one of these folders (nothing is downloaded automatically)")
+            f"get it from {source} and put it in one of these folders (nothing is downloaded automatically)"
+        )
     return path
 
 
@@ -48,7 +51,9 @@ def load_detector(annotator: str, path: str) -> Any:
     try:
         import controlnet_aux
     except ImportError as err:
-        raise ImportError(f"{annotator} needs the optional package controlnet-aux: pip install 'controlnet-aux>=0.0.9'") from err
+        raise ImportError(
+            f"{annotator} needs the optional package controlnet-aux: pip install 'controlnet-aux>=0.0.9'"
+        ) from err
     class_name, filename, _ = ANNOTATORS[annotator]
     return getattr(controlnet_aux, class_name).from_pretrained(os.path.dirname(path), filename=filename)
 
@@ -61,13 +66,24 @@ class Annotate(io.ComfyNode):
             display_name="Prompt Diffusion Annotator (local weights)",
             category="Prompt Diffusion/image",
             description="Depth, soft-edge or segmentation map of an image with controlnet-aux, from weights in "
-                        "models/annotators/. The map has the image's size.",
-            inputs=[io.Image.Input("image", tooltip="The images to annotate."),
-                    io.Combo.Input("annotator", options=list(ANNOTATORS),
-                                   tooltip="Which map; its weights file must be in models/annotators/."),
-                    io.Int.Input("resolution", default=512, min=64, max=16384, step=64,
-                                 tooltip="The size (shorter side) the annotator sees, as comfyui_controlnet_aux's "
-                                         "resolution; the map is returned at the image's size.")],
+            "models/annotators/. The map has the image's size.",
+            inputs=[
+                io.Image.Input("image", tooltip="The images to annotate."),
+                io.Combo.Input(
+                    "annotator",
+                    options=list(ANNOTATORS),
+                    tooltip="Which map; its weights file must be in models/annotators/.",
+                ),
+                io.Int.Input(
+                    "resolution",
+                    default=512,
+                    min=64,
+                    max=16384,
+                    step=64,
+                    tooltip="The size (shorter side) the annotator sees, as comfyui_controlnet_aux's "
+                    "resolution; the map is returned at the image's size.",
+                ),
+            ],
             outputs=[io.Image.Output(tooltip="The map, at the image's size, 3 channels.")],
         )
 
@@ -82,7 +98,11 @@ class Annotate(io.ComfyNode):
             result = np.asarray(result, dtype=np.float32) / 255.0
             if result.ndim == 2:
                 result = np.repeat(result[..., None], 3, axis=-1)
-            maps.append(comfy.utils.common_upscale(torch.from_numpy(result).movedim(-1, 0)[None], width, height, "bilinear", "center"))
+            maps.append(
+                comfy.utils.common_upscale(
+                    torch.from_numpy(result).movedim(-1, 0)[None], width, height, "bilinear", "center"
+                )
+            )
         return io.NodeOutput(torch.cat(maps).movedim(1, -1))
 
 

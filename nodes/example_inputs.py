@@ -27,8 +27,12 @@ def copy_example_inputs(source: Path, input_dir: Path) -> List[Path]:
             shutil.copyfile(image, target)
             copied.append(target)
         elif not filecmp.cmp(image, target, shallow=False):
-            logger.warning("Prompt Diffusion: kept your %s; the templates that use this name will load your file "
-                           "instead of the pack's example (%s)", target, image)
+            logger.warning(
+                "Prompt Diffusion: kept your %s; the templates that use this name will load your file "
+                "instead of the pack's example (%s)",
+                target,
+                image,
+            )
     return copied
 
 

@@ -49,7 +49,9 @@ def read_component(folder: Path, name: str) -> Tuple[Dict[str, Any], Dict[str, t
     sub = folder / name
     config_file = sub / "config.json"
     if not config_file.is_file():
-        raise PipelineFolderError(f"{config_file} not found: a Prompt Diffusion pipeline folder needs {name}/config.json")
+        raise PipelineFolderError(
+            f"{config_file} not found: a Prompt Diffusion pipeline folder needs {name}/config.json"
+        )
     weights = next((sub / w for w in FOLDER_WEIGHT_NAMES if (sub / w).is_file()), None)
     if weights is None:
         raise PipelineFolderError(f"no weights in {sub}: expected one of {', '.join(FOLDER_WEIGHT_NAMES)}")
@@ -61,8 +63,13 @@ class SmallSD15(comfy.supported_models.SD15):
 
     unet_extra_config: Dict[str, Any] = {}
 
-    def __init__(self, unet_config: Dict[str, Any], model_type: comfy.model_base.ModelType,
-                 sampling_settings: Dict[str, Any], vae_scale: float) -> None:
+    def __init__(
+        self,
+        unet_config: Dict[str, Any],
+        model_type: comfy.model_base.ModelType,
+        sampling_settings: Dict[str, Any],
+        vae_scale: float,
+    ) -> None:
         super().__init__(unet_config)
         self.prediction = model_type
         self.sampling_settings = dict(sampling_settings)
@@ -91,9 +98,13 @@ def _sampling(folder: Path) -> Tuple[comfy.model_base.ModelType, Dict[str, Any]]
     schedule = config.get("beta_schedule", "scaled_linear")
     prediction = config.get("prediction_type", "epsilon")
     if schedule not in BETA_SCHEDULES or config.get("trained_betas") is not None:
-        raise PipelineFolderError(f"{config_file}: beta_schedule {schedule!r} is not supported; expected one of {list(BETA_SCHEDULES)}")
+        raise PipelineFolderError(
+            f"{config_file}: beta_schedule {schedule!r} is not supported; expected one of {list(BETA_SCHEDULES)}"
+        )
     if prediction not in PREDICTION_TYPES:
-        raise PipelineFolderError(f"{config_file}: prediction_type {prediction!r} is not supported; expected one of {list(PREDICTION_TYPES)}")
+        raise PipelineFolderError(
+            f"{config_file}: prediction_type {prediction!r} is not supported; expected one of {list(PREDICTION_TYPES)}"
+        )
     settings = {
         "beta_schedule": BETA_SCHEDULES[schedule],
         "linear_start": config.get("beta_start", 0.00085),
@@ -114,17 +125,23 @@ def load_unet(folder: Path, vae_scale: float) -> comfy.model_patcher.ModelPatche
     model_type, sampling = _sampling(folder)
     model_config = SmallSD15(unet_config, model_type, sampling, vae_scale)
     load_device = comfy.model_management.get_torch_device()
-    dtype = comfy.model_management.unet_dtype(model_params=comfy.utils.calculate_parameters(state_dict),
-                                              supported_dtypes=model_config.supported_inference_dtypes,
-                                              weight_dtype=comfy.utils.weight_dtype(state_dict))
-    manual_cast_dtype = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+    dtype = comfy.model_management.unet_dtype(
+        model_params=comfy.utils.calculate_parameters(state_dict),
+        supported_dtypes=model_config.supported_inference_dtypes,
+        weight_dtype=comfy.utils.weight_dtype(state_dict),
+    )
+    manual_cast_dtype = comfy.model_management.unet_manual_cast(
+        dtype, load_device, model_config.supported_inference_dtypes
+    )
     model_config.set_inference_dtype(dtype, manual_cast_dtype)
     model_config.custom_operations = group_norm_operations(comfy.ops.pick_operations(dtype, manual_cast_dtype), config)
     offload_device = comfy.model_management.unet_offload_device()
     model = model_config.get_model(state_dict, "").to(offload_device)
     missing = sorted(set(model.diffusion_model.state_dict()) - set(state_dict))
     if missing or leftover:
-        raise PipelineFolderError(f"{folder / 'unet'}: weights do not fit its config.json: missing {missing[:10]}, unexpected {leftover[:10]}")
+        raise PipelineFolderError(
+            f"{folder / 'unet'}: weights do not fit its config.json: missing {missing[:10]}, unexpected {leftover[:10]}"
+        )
     model.load_model_weights(state_dict, "")
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
@@ -146,34 +163,62 @@ def load_clip(folder: Path) -> comfy.sd.CLIP:
         pad_token = pad_token.get("content", "<|endoftext|>")
     pad = vocab.get(pad_token, end)
     if start is None or end is None:
-        raise PipelineFolderError(f"{tokenizer_dir}: its vocabulary lacks <|startoftext|> or <|endoftext|>: not a CLIP tokenizer")
+        raise PipelineFolderError(
+            f"{tokenizer_dir}: its vocabulary lacks <|startoftext|> or <|endoftext|>: not a CLIP tokenizer"
+        )
 
     key = "text_model.embeddings.token_embedding.weight"
     vocab_size, width = state_dict[key].shape
     if vocab_size > CLIP_VOCAB_SIZE:
-        raise PipelineFolderError(f"{folder / 'text_encoder'}: {vocab_size} tokens; ComfyUI's CLIP holds at most {CLIP_VOCAB_SIZE}")
+        raise PipelineFolderError(
+            f"{folder / 'text_encoder'}: {vocab_size} tokens; ComfyUI's CLIP holds at most {CLIP_VOCAB_SIZE}"
+        )
     # Rows past the tokenizer's vocabulary are never looked up; ComfyUI's CLIP always has 49408.
     state_dict[key] = torch.cat([state_dict[key], state_dict[key].new_zeros(CLIP_VOCAB_SIZE - vocab_size, width)])
     text_config = {
-        "num_hidden_layers": config["num_hidden_layers"], "hidden_size": config["hidden_size"],
-        "num_attention_heads": config["num_attention_heads"], "intermediate_size": config["intermediate_size"],
-        "hidden_act": config.get("hidden_act", "quick_gelu"), "max_position_embeddings": config["max_position_embeddings"],
-        "eos_token_id": end, "vocab_size": CLIP_VOCAB_SIZE, "projection_dim": config.get("projection_dim", width),
+        "num_hidden_layers": config["num_hidden_layers"],
+        "hidden_size": config["hidden_size"],
+        "num_attention_heads": config["num_attention_heads"],
+        "intermediate_size": config["intermediate_size"],
+        "hidden_act": config.get("hidden_act", "quick_gelu"),
+        "max_position_embeddings": config["max_position_embeddings"],
+        "eos_token_id": end,
+        "vocab_size": CLIP_VOCAB_SIZE,
+        "projection_dim": config.get("projection_dim", width),
     }
     max_length = int(config["max_position_embeddings"])
-    tokenizer = functools.partial(comfy.sd1_clip.SD1Tokenizer, tokenizer=functools.partial(
-        comfy.sd1_clip.SDTokenizer, tokenizer_path=str(tokenizer_dir), max_length=max_length, embedding_size=width, pad_token=pad,
-        tokenizer_class=tokenizer_class))
-    text_model = functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=functools.partial(
-        comfy.sd1_clip.SDClipModel, textmodel_json_config=text_config, max_length=max_length,
-        special_tokens={"start": start, "end": end, "pad": pad}, return_projected_pooled=False))
-    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(tokenizer, text_model),
-                         embedding_directory=folder_paths.get_folder_paths("embeddings"),
-                         parameters=comfy.utils.calculate_parameters(state_dict))
+    tokenizer = functools.partial(
+        comfy.sd1_clip.SD1Tokenizer,
+        tokenizer=functools.partial(
+            comfy.sd1_clip.SDTokenizer,
+            tokenizer_path=str(tokenizer_dir),
+            max_length=max_length,
+            embedding_size=width,
+            pad_token=pad,
+            tokenizer_class=tokenizer_class,
+        ),
+    )
+    text_model = functools.partial(
+        comfy.sd1_clip.SD1ClipModel,
+        clip_model=functools.partial(
+            comfy.sd1_clip.SDClipModel,
+            textmodel_json_config=text_config,
+            max_length=max_length,
+            special_tokens={"start": start, "end": end, "pad": pad},
+            return_projected_pooled=False,
+        ),
+    )
+    clip = comfy.sd.CLIP(
+        comfy.supported_models_base.ClipTarget(tokenizer, text_model),
+        embedding_directory=folder_paths.get_folder_paths("embeddings"),
+        parameters=comfy.utils.calculate_parameters(state_dict),
+    )
     missing, unexpected = clip.load_sd(state_dict)
     missing = [k for k in missing if not k.startswith("text_projection")]  # pooled output: unused by SD1.5
     if missing or unexpected:
-        raise PipelineFolderError(f"{folder / 'text_encoder'}: weights do not fit its config.json: missing {missing[:10]}, unexpected {unexpected[:10]}")
+        raise PipelineFolderError(
+            f"{folder / 'text_encoder'}: weights do not fit its config.json: missing {missing[:10]}, unexpected {unexpected[:10]}"
+        )
     return clip
 
 
@@ -197,12 +242,21 @@ def vae_params(config: Mapping[str, Any], config_file: Path) -> Dict[str, Any]:
     if len(channels) != 4 or layers > 2 or any(c % channels[0] for c in channels):
         raise PipelineFolderError(
             f"{config_file}: ComfyUI's SD VAE needs 4 levels (8x downscaling) of multiples of the first "
-            f"width and at most 2 layers per block; got block_out_channels {channels}, layers_per_block {layers}")
+            f"width and at most 2 layers per block; got block_out_channels {channels}, layers_per_block {layers}"
+        )
     latent_channels = int(config.get("latent_channels", 4))
-    ddconfig = {"double_z": True, "z_channels": latent_channels, "resolution": int(config.get("sample_size", 512)),
-                "in_channels": int(config.get("in_channels", 3)), "out_ch": int(config.get("out_channels", 3)),
-                "ch": channels[0], "ch_mult": [c // channels[0] for c in channels], "num_res_blocks": layers,
-                "attn_resolutions": [], "dropout": 0.0}
+    ddconfig = {
+        "double_z": True,
+        "z_channels": latent_channels,
+        "resolution": int(config.get("sample_size", 512)),
+        "in_channels": int(config.get("in_channels", 3)),
+        "out_ch": int(config.get("out_channels", 3)),
+        "ch": channels[0],
+        "ch_mult": [c // channels[0] for c in channels],
+        "num_res_blocks": layers,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
     return {"embed_dim": latent_channels, "ddconfig": ddconfig}
 
 
@@ -215,7 +269,9 @@ def load_vae(folder: Path) -> Tuple[comfy.sd.VAE, float]:
     return vae, float(config.get("scaling_factor", 0.18215))
 
 
-def load_pipeline_folder(folder: Path) -> Tuple[comfy.model_patcher.ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE, PromptDiffusionControl]:
+def load_pipeline_folder(
+    folder: Path,
+) -> Tuple[comfy.model_patcher.ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE, PromptDiffusionControl]:
     """MODEL, CLIP, VAE and CONTROL_NET of a Prompt Diffusion pipeline folder."""
     if not (folder / "model_index.json").is_file():
         raise PipelineFolderError(f"{folder} is not a diffusers pipeline folder: model_index.json not found")

@@ -41,8 +41,12 @@ DIFFUSERS_QUERY_ENCODER = "controlnet_query_cond_embedding."
 CONFIG_METADATA_KEY = "pdiff_controlnet_config"
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # The weights file of a diffusers model folder (beside its config.json), in order of preference.
-FOLDER_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
-                       "pytorch_model.bin")
+FOLDER_WEIGHT_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "pytorch_model.bin",
+)
 
 
 class CheckpointError(ValueError):
@@ -97,10 +101,12 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
 
 
 # What the first bytes of a file that is not the weights it claims to be usually mean.
-SIGNATURES = [(b"version https://git-lfs", "a Git LFS pointer (the weights were never downloaded)"),
-              (b"<!DOCTYPE", "an HTML page (a login or error page saved under this name?)"),
-              (b"<html", "an HTML page (a login or error page saved under this name?)"),
-              (b"PK\x03\x04", "a zip archive, as torch.save writes (a .ckpt renamed?)")]
+SIGNATURES = [
+    (b"version https://git-lfs", "a Git LFS pointer (the weights were never downloaded)"),
+    (b"<!DOCTYPE", "an HTML page (a login or error page saved under this name?)"),
+    (b"<html", "an HTML page (a login or error page saved under this name?)"),
+    (b"PK\x03\x04", "a zip archive, as torch.save writes (a .ckpt renamed?)"),
+]
 
 
 def looks_like(path: Path) -> str:
@@ -154,7 +160,7 @@ def ldm_control_weights(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """The control branch of an LDM checkpoint, without the `control_model.` prefix
     (a full checkpoint's UNet, VAE and text encoder are left out)."""
     if any(k.startswith(LDM_CONTROL_PREFIX) for k in state_dict):
-        return {k[len(LDM_CONTROL_PREFIX):]: v for k, v in state_dict.items() if k.startswith(LDM_CONTROL_PREFIX)}
+        return {k[len(LDM_CONTROL_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(LDM_CONTROL_PREFIX)}
     return dict(state_dict)
 
 
@@ -176,12 +182,14 @@ def ldm_to_diffusers_key_map(ldm_keys: Iterable[str], layers_per_block: int) -> 
         key_map[by_id[id(tensor)]] = diffusers_key
     for ldm_key in ldm_keys:
         if ldm_key.startswith(LDM_QUERY_ENCODER):
-            twin = LDM_PAIR_ENCODER + ldm_key[len(LDM_QUERY_ENCODER):]
+            twin = LDM_PAIR_ENCODER + ldm_key[len(LDM_QUERY_ENCODER) :]
             if twin in key_map:
-                key_map[ldm_key] = DIFFUSERS_QUERY_ENCODER + key_map[twin][len(DIFFUSERS_PAIR_ENCODER):]
+                key_map[ldm_key] = DIFFUSERS_QUERY_ENCODER + key_map[twin][len(DIFFUSERS_PAIR_ENCODER) :]
     unmapped = sorted(set(ldm_keys) - set(key_map))
     if unmapped:
-        raise CheckpointError(f"unexpected keys in the LDM control model, no diffusers name for: {', '.join(unmapped[:20])}")
+        raise CheckpointError(
+            f"unexpected keys in the LDM control model, no diffusers name for: {', '.join(unmapped[:20])}"
+        )
     if len(set(key_map.values())) != len(key_map):
         raise CheckpointError("the LDM control model maps two keys to one diffusers name; the file is malformed")
     return key_map
@@ -192,7 +200,9 @@ def ldm_to_diffusers(ldm_control: Mapping[str, torch.Tensor], layers_per_block: 
     return {key_map[k]: v for k, v in ldm_control.items()}
 
 
-def diffusers_to_ldm(state_dict: Mapping[str, torch.Tensor], layers_per_block: int, prefix: str = LDM_CONTROL_PREFIX) -> StateDict:
+def diffusers_to_ldm(
+    state_dict: Mapping[str, torch.Tensor], layers_per_block: int, prefix: str = LDM_CONTROL_PREFIX
+) -> StateDict:
     """Inverse of `ldm_to_diffusers`, with the `control_model.` prefix the authors' files carry."""
     inverse = {v: k for k, v in _diffusers_to_ldm_names(state_dict, layers_per_block).items()}
     return {prefix + inverse[k]: v for k, v in state_dict.items()}
@@ -263,8 +273,14 @@ def _mid_block_ldm_name(parts: List[str]) -> str:
     return f"middle_block.{index}.{suffix}"
 
 
-_RESNET_NAMES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                 "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_RESNET_NAMES = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
 
 
 def _resnet_ldm_suffix(parts: List[str]) -> str:
@@ -287,7 +303,9 @@ def _simple_ldm_name(key: str) -> str:
 SD15_HEAD_COUNT = 8  # SD1.5's attention heads; the one hyper-parameter weights cannot tell
 
 
-def config_from_diffusers_weights(state_dict: Mapping[str, torch.Tensor], attention_head_dim: int = SD15_HEAD_COUNT) -> Dict[str, Any]:
+def config_from_diffusers_weights(
+    state_dict: Mapping[str, torch.Tensor], attention_head_dim: int = SD15_HEAD_COUNT
+) -> Dict[str, Any]:
     """A `PromptDiffusionControlNetModel` config read off diffusers-layout weights' shapes.
     `attention_head_dim` (which diffusers uses as the head count for SD1.5) is not in the weights."""
     levels = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("down_blocks.")})
@@ -300,8 +318,12 @@ def config_from_diffusers_weights(state_dict: Mapping[str, torch.Tensor], attent
     if attn_key is None:
         raise CheckpointError("no cross-attention weights (attn2.to_k): not an SD-family ControlNet")
     proj_in = next(k for k in state_dict if k.endswith("proj_in.weight"))
-    depth = 1 + max(int(k.split(".")[5]) for k in state_dict if k.startswith("down_blocks.") and ".transformer_blocks." in k)
-    cond_blocks = len([k for k in state_dict if k.startswith(DIFFUSERS_PAIR_ENCODER + "blocks.") and k.endswith(".weight")])
+    depth = 1 + max(
+        int(k.split(".")[5]) for k in state_dict if k.startswith("down_blocks.") and ".transformer_blocks." in k
+    )
+    cond_blocks = len(
+        [k for k in state_dict if k.startswith(DIFFUSERS_PAIR_ENCODER + "blocks.") and k.endswith(".weight")]
+    )
     cond_channels = [state_dict[DIFFUSERS_PAIR_ENCODER + "conv_in.weight"].shape[0]] + [
         state_dict[f"{DIFFUSERS_PAIR_ENCODER}blocks.{2 * i + 1}.weight"].shape[0] for i in range(cond_blocks // 2)
     ]
@@ -346,14 +368,19 @@ class ControlCheckpoint:
             with torch.device("meta"):
                 model = PromptDiffusionControlNetModel(**self.config)
         except (ValueError, TypeError, KeyError, ZeroDivisionError, RuntimeError) as err:
-            raise CheckpointError(f"{self.source}: its config {self.config} does not describe a ControlNet: "
-                                  f"{type(err).__name__}: {err}") from None
+            raise CheckpointError(
+                f"{self.source}: its config {self.config} does not describe a ControlNet: {type(err).__name__}: {err}"
+            ) from None
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        wrong = [f"{k} {tuple(v.shape)} (config: {expected[k]})" for k, v in self.state_dict.items()
-                 if k in expected and tuple(v.shape) != expected[k]]
+        wrong = [
+            f"{k} {tuple(v.shape)} (config: {expected[k]})"
+            for k, v in self.state_dict.items()
+            if k in expected and tuple(v.shape) != expected[k]
+        ]
         if wrong:
-            raise CheckpointError(f"{self.source}: {len(wrong)} tensor(s) do not have the shapes its config gives: "
-                                  f"{', '.join(wrong[:5])}")
+            raise CheckpointError(
+                f"{self.source}: {len(wrong)} tensor(s) do not have the shapes its config gives: {', '.join(wrong[:5])}"
+            )
 
     def build(self, dtype: Optional[torch.dtype] = None) -> PromptDiffusionControlNetModel:
         self.check()
@@ -403,19 +430,25 @@ def read_controlnet(path: PathLike, config: Optional[Mapping[str, Any]] = None) 
     if CONFIG_METADATA_KEY in metadata:
         resolved.update(_json_object(metadata[CONFIG_METADATA_KEY], f"{weights} (metadata {CONFIG_METADATA_KEY})"))
     elif layout == "diffusers" and config_file.is_file():
-        resolved.update(_model_config(_json_object(config_file.read_text(encoding="utf-8", errors="replace"), str(config_file))))
+        resolved.update(
+            _model_config(_json_object(config_file.read_text(encoding="utf-8", errors="replace"), str(config_file)))
+        )
     if config:
         resolved.update(config)
     logger.info("read %s (%s layout)", weights, layout)
     return ControlCheckpoint(str(weights), layout, state_dict, resolved)
 
 
-def load_controlnet(path: PathLike, config: Optional[Mapping[str, Any]] = None, dtype: Optional[torch.dtype] = None) -> PromptDiffusionControlNetModel:
+def load_controlnet(
+    path: PathLike, config: Optional[Mapping[str, Any]] = None, dtype: Optional[torch.dtype] = None
+) -> PromptDiffusionControlNetModel:
     """`read_controlnet(path, config).build(dtype)`."""
     return read_controlnet(path, config).build(dtype)
 
 
-def save_controlnet(model: PromptDiffusionControlNetModel, path: PathLike, layout: str = "diffusers", overwrite: bool = False) -> Path:
+def save_controlnet(
+    model: PromptDiffusionControlNetModel, path: PathLike, layout: str = "diffusers", overwrite: bool = False
+) -> Path:
     """Write `model` as a diffusers folder (`path` without a weights suffix), a single diffusers-layout
     `.safetensors` with its config in the metadata (what ComfyUI's controlnet folder holds), or the
     authors' LDM layout (`layout="ldm"`, `control_model.*` keys)."""

@@ -25,6 +25,8 @@ from .model_info import read_model_info
 logger = logging.getLogger("pdiff")
 
 LARGE_FACTOR = 2  # sides beyond this many times the trained one need --allow-large
+
+
 def trained_side(model: Path) -> Optional[int]:
     """The image side a local pipeline folder was trained at (UNet sample size x VAE downscale),
     from its configs; None where they do not say."""
@@ -44,8 +46,10 @@ def _check_size(model: Path, sizes: Dict[str, Tuple[int, int]], allow_large: boo
         return
     for what, (width, height) in sizes.items():
         if max(width, height) > LARGE_FACTOR * side:
-            raise ValueError(f"{what}: {width}x{height} is over {LARGE_FACTOR}x the {side}x{side} this model was "
-                             f"trained at; pass --height/--width to resize, or --allow-large to run it anyway")
+            raise ValueError(
+                f"{what}: {width}x{height} is over {LARGE_FACTOR}x the {side}x{side} this model was "
+                f"trained at; pass --height/--width to resize, or --allow-large to run it anyway"
+            )
 
 
 def _refuse_overwrite(path: Path, overwrite: bool) -> None:
@@ -86,8 +90,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if height is None:
         height, width = generation_size(images["query"].size, pipe.vae_scale_factor)
         if {im.size for im in images.values()} != {(width, height)}:
-            logger.info("generating at %dx%d: the query's %dx%d to the nearest multiple of %d, every input resized to it "
-                        "(--height/--width choose another size)", width, height, *images["query"].size, pipe.vae_scale_factor)
+            logger.info(
+                "generating at %dx%d: the query's %dx%d to the nearest multiple of %d, every input resized to it "
+                "(--height/--width choose another size)",
+                width,
+                height,
+                *images["query"].size,
+                pipe.vae_scale_factor,
+            )
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     result = pipe(
         args.prompt,
@@ -122,13 +132,33 @@ def cmd_info(args: argparse.Namespace) -> None:
         checkpoint.check()
     except CheckpointError as err:
         if path.is_file():
-            print(json.dumps({"path": str(path), "kind": describe_state_dict(read_state_dict(path)), "usable": False,
-                              "error": str(err)}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "path": str(path),
+                        "kind": describe_state_dict(read_state_dict(path)),
+                        "usable": False,
+                        "error": str(err),
+                    },
+                    indent=2,
+                )
+            )
             return
         raise
     params = sum(v.numel() for v in checkpoint.state_dict.values())
-    print(json.dumps({"path": checkpoint.source, "kind": "prompt-diffusion-controlnet", "layout": checkpoint.layout,
-                      "parameters": params, "config": checkpoint.config}, indent=2, default=list))
+    print(
+        json.dumps(
+            {
+                "path": checkpoint.source,
+                "kind": "prompt-diffusion-controlnet",
+                "layout": checkpoint.layout,
+                "parameters": params,
+                "config": checkpoint.config,
+            },
+            indent=2,
+            default=list,
+        )
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -164,31 +194,64 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default="", help="text prompt (the caption of the wanted output)")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--out", required=True, help="output PNG path")
-    gen.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
-    gen.add_argument("--controlnet", type=Path, default=None, help="another Prompt Diffusion ControlNet (LDM .ckpt/.safetensors or diffusers)")
+    gen.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)"
+    )
+    gen.add_argument(
+        "--controlnet",
+        type=Path,
+        default=None,
+        help="another Prompt Diffusion ControlNet (LDM .ckpt/.safetensors or diffusers)",
+    )
     gen.add_argument("--steps", type=positive_int, default=50)
-    gen.add_argument("--guidance", type=finite_float, default=None,
-                     help="guidance scale (default: the model's prompt_diffusion.json, else the authors' 9.0)")
+    gen.add_argument(
+        "--guidance",
+        type=finite_float,
+        default=None,
+        help="guidance scale (default: the model's prompt_diffusion.json, else the authors' 9.0)",
+    )
     gen.add_argument("--seed", type=seed, default=0)
-    gen.add_argument("--height", type=positive_int, default=None, help="resize the inputs to this height (with --width; default: the query's, to the nearest multiple of 8)")
-    gen.add_argument("--width", type=positive_int, default=None, help="resize the inputs to this width (with --height; default: the query's, to the nearest multiple of 8)")
-    gen.add_argument("--allow-large", action="store_true",
-                     help=f"run sizes over {LARGE_FACTOR}x the model's trained side (slow, memory-hungry, poor output)")
+    gen.add_argument(
+        "--height",
+        type=positive_int,
+        default=None,
+        help="resize the inputs to this height (with --width; default: the query's, to the nearest multiple of 8)",
+    )
+    gen.add_argument(
+        "--width",
+        type=positive_int,
+        default=None,
+        help="resize the inputs to this width (with --height; default: the query's, to the nearest multiple of 8)",
+    )
+    gen.add_argument(
+        "--allow-large",
+        action="store_true",
+        help=f"run sizes over {LARGE_FACTOR}x the model's trained side (slow, memory-hungry, poor output)",
+    )
     gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="default: the model's (DDIM)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     gen.add_argument("--device", default=default_device())
-    gen.add_argument("--fast", action="store_true",
-                     help="on CUDA: replay each denoising step from a CUDA graph, fused attention projections")
+    gen.add_argument(
+        "--fast",
+        action="store_true",
+        help="on CUDA: replay each denoising step from a CUDA graph, fused attention projections",
+    )
     gen.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="run a model on the bundled examples and write a grid picture")
     demo.add_argument("--out", default="demo.png")
-    demo.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)")
+    demo.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="pipeline folder (default: the embedded pdiff-toyworld)"
+    )
     demo.add_argument("--examples", type=Path, default=None, help="examples folder (default: the bundled ones)")
     demo.add_argument("--steps", type=positive_int, default=20)
-    demo.add_argument("--guidance", type=finite_float, default=None,
-                      help="guidance scale (default: the model's prompt_diffusion.json, else the authors' 9.0)")
+    demo.add_argument(
+        "--guidance",
+        type=finite_float,
+        default=None,
+        help="guidance scale (default: the model's prompt_diffusion.json, else the authors' 9.0)",
+    )
     demo.add_argument("--seed", type=seed, default=0)
     demo.add_argument("--device", default=default_device())
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -198,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("input", type=Path, help="LDM checkpoint (.ckpt/.safetensors), diffusers folder or file")
     conv.add_argument("output", type=Path, help="a folder (diffusers) or a .safetensors file")
     conv.add_argument("--to", choices=["diffusers", "ldm"], default="diffusers")
-    conv.add_argument("--attention-head-dim", type=int, default=None, help="head count, if not SD1.5's 8 (not in the weights)")
+    conv.add_argument(
+        "--attention-head-dim", type=int, default=None, help="head count, if not SD1.5's 8 (not in the weights)"
+    )
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
 
@@ -207,11 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluation_subcommands(sub)
 
     data = sub.add_parser("data", help="datasets: check what training (or annotation) will see").add_subparsers(
-        dest="data_command", required=True)
+        dest="data_command", required=True
+    )
     data_check = data.add_parser("check", help="groups, maps, tasks and skipped images of a dataset or a photo folder")
     data_check.add_argument("folder", type=Path, help="a pdiff-groups dataset, or a folder of photos to annotate")
-    data_check.add_argument("--tasks", type=lambda text: [t for t in text.split(",") if t], default=None,
-                            help="the training config's data.tasks, comma-separated (default: every task of the maps)")
+    data_check.add_argument(
+        "--tasks",
+        type=lambda text: [t for t in text.split(",") if t],
+        default=None,
+        help="the training config's data.tasks, comma-separated (default: every task of the maps)",
+    )
     data_check.add_argument("--layout", choices=("folder", "ip2p"), default="folder", help="a photo folder's layout")
     data_check.set_defaults(func=cmd_data_check)
 
@@ -224,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args) or 0
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:

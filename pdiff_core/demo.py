@@ -44,8 +44,10 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> List[Example]:
         entries = json.loads(index.read_text(encoding="utf-8"))["examples"]
         fields = [(e["task"], e["prompt"], e["seen"], {k: e[k] for k in IMAGE_KEYS}) for e in entries]
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{index}: not an examples index (expected {{\"examples\": [{{task, prompt, seen, "
-                         f"{', '.join(IMAGE_KEYS)}}}, ...]}}): {type(err).__name__}: {err}") from None
+        raise ValueError(
+            f'{index}: not an examples index (expected {{"examples": [{{task, prompt, seen, '
+            f"{', '.join(IMAGE_KEYS)}}}, ...]}}): {type(err).__name__}: {err}"
+        ) from None
     examples = []
     for task, prompt, seen, files in fields:
         images = {}
@@ -58,7 +60,9 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> List[Example]:
     return examples
 
 
-def run_examples(pipe, examples: List[Example], steps: int = 20, guidance: float = 5.0, seed: int = 0) -> List[Image.Image]:
+def run_examples(
+    pipe, examples: List[Example], steps: int = 20, guidance: float = 5.0, seed: int = 0
+) -> List[Image.Image]:
     """All examples in one batched call."""
     return pipe(
         [e.prompt for e in examples],
@@ -79,7 +83,11 @@ def draw_grid(examples: List[Example], results: List[Image.Image], tile: int = 1
     for r, (example, result) in enumerate(zip(examples, results)):
         y = header_h + r * (tile + pad)
         draw.text((6, y + tile // 2 - 14), example.task, fill="black")
-        draw.text((6, y + tile // 2 + 2), "trained task" if example.seen else "UNSEEN task", fill="black" if example.seen else "red")
+        draw.text(
+            (6, y + tile // 2 + 2),
+            "trained task" if example.seen else "UNSEEN task",
+            fill="black" if example.seen else "red",
+        )
         tiles = (example.example_source, example.example_target, example.query, result, example.truth)
         for c, image in enumerate(tiles):
             grid.paste(image.resize((tile, tile), Image.BICUBIC), (label_w + c * (tile + pad), y))

@@ -74,8 +74,10 @@ def check_output_path(path: PathLike, what: str = "--out") -> Path:
     path = Path(path)
     extensions = Image.registered_extensions()
     if path.suffix.lower() not in extensions or extensions[path.suffix.lower()] not in Image.SAVE:
-        raise ImageFileError(f"{what}: {path}: {path.suffix or 'no extension'} is not an image format PIL writes; "
-                             f"use .png (lossless) or .jpg, .webp")
+        raise ImageFileError(
+            f"{what}: {path}: {path.suffix or 'no extension'} is not an image format PIL writes; "
+            f"use .png (lossless) or .jpg, .webp"
+        )
     if path.is_dir():
         raise ImageFileError(f"{what}: {path} is a folder; expected an image file name")
     folder = path.parent

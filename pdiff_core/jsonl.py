@@ -36,8 +36,10 @@ def read_jsonl(path: Path, check: Optional[Callable[[Any], None]] = None, repair
                     check(record)
             except ValueError as err:
                 if number < len(lines) or line.endswith(b"\n"):
-                    raise JsonLinesError(f"{path}:{number}: not a record ({err}); only a last line without its "
-                                         "newline, as a kill while appending leaves it, is dropped") from None
+                    raise JsonLinesError(
+                        f"{path}:{number}: not a record ({err}); only a last line without its "
+                        "newline, as a kill while appending leaves it, is dropped"
+                    ) from None
                 logger.warning("%s:%d: dropped a partly written last line (%s)", path, number, err)
                 break
             records.append(record)

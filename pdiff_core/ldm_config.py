@@ -16,11 +16,22 @@ from .checkpoints import CheckpointError
 
 # What the LDM classes cannot express, with the only value this translation supports.
 _FIXED = {
-    "only_cross_attention": False, "resnet_time_scale_shift": "default", "class_embed_type": None,
-    "addition_embed_type": None, "encoder_hid_dim_type": None, "norm_eps": 1e-5,
-    "mid_block_type": "UNetMidBlock2DCrossAttn", "controlnet_conditioning_channel_order": "rgb",
-    "flip_sin_to_cos": True, "freq_shift": 0, "time_embedding_type": "positional", "conv_in_kernel": 3,
-    "conv_out_kernel": 3, "dual_cross_attention": False, "num_class_embeds": None, "time_cond_proj_dim": None,
+    "only_cross_attention": False,
+    "resnet_time_scale_shift": "default",
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "encoder_hid_dim_type": None,
+    "norm_eps": 1e-5,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "controlnet_conditioning_channel_order": "rgb",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "time_embedding_type": "positional",
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "dual_cross_attention": False,
+    "num_class_embeds": None,
+    "time_cond_proj_dim": None,
 }
 
 
@@ -60,8 +71,11 @@ def ldm_unet_config(config: Mapping[str, Any], controlnet: bool = False) -> Dict
     }
     if controlnet:
         return ldm
-    return {**ldm, "transformer_depth_output": [d for d in per_level for _ in range(layers + 1)],
-            "out_channels": int(config.get("out_channels", 4))}
+    return {
+        **ldm,
+        "transformer_depth_output": [d for d in per_level for _ in range(layers + 1)],
+        "out_channels": int(config.get("out_channels", 4)),
+    }
 
 
 def _heads(config: Mapping[str, Any]) -> int:
@@ -69,6 +83,8 @@ def _heads(config: Mapping[str, Any]) -> int:
     heads = config.get("num_attention_heads") or config["attention_head_dim"]
     if isinstance(heads, (list, tuple)):
         if len(set(heads)) != 1:
-            raise CheckpointError(f"per-level attention head counts {list(heads)} are not supported; expected one count")
+            raise CheckpointError(
+                f"per-level attention head counts {list(heads)} are not supported; expected one count"
+            )
         heads = heads[0]
     return int(heads)

@@ -12,8 +12,12 @@ import torch
 from .checkpoints import CheckpointError, read_controlnet
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-SCHEDULERS = {"ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler", "dpm": "DPMSolverMultistepScheduler",
-              "euler": "EulerDiscreteScheduler"}
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+}
 
 
 def check_model_argument(model: Path) -> None:
@@ -24,9 +28,13 @@ def check_model_argument(model: Path) -> None:
         raise FileNotFoundError(f"--model: {model} is not a pipeline folder: model_index.json is missing")
 
 
-def load_pipeline(model: Union[str, Path], controlnet: Optional[Union[str, Path]] = None,
-                  dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
-                  scheduler: Optional[str] = None) -> Any:
+def load_pipeline(
+    model: Union[str, Path],
+    controlnet: Optional[Union[str, Path]] = None,
+    dtype: torch.dtype = torch.float32,
+    device: Union[str, torch.device] = "cpu",
+    scheduler: Optional[str] = None,
+) -> Any:
     """A `PromptDiffusionPipeline` from a local pipeline folder (or, where a network exists, a hub
     id), optionally with another Prompt Diffusion ControlNet (any supported checkpoint) and one of
     `SCHEDULERS`."""

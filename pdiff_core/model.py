@@ -169,7 +169,9 @@ class PromptDiffusionControlNetModel(ControlNetModel):
             raise ValueError("PromptDiffusionControlNetModel takes no class_labels, timestep_cond or added_cond_kwargs")
         if hint_embedding is None:
             if controlnet_cond is None or controlnet_query_cond is None:
-                raise ValueError("pass controlnet_cond (example pair) and controlnet_query_cond (query), or hint_embedding")
+                raise ValueError(
+                    "pass controlnet_cond (example pair) and controlnet_query_cond (query), or hint_embedding"
+                )
             hint_embedding = self.encode_hints(controlnet_cond, controlnet_query_cond)
 
         if attention_mask is not None:
@@ -231,7 +233,9 @@ class PromptDiffusionControlNetModel(ControlNetModel):
         return ControlNetOutput(down_block_res_samples=tuple(down_residuals), mid_block_res_sample=mid_residual)
 
     @classmethod
-    def from_unet(cls, unet, conditioning_embedding_out_channels: Tuple[int, ...] = (16, 32, 96, 256)) -> "PromptDiffusionControlNetModel":
+    def from_unet(
+        cls, unet, conditioning_embedding_out_channels: Tuple[int, ...] = (16, 32, 96, 256)
+    ) -> "PromptDiffusionControlNetModel":
         """A control branch initialised from a UNet's encoder, as the authors' `tool_add_control.py`
         does; both hint encoders start with a zero output conv, like every zero conv."""
         base = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_embedding_out_channels)

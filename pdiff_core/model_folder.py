@@ -57,11 +57,13 @@ def check_model_folder(folder: Path) -> None:
         if allowed is None:
             raise ModelFolderError(
                 f"{index_file}: unknown component {name!r} {list(pair)}; a Prompt Diffusion pipeline has "
-                f"{sorted(ALLOWED_COMPONENTS)} (an unused one may be [null, null])")
+                f"{sorted(ALLOWED_COMPONENTS)} (an unused one may be [null, null])"
+            )
         if pair not in allowed:
             raise ModelFolderError(
                 f"{index_file}: component {name!r} is {list(pair)}; refused: only {sorted(map(list, allowed))} are "
-                f"loaded, so that no module named by a model folder is imported")
+                f"loaded, so that no module named by a model folder is imported"
+            )
 
 
 def _refuse_code(folder: Path) -> None:
@@ -76,4 +78,5 @@ def _refuse_code(folder: Path) -> None:
             if name.endswith(CODE_SUFFIXES):
                 raise ModelFolderError(
                     f"{Path(root) / name}: a model folder may hold weights, configs and tokenizer files, never "
-                    f"code: refused to load {folder}")
+                    f"code: refused to load {folder}"
+                )

@@ -46,7 +46,12 @@ def read_model_info(folder: Union[str, Path]) -> ModelInfo:
     if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
         raise ModelInfoError(f"{path}: trained_tasks: expected a list of task names, got {tasks!r}")
     guidance = raw.get("guidance_scale", AUTHORS_GUIDANCE)
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 1:
+    if (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, (int, float))
+        or not math.isfinite(guidance)
+        or guidance < 1
+    ):
         raise ModelInfoError(f"{path}: guidance_scale: expected a number >= 1, got {guidance!r}")
     return ModelInfo(trained_tasks=list(tasks), guidance_scale=float(guidance))
 

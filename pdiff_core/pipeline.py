@@ -48,8 +48,16 @@ from .tokenizer import add_clip_vocab_files, special_token_ids
 logger = logging.getLogger(__name__)
 
 # What DiffusionPipeline.download takes of from_pretrained's arguments.
-_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant",
-                    "use_safetensors")
+_DOWNLOAD_KWARGS = (
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "local_files_only",
+    "token",
+    "revision",
+    "variant",
+    "use_safetensors",
+)
 
 # diffusers reads `dtype` from 0.40 on and warns that `torch_dtype`, the only name before, goes in 1.0.
 DTYPE_KEYWORD = "dtype" if version.parse(diffusers.__version__) >= version.parse("0.40") else "torch_dtype"
@@ -62,7 +70,9 @@ class ControlNetMismatchError(ValueError):
 # What the ControlNet's residuals must agree with the UNet on.
 CONTROLNET_MUST_MATCH_UNET = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim")
 
-ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]]]
+ImageInput = Union[
+    PIL.Image.Image, np.ndarray, torch.Tensor, Sequence[Union[PIL.Image.Image, np.ndarray, torch.Tensor]]
+]
 
 
 class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
@@ -88,14 +98,23 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
             raise TypeError(
                 f"controlnet must be a PromptDiffusionControlNetModel (two hint encoders), got {type(controlnet).__name__}"
             )
-        differ = {key: (controlnet.config.get(key), unet.config.get(key)) for key in CONTROLNET_MUST_MATCH_UNET
-                  if _as_list(controlnet.config.get(key)) != _as_list(unet.config.get(key))}
+        differ = {
+            key: (controlnet.config.get(key), unet.config.get(key))
+            for key in CONTROLNET_MUST_MATCH_UNET
+            if _as_list(controlnet.config.get(key)) != _as_list(unet.config.get(key))
+        }
         if differ:
             raise ControlNetMismatchError(
                 "the controlnet does not fit the unet (a ControlNet is made for one base model): "
-                + ", ".join(f"{k} {c} vs {u}" for k, (c, u) in differ.items()))
+                + ", ".join(f"{k} {c} vs {u}" for k, (c, u) in differ.items())
+            )
         self.register_modules(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=scheduler
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -103,7 +122,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._fast_channels_last = False
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs: Any) -> "PromptDiffusionPipeline":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs: Any
+    ) -> "PromptDiffusionPipeline":
         """diffusers' loader, after `check_model_folder` (a hub id is downloaded first, then checked).
         The dtype may be given as `torch_dtype` or `dtype` whichever diffusers runs, and is float32 when
         not given: transformers 5 would load the text encoder in the dtype it was saved in, diffusers the
@@ -132,7 +153,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
 
     # ------------------------------------------------------------------ inputs
 
-    def prepare_hint(self, images: ImageInput, name: str, height: Optional[int] = None, width: Optional[int] = None) -> torch.Tensor:
+    def prepare_hint(
+        self, images: ImageInput, name: str, height: Optional[int] = None, width: Optional[int] = None
+    ) -> torch.Tensor:
         """One hint input as a (B, 3, H, W) float tensor in [-1, 1], the range the published weights
         were trained on (`2 * x / 255 - 1`). PIL images and uint8 arrays are read as 0..255; float
         arrays and tensors must be in [0, 1] (diffusers' convention). With `height` and `width`
@@ -143,7 +166,8 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         tensors = [_to_unit_tensor(item, name) for item in items]
         if height is not None and width is not None:
             tensors = [
-                t if t.shape[-2:] == (height, width)
+                t
+                if t.shape[-2:] == (height, width)
                 else torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", antialias=True)
                 for t in tensors
             ]
@@ -153,15 +177,24 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         return torch.cat(tensors) * 2.0 - 1.0
 
     @staticmethod
-    def check_call_arguments(num_inference_steps: int = 50, timesteps: Optional[List[int]] = None,
-                             guidance_scale: float = 9.0, eta: float = 0.0, controlnet_conditioning_scale: float = 1.0,
-                             height: Optional[int] = None, width: Optional[int] = None) -> None:
+    def check_call_arguments(
+        num_inference_steps: int = 50,
+        timesteps: Optional[List[int]] = None,
+        guidance_scale: float = 9.0,
+        eta: float = 0.0,
+        controlnet_conditioning_scale: float = 1.0,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+    ) -> None:
         """Refuse the scalar arguments of `__call__` that would fail late or silently give noise or NaN
         (callable before a model is loaded)."""
         if timesteps is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
-        for name, value in (("guidance_scale", guidance_scale), ("eta", eta),
-                            ("controlnet_conditioning_scale", controlnet_conditioning_scale)):
+        for name, value in (
+            ("guidance_scale", guidance_scale),
+            ("eta", eta),
+            ("controlnet_conditioning_scale", controlnet_conditioning_scale),
+        ):
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if eta < 0:
@@ -197,7 +230,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         raise ValueError(f"{name} has a batch of {tensor.shape[0]} but the batch is {batch}; pass 1 or {batch}")
 
     @staticmethod
-    def _resolve_aliases(example_pair, query, image_pair, image, example_pairs=None) -> Tuple[List[Tuple[ImageInput, ImageInput]], ImageInput]:
+    def _resolve_aliases(
+        example_pair, query, image_pair, image, example_pairs=None
+    ) -> Tuple[List[Tuple[ImageInput, ImageInput]], ImageInput]:
         """The example pairs as a list of (source, target) and the query."""
         if image_pair is not None:
             if example_pair is not None:
@@ -218,7 +253,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         else:
             pairs = None
         if pairs is None or query is None:
-            raise ValueError("pass example_pair=(source, target) and query (or image_pair=[source, target], image=query)")
+            raise ValueError(
+                "pass example_pair=(source, target) and query (or image_pair=[source, target], image=query)"
+            )
         for k, pair in enumerate(pairs):
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 name = "example_pair" if example_pairs is None else f"example_pairs[{k}]"
@@ -275,9 +312,24 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         # 1. Check inputs (every argument, before any model runs)
         pairs, query, weights, batch = self.check_inputs(
-            prompt, example_pair, query, example_pairs, shot_weights, shot_combine, image_pair, image, height, width,
-            num_inference_steps, timesteps, guidance_scale, eta, controlnet_conditioning_scale, num_images_per_prompt,
-            prompt_embeds, callback_on_step_end_tensor_inputs,
+            prompt,
+            example_pair,
+            query,
+            example_pairs,
+            shot_weights,
+            shot_combine,
+            image_pair,
+            image,
+            height,
+            width,
+            num_inference_steps,
+            timesteps,
+            guidance_scale,
+            eta,
+            controlnet_conditioning_scale,
+            num_images_per_prompt,
+            prompt_embeds,
+            callback_on_step_end_tensor_inputs,
         )
 
         # 2. Prepare the example pairs and the query: one size, one batch (the largest of prompts, pairs, query)
@@ -291,8 +343,13 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, do_cfg, negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            prompt,
+            device,
+            num_images_per_prompt,
+            do_cfg,
+            negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
         )
         total = batch * num_images_per_prompt
         if prompt_embeds.shape[0] != total:
@@ -302,8 +359,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         # 4. Encode the hints (once: the hint encoders do not see the timestep)
         residual_shots = len(shots) if shot_combine == "residuals" else 1
-        hint = self.encode_example_hints(pair, query_t, len(shots), batch, num_images_per_prompt, weights,
-                                         residual_shots, do_cfg, device)
+        hint = self.encode_example_hints(
+            pair, query_t, len(shots), batch, num_images_per_prompt, weights, residual_shots, do_cfg, device
+        )
 
         # 5. Prepare timesteps, latents and the step function
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
@@ -312,7 +370,10 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         predict = self._noise_predictor(
-            device, guidance_scale if do_cfg else None, controlnet_conditioning_scale, cross_attention_kwargs,
+            device,
+            guidance_scale if do_cfg else None,
+            controlnet_conditioning_scale,
+            cross_attention_kwargs,
             tuple(weights) if residual_shots > 1 else None,
         )
 
@@ -324,8 +385,14 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
                 noise = predict(model_input, t, text, hint)
                 latents = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
-                    local = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
-                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                    local = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                    }
+                    outputs = callback_on_step_end(
+                        self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                    )
                     latents = outputs.pop("latents", latents)
                 progress.update()
 
@@ -366,8 +433,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         """Refuse `__call__`'s bad arguments before any model runs (the images themselves are checked
         as they are read, in `prepare_hint`). Returns the example pairs and the query with the research
         port's aliases resolved, the shot weights normalised, and the prompts' batch."""
-        self.check_call_arguments(num_inference_steps, timesteps, guidance_scale, eta, controlnet_conditioning_scale,
-                                  height, width)
+        self.check_call_arguments(
+            num_inference_steps, timesteps, guidance_scale, eta, controlnet_conditioning_scale, height, width
+        )
         pairs, query = self._resolve_aliases(example_pair, query, image_pair, image, example_pairs)
         weights = normalise_weights(shot_weights, len(pairs))
         check_combine(shot_combine)
@@ -380,19 +448,29 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         return pairs, query, weights, batch
 
     def prepare_example_hints(
-        self, pairs: Sequence[Tuple[ImageInput, ImageInput]], query: ImageInput, height: Optional[int], width: Optional[int]
+        self,
+        pairs: Sequence[Tuple[ImageInput, ImageInput]],
+        query: ImageInput,
+        height: Optional[int],
+        width: Optional[int],
     ) -> Tuple[List[Tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """Each example pair's (source, target) and the query as hint tensors (`prepare_hint`), all of
         one size, a multiple of the VAE's scale factor."""
         shots = []
         for k, (source, target) in enumerate(pairs):
             name = "example" if len(pairs) == 1 else f"example pair {k}:"
-            shots.append((self.prepare_hint(source, f"{name} source", height, width),
-                          self.prepare_hint(target, f"{name} target", height, width)))
+            shots.append(
+                (
+                    self.prepare_hint(source, f"{name} source", height, width),
+                    self.prepare_hint(target, f"{name} target", height, width),
+                )
+            )
         query_t = self.prepare_hint(query, "query", height, width)
         sizes = {tuple(t.shape[-2:]) for shot in shots for t in shot} | {tuple(query_t.shape[-2:])}
         if len(sizes) > 1:
-            raise ValueError(f"the example pairs and the query must have one size, got {sorted(sizes)}; pass height and width to resize")
+            raise ValueError(
+                f"the example pairs and the query must have one size, got {sorted(sizes)}; pass height and width to resize"
+            )
         height, width = query_t.shape[-2:]
         multiple = self.vae_scale_factor
         if height % multiple or width % multiple:
@@ -404,21 +482,39 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The pairs as one (K * batch, 6, H, W) tensor, shot-major (shot k's pairs at
         [k * batch, (k + 1) * batch)), and the query, each broadcast over the batch."""
-        pair = torch.cat([
-            torch.cat([self._broadcast(source, batch, "example source"), self._broadcast(target, batch, "example target")], dim=1)
-            for source, target in shots
-        ])
+        pair = torch.cat(
+            [
+                torch.cat(
+                    [
+                        self._broadcast(source, batch, "example source"),
+                        self._broadcast(target, batch, "example target"),
+                    ],
+                    dim=1,
+                )
+                for source, target in shots
+            ]
+        )
         return pair, self._broadcast(query, batch, "query")
 
     def encode_example_hints(
-        self, pair: torch.Tensor, query: torch.Tensor, shot_count: int, batch: int, num_images_per_prompt: int,
-        weights: List[float], residual_shots: int, do_cfg: bool, device: torch.device,
+        self,
+        pair: torch.Tensor,
+        query: torch.Tensor,
+        shot_count: int,
+        batch: int,
+        num_images_per_prompt: int,
+        weights: List[float],
+        residual_shots: int,
+        do_cfg: bool,
+        device: torch.device,
     ) -> torch.Tensor:
         """The hint embedding every step reuses: one per image; with K > 1 pairs either their weighted
         mean (`residual_shots` 1) or all K, shot-major (`residual_shots` K, combined later as residuals);
         doubled for the unconditional half under classifier-free guidance."""
         cn_dtype = self.controlnet.dtype
-        hint = self.controlnet.encode_hints(pair.to(device, cn_dtype), query.repeat(shot_count, 1, 1, 1).to(device, cn_dtype))
+        hint = self.controlnet.encode_hints(
+            pair.to(device, cn_dtype), query.repeat(shot_count, 1, 1, 1).to(device, cn_dtype)
+        )
         hint = hint.unflatten(0, (shot_count, batch)).repeat_interleave(num_images_per_prompt, dim=1)
         if shot_count == 1:
             hint = hint[0]
@@ -431,14 +527,21 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         return hint
 
     def _noise_predictor(
-        self, device: torch.device, guidance_scale: Optional[float], conditioning_scale: float,
-        cross_attention_kwargs: Optional[Dict[str, Any]], shot_weights: Optional[Tuple[float, ...]],
+        self,
+        device: torch.device,
+        guidance_scale: Optional[float],
+        conditioning_scale: float,
+        cross_attention_kwargs: Optional[Dict[str, Any]],
+        shot_weights: Optional[Tuple[float, ...]],
     ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """`(sample, t, text, hint) -> noise` for this call: `_predict_noise` with the call's constants,
         replayed from a CUDA graph when `enable_fast_gpu` is on and applies."""
         predict = functools.partial(
-            self._predict_noise, guidance_scale=guidance_scale, conditioning_scale=conditioning_scale,
-            cross_attention_kwargs=cross_attention_kwargs, shot_weights=shot_weights,
+            self._predict_noise,
+            guidance_scale=guidance_scale,
+            conditioning_scale=conditioning_scale,
+            cross_attention_kwargs=cross_attention_kwargs,
+            shot_weights=shot_weights,
         )
         fast = self._fast_step_for(device, cross_attention_kwargs)
         if fast is None:
@@ -446,11 +549,19 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         # Everything the graph bakes in besides its tensor inputs (see fast_gpu.StaticStep).
         key = (guidance_scale, conditioning_scale, model_fingerprint(self.unet, self.controlnet), shot_weights)
         return lambda sample, t, text, hint: fast(
-            predict, key, sample=sample, t=torch.as_tensor(t, device=device), text=text, hint=hint)
+            predict, key, sample=sample, t=torch.as_tensor(t, device=device), text=text, hint=hint
+        )
 
     def _predict_noise(
-        self, sample: torch.Tensor, t: torch.Tensor, text: torch.Tensor, hint: torch.Tensor, *,
-        guidance_scale: Optional[float], conditioning_scale: float, cross_attention_kwargs: Optional[Dict[str, Any]],
+        self,
+        sample: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        hint: torch.Tensor,
+        *,
+        guidance_scale: Optional[float],
+        conditioning_scale: float,
+        cross_attention_kwargs: Optional[Dict[str, Any]],
         shot_weights: Optional[Tuple[float, ...]] = None,
     ) -> torch.Tensor:
         """One model evaluation: the ControlNet's residuals into the UNet, then classifier-free guidance
@@ -460,15 +571,23 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         and their residuals are averaged with these weights."""
         shots = 1 if shot_weights is None else len(shot_weights)
         down, mid = self.controlnet(
-            sample.repeat(shots, 1, 1, 1) if shots > 1 else sample, t,
-            encoder_hidden_states=text.repeat(shots, 1, 1) if shots > 1 else text, hint_embedding=hint,
-            conditioning_scale=conditioning_scale, return_dict=False,
+            sample.repeat(shots, 1, 1, 1) if shots > 1 else sample,
+            t,
+            encoder_hidden_states=text.repeat(shots, 1, 1) if shots > 1 else text,
+            hint_embedding=hint,
+            conditioning_scale=conditioning_scale,
+            return_dict=False,
         )
         if shots > 1:
             *down, mid = combine_shot_batches([*down, mid], shot_weights)
         noise = self.unet(
-            sample, t, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+            sample,
+            t,
+            encoder_hidden_states=text,
+            cross_attention_kwargs=cross_attention_kwargs,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
         )[0]
         if guidance_scale is not None:
             uncond, cond = noise.chunk(2)
@@ -485,8 +604,11 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         whether it is enabled. Outputs stay equal to the eager loop's (bit-identical without fusing)."""
         device = self._execution_device
         if not (device.type == "cuda" and torch.cuda.is_available()):
-            logger.warning("enable_fast_gpu: the pipeline is on %s, not CUDA; keeping the eager loop "
-                           "(move it with pipe.to('cuda') first)", device)
+            logger.warning(
+                "enable_fast_gpu: the pipeline is on %s, not CUDA; keeping the eager loop "
+                "(move it with pipe.to('cuda') first)",
+                device,
+            )
             return False
         if any(hasattr(model, "_hf_hook") for model in (self.unet, self.controlnet)):
             # Offloading moves weights inside each call, which a graph cannot replay.
@@ -496,7 +618,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         if fuse_qkv:
             for model in (self.unet, self.controlnet):
                 if not fuse_attention_projections(model):
-                    logger.info("enable_fast_gpu: %s has custom attention processors; left unfused", type(model).__name__)
+                    logger.info(
+                        "enable_fast_gpu: %s has custom attention processors; left unfused", type(model).__name__
+                    )
         if channels_last:
             for model in (self.unet, self.controlnet):
                 model.to(memory_format=torch.channels_last)
@@ -520,7 +644,9 @@ class PromptDiffusionPipeline(DiffusionPipeline, StableDiffusionMixin):
         """The graph runner when `enable_fast_gpu` is on: its `captures`, `replays` and `fallback_reason`."""
         return self._fast_step
 
-    def _fast_step_for(self, device: torch.device, cross_attention_kwargs: Optional[Dict[str, Any]]) -> Optional[StaticStep]:
+    def _fast_step_for(
+        self, device: torch.device, cross_attention_kwargs: Optional[Dict[str, Any]]
+    ) -> Optional[StaticStep]:
         fast = self.fast_gpu_step
         if fast is None:
             return None

@@ -52,7 +52,9 @@ class ModelPreset:
     cross_attention_levels: Tuple[bool, ...] = field(default=())
 
     def unet_config(self) -> Dict[str, Any]:
-        levels = self.cross_attention_levels or tuple(i < len(self.unet_channels) - 1 for i in range(len(self.unet_channels)))
+        levels = self.cross_attention_levels or tuple(
+            i < len(self.unet_channels) - 1 for i in range(len(self.unet_channels))
+        )
         return dict(
             sample_size=self.resolution // 8,
             in_channels=self.latent_channels,
@@ -101,24 +103,63 @@ class ModelPreset:
 # norm group count. tests/test_comfy_nodes.py loads every preset through the pack's loader.
 PRESETS: Dict[str, ModelPreset] = {
     "sd15": ModelPreset(
-        name="sd15", unet_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_heads=8,
-        text_width=768, text_layers=12, text_heads=12, vae_channels=(128, 256, 512, 512), vae_layers_per_block=2,
-        hint_channels=(16, 32, 96, 256), resolution=512,
+        name="sd15",
+        unet_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        attention_heads=8,
+        text_width=768,
+        text_layers=12,
+        text_heads=12,
+        vae_channels=(128, 256, 512, 512),
+        vae_layers_per_block=2,
+        hint_channels=(16, 32, 96, 256),
+        resolution=512,
     ),
     "small": ModelPreset(
-        name="small", unet_channels=(32, 64, 128), layers_per_block=2, attention_heads=4,
-        text_width=64, text_layers=2, text_heads=4, vae_channels=(32, 32, 64, 64), vae_layers_per_block=1,
-        hint_channels=(16, 32, 48, 64), norm_groups=16, vae_norm_groups=16, resolution=64,
+        name="small",
+        unet_channels=(32, 64, 128),
+        layers_per_block=2,
+        attention_heads=4,
+        text_width=64,
+        text_layers=2,
+        text_heads=4,
+        vae_channels=(32, 32, 64, 64),
+        vae_layers_per_block=1,
+        hint_channels=(16, 32, 48, 64),
+        norm_groups=16,
+        vae_norm_groups=16,
+        resolution=64,
     ),
     "embedded": ModelPreset(
-        name="embedded", unet_channels=(32, 96, 128), layers_per_block=2, attention_heads=4,
-        text_width=64, text_layers=2, text_heads=4, vae_channels=(32, 64, 96, 96), vae_layers_per_block=1,
-        hint_channels=(16, 32, 48, 64), norm_groups=16, vae_norm_groups=16, latent_channels=8, resolution=64,
+        name="embedded",
+        unet_channels=(32, 96, 128),
+        layers_per_block=2,
+        attention_heads=4,
+        text_width=64,
+        text_layers=2,
+        text_heads=4,
+        vae_channels=(32, 64, 96, 96),
+        vae_layers_per_block=1,
+        hint_channels=(16, 32, 48, 64),
+        norm_groups=16,
+        vae_norm_groups=16,
+        latent_channels=8,
+        resolution=64,
     ),
     "tiny": ModelPreset(
-        name="tiny", unet_channels=(32, 64), layers_per_block=1, attention_heads=2,
-        text_width=32, text_layers=1, text_heads=2, vae_channels=(8, 8, 16, 16), vae_layers_per_block=1,
-        hint_channels=(8, 8, 16, 16), norm_groups=8, vae_norm_groups=8, resolution=64,
+        name="tiny",
+        unet_channels=(32, 64),
+        layers_per_block=1,
+        attention_heads=2,
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+        vae_channels=(8, 8, 16, 16),
+        vae_layers_per_block=1,
+        hint_channels=(8, 8, 16, 16),
+        norm_groups=8,
+        vae_norm_groups=8,
+        resolution=64,
     ),
 }
 
@@ -139,7 +180,9 @@ def build_preset_components(
     unet = UNet2DConditionModel(**preset.unet_config())
     vae = AutoencoderKL(**preset.vae_config())
     text_encoder = CLIPTextModel(preset.text_config(tokenizer))
-    controlnet = PromptDiffusionControlNetModel.from_unet(unet, conditioning_embedding_out_channels=preset.hint_channels)
+    controlnet = PromptDiffusionControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=preset.hint_channels
+    )
     return dict(
         unet=unet,
         vae=vae,

@@ -51,7 +51,9 @@ def train_clip_tokenizer(
     alphabet = byte_alphabet()
     base_size = 2 * len(alphabet) + 2
     if vocab_size <= base_size:
-        raise ValueError(f"vocab_size must exceed {base_size} (byte symbols with and without {END_OF_WORD}, 2 specials)")
+        raise ValueError(
+            f"vocab_size must exceed {base_size} (byte symbols with and without {END_OF_WORD}, 2 specials)"
+        )
     bpe = Tokenizer(BPE(end_of_word_suffix=END_OF_WORD))
     # CLIP lower-cases and splits words from punctuation before BPE.
     bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
@@ -92,7 +94,9 @@ def read_clip_vocab(folder: Union[str, os.PathLike]) -> Tuple[Dict[str, int], Me
     spec = json.loads((folder / TOKENIZER_JSON).read_text(encoding="utf-8"))
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or "vocab" not in model:
-        raise TokenizerFolderError(f"{folder / TOKENIZER_JSON}: model type {model.get('type')!r}; a CLIP tokenizer is a BPE")
+        raise TokenizerFolderError(
+            f"{folder / TOKENIZER_JSON}: model type {model.get('type')!r}; a CLIP tokenizer is a BPE"
+        )
     vocab = dict(model["vocab"])
     vocab.update({token["content"]: token["id"] for token in spec.get("added_tokens", [])})
     return vocab, _merge_pairs(model.get("merges", []))
@@ -135,8 +139,11 @@ def add_clip_vocab_files(folder: Union[str, os.PathLike]) -> None:
 def special_token_ids(tokenizer: transformers.PreTrainedTokenizerBase) -> Dict[str, int]:
     """The tokenizer's special-token ids under the names a text-encoder config gives them
     (transformers 5 rejects a config whose ids lie outside the vocabulary)."""
-    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def _write_vocab_files(folder: Path, vocab: Dict[str, int], merges: Merges) -> None:

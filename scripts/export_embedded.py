@@ -36,7 +36,9 @@ def main() -> None:
             shutil.copy(args.pipeline / MODEL_INFO_FILE, Path(tmp) / MODEL_INFO_FILE)
         size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
         if size > MAX_BYTES:
-            raise SystemExit(f"the exported model is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB budget")
+            raise SystemExit(
+                f"the exported model is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB budget"
+            )
         kept = {p.name: p.read_bytes() for pattern in ("*.md", "*.png") for p in args.out.glob(pattern)}
         shutil.rmtree(args.out, ignore_errors=True)
         shutil.copytree(tmp, args.out)

@@ -35,14 +35,20 @@ def main() -> None:
         group = index.groups[number]
         example, query = group.items[0], group.items[1]
         files = {}
-        for key, (item, side) in {"example_source": (example, 0), "example_target": (example, 1),
-                                  "query": (query, 0), "truth": (query, 1)}.items():
+        for key, (item, side) in {
+            "example_source": (example, 0),
+            "example_target": (example, 1),
+            "query": (query, 0),
+            "truth": (query, 1),
+        }.items():
             source = task.paths(item)[side]
             files[key] = f"{name}_{key}.png"
             shutil.copyfile(source, args.out / files[key])
         prompt = group.caption if task.inverse else map_prompt(task.map)
         entries.append({"task": name, "prompt": prompt, "seen": name in SEEN, "group": group.id, **files})
-    (args.out / "examples.json").write_text(json.dumps({"source": str(args.dataset.name), "examples": entries}, indent=2))
+    (args.out / "examples.json").write_text(
+        json.dumps({"source": str(args.dataset.name), "examples": entries}, indent=2)
+    )
     print(f"wrote {len(entries)} examples to {args.out}")
 
 

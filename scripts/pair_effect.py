@@ -37,8 +37,16 @@ def main() -> None:
     torch.set_grad_enabled(False)
     pipe = PromptDiffusionPipeline.from_pretrained(str(args.model))
     tasks = read_model_info(args.model).trained_tasks
-    config = load_config(None, ["data.root=heldout", f"data.tasks={','.join(tasks)}", f"data.forward_prompt={args.prompts}",
-                                "model.preset=tiny", "data.flip_prob=0"])
+    config = load_config(
+        None,
+        [
+            "data.root=heldout",
+            f"data.tasks={','.join(tasks)}",
+            f"data.forward_prompt={args.prompts}",
+            "model.preset=tiny",
+            "data.flip_prob=0",
+        ],
+    )
     data = render_toyworld(args.groups, HELDOUT_SEED, pipe.unet.config.sample_size * 8)
     batches = DiffusionBatches(config, data, encode_all(pipe.vae, data), pipe.tokenizer, torch.device("cpu"))
     model = DiffusionModel(pipe.text_encoder, pipe.controlnet, pipe.unet)

@@ -65,12 +65,16 @@ def ui_to_api(workflow: Dict[str, Any], input_types: Callable[[str], Optional[Di
             raise WorkflowError(f"node {node['id']} ({node_type}) is bypassed; bypassed nodes are not supported here")
         definition = input_types(node_type)
         if definition is None:
-            raise WorkflowError(f"node {node['id']}: unknown node type {node_type!r} (a custom node that is not installed?)")
+            raise WorkflowError(
+                f"node {node['id']}: unknown node type {node_type!r} (a custom node that is not installed?)"
+            )
         inputs: Dict[str, Any] = {}
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
         values = list(node.get("widgets_values") or [])
         for name, spec in {**definition.get("required", {}), **definition.get("optional", {})}.items():
-            kind, options = (spec[0], spec[1] if len(spec) > 1 else {}) if isinstance(spec, (list, tuple)) else (spec, {})
+            kind, options = (
+                (spec[0], spec[1] if len(spec) > 1 else {}) if isinstance(spec, (list, tuple)) else (spec, {})
+            )
             if (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput"):
                 if values:
                     inputs[name] = values.pop(0)
@@ -79,7 +83,11 @@ def ui_to_api(workflow: Dict[str, Any], input_types: Callable[[str], Optional[Di
             if name in linked:
                 source, slot = linked[name]
                 inputs[name] = [str(source), slot]
-        prompt[str(node["id"])] = {"inputs": inputs, "class_type": node_type, "_meta": {"title": node.get("title", node_type)}}
+        prompt[str(node["id"])] = {
+            "inputs": inputs,
+            "class_type": node_type,
+            "_meta": {"title": node.get("title", node_type)},
+        }
     return prompt
 
 
@@ -91,14 +99,22 @@ def read_workflow(path: Path) -> Dict[str, Any]:
         workflow = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise WorkflowError(f"{path} is not a JSON file: {err}") from err
-    expected = ("a workflow: a JSON object, in UI format (with 'nodes' and 'links', as the UI saves it) or API format "
-                "({node id: {'class_type': ..., 'inputs': {...}}})")
+    expected = (
+        "a workflow: a JSON object, in UI format (with 'nodes' and 'links', as the UI saves it) or API format "
+        "({node id: {'class_type': ..., 'inputs': {...}}})"
+    )
     if not isinstance(workflow, dict) or not workflow:
         raise WorkflowError(f"{path} holds {type(workflow).__name__ if workflow else 'nothing'}, not {expected}")
     if not is_ui_format(workflow):
         for node_id, node in workflow.items():
-            if not (isinstance(node, dict) and isinstance(node.get("class_type"), str) and isinstance(node.get("inputs"), dict)):
-                raise WorkflowError(f"{path}: entry {node_id!r} is not a node with 'class_type' and 'inputs'; expected {expected}")
+            if not (
+                isinstance(node, dict)
+                and isinstance(node.get("class_type"), str)
+                and isinstance(node.get("inputs"), dict)
+            ):
+                raise WorkflowError(
+                    f"{path}: entry {node_id!r} is not a node with 'class_type' and 'inputs'; expected {expected}"
+                )
     return workflow
 
 
@@ -129,7 +145,9 @@ def apply_overrides(prompt: Dict[str, Any], args: argparse.Namespace) -> None:
         key, path = _split(assignment, "--image")
         for node_id in find_nodes(prompt, key):
             if "image" not in prompt[node_id]["inputs"]:
-                raise WorkflowError(f"--image {key}: node {node_id} ({prompt[node_id]['class_type']}) has no image input")
+                raise WorkflowError(
+                    f"--image {key}: node {node_id} ({prompt[node_id]['class_type']}) has no image input"
+                )
             prompt[node_id]["inputs"]["image"] = str(Path(path).resolve())
     for title, text in ((POSITIVE_TITLE, args.prompt), (NEGATIVE_TITLE, args.negative)):
         if text is not None:
@@ -164,7 +182,9 @@ def stage_images(prompt: Dict[str, Any], input_dir: Path, comfy_input: Path) -> 
         candidates = [Path(value)] if os.path.isabs(value) else [comfy_input / value, PACK_INPUTS / value]
         source = next((c for c in candidates if c.is_file()), None)
         if source is None:
-            raise WorkflowError(f"node {node_id} ({node['class_type']}): image {value!r} not found in {[str(c.parent) for c in candidates]}")
+            raise WorkflowError(
+                f"node {node_id} ({node['class_type']}): image {value!r} not found in {[str(c.parent) for c in candidates]}"
+            )
         staged = f"{node_id}_{source.name}"  # one file per node: two inputs may share a name
         shutil.copyfile(source, input_dir / staged)
         node["inputs"]["image"] = staged
@@ -187,12 +207,19 @@ class _HeadlessServer:
             logger.error("node %s (%s) failed: %s", data["node_id"], data["node_type"], data["exception_message"])
 
 
-def boot_comfyui(comfy_dir: Path, cpu: bool, output_dir: Optional[Path] = None, input_dir: Optional[Path] = None,
-                 fp32_text_encoder: bool = False) -> Dict[str, Any]:
+def boot_comfyui(
+    comfy_dir: Path,
+    cpu: bool,
+    output_dir: Optional[Path] = None,
+    input_dir: Optional[Path] = None,
+    fp32_text_encoder: bool = False,
+) -> Dict[str, Any]:
     """Import ComfyUI from `comfy_dir` with its nodes and custom nodes (this pack included): the one
     in-process boot, which the tests' harness calls too. Output and input folders default to ComfyUI's own."""
     if not (comfy_dir / "main.py").is_file() or not (comfy_dir / "nodes.py").is_file():
-        raise WorkflowError(f"{comfy_dir} is not a ComfyUI checkout (no main.py / nodes.py); pass --comfyui or set COMFYUI_PATH")
+        raise WorkflowError(
+            f"{comfy_dir} is not a ComfyUI checkout (no main.py / nodes.py); pass --comfyui or set COMFYUI_PATH"
+        )
     sys.path.insert(0, str(comfy_dir))
     from comfy.cli_args import args as comfy_args
 
@@ -223,6 +250,7 @@ def input_types_of(nodes_module: Any) -> Callable[[str], Optional[Dict[str, Any]
     def input_types(class_type: str) -> Optional[Dict[str, Any]]:
         node_class = nodes_module.NODE_CLASS_MAPPINGS.get(class_type)
         return None if node_class is None else node_class.INPUT_TYPES()
+
     return input_types
 
 
@@ -245,24 +273,35 @@ def run(prompt: Dict[str, Any], comfy: Dict[str, Any]) -> Dict[str, Any]:
     executor.execute(prompt, prompt_id, {"client_id": "headless"}, outputs)
     if not executor.success:
         failures = [data for event, data in executor.status_messages if event == "execution_error"]
-        raise NodeFailure("\n".join(
-            f"node {f['node_id']} ({f['node_type']}) failed: {f['exception_type']}: {f['exception_message']}" for f in failures)
-            or "execution failed")
+        raise NodeFailure(
+            "\n".join(
+                f"node {f['node_id']} ({f['node_type']}) failed: {f['exception_type']}: {f['exception_message']}"
+                for f in failures
+            )
+            or "execution failed"
+        )
     return executor.history_result
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", type=Path, help="workflow JSON, API or UI format")
-    parser.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"),
-                        help="ComfyUI checkout (default: $COMFYUI_PATH)")
-    parser.add_argument("--output", type=Path, default=Path("outputs"), help="folder for the outputs (default: outputs/)")
+    parser.add_argument(
+        "--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (default: $COMFYUI_PATH)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("outputs"), help="folder for the outputs (default: outputs/)"
+    )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (ComfyUI's --cpu)")
-    parser.add_argument("--image", action="append", default=[], metavar="TITLE=PATH", help="image file of a LoadImage node")
+    parser.add_argument(
+        "--image", action="append", default=[], metavar="TITLE=PATH", help="image file of a LoadImage node"
+    )
     parser.add_argument("--prompt", help=f"text of the node titled {POSITIVE_TITLE!r}")
     parser.add_argument("--negative", help=f"text of the node titled {NEGATIVE_TITLE!r}")
     parser.add_argument("--seed", type=int, help="seed of every sampler")
-    parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="any input (VALUE as JSON or a string)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="any input (VALUE as JSON or a string)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -37,13 +37,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="run folder (vae/ and diffusion/ go inside)")
     parser.add_argument("--vae-minutes", type=float, default=None, help="time budget of the VAE stage")
-    parser.add_argument("--total-minutes", type=float, default=None,
-                        help="wall-clock budget of the whole run: the diffusion stage gets what the data, the VAE "
-                             "and a margin for encoding and saving leave of it")
-    parser.add_argument("--heldout-groups", type=int, default=HELDOUT_VAE_GROUPS,
-                        help="held-out groups for the VAE's reconstruction PSNR")
-    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="applied to both stage configs, e.g. data.toyworld_groups=16 model.preset=tiny for a dry run")
+    parser.add_argument(
+        "--total-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole run: the diffusion stage gets what the data, the VAE "
+        "and a margin for encoding and saving leave of it",
+    )
+    parser.add_argument(
+        "--heldout-groups",
+        type=int,
+        default=HELDOUT_VAE_GROUPS,
+        help="held-out groups for the VAE's reconstruction PSNR",
+    )
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="applied to both stage configs, e.g. data.toyworld_groups=16 model.preset=tiny for a dry run",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -65,12 +79,17 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     heldout = render_toyworld(args.heldout_groups, HELDOUT_SEED, d.resolution).to(device)
     vae = AutoencoderKL.from_pretrained(vae_folder).to(device).eval()
-    report = {"heldout_groups": args.heldout_groups, "seed": HELDOUT_SEED,
-              "psnr_images": vae_psnr(vae, heldout.pixels[:, 0]),
-              "psnr_all_kinds": vae_psnr(vae, heldout.pixels.flatten(0, 1)),
-              "psnr_per_kind": {k: vae_psnr(vae, heldout.pixels[:, i]) for i, k in enumerate(heldout.kinds)}}
+    report = {
+        "heldout_groups": args.heldout_groups,
+        "seed": HELDOUT_SEED,
+        "psnr_images": vae_psnr(vae, heldout.pixels[:, 0]),
+        "psnr_all_kinds": vae_psnr(vae, heldout.pixels.flatten(0, 1)),
+        "psnr_per_kind": {k: vae_psnr(vae, heldout.pixels[:, i]) for i, k in enumerate(heldout.kinds)},
+    }
     (args.out / "vae_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    logging.info("VAE held-out PSNR: images %.2f dB, all kinds %.2f dB", report["psnr_images"], report["psnr_all_kinds"])
+    logging.info(
+        "VAE held-out PSNR: images %.2f dB, all kinds %.2f dB", report["psnr_images"], report["psnr_all_kinds"]
+    )
     del heldout, vae
 
     if args.total_minutes is not None:

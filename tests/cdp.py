@@ -18,9 +18,18 @@ import aiohttp
 
 from comfy_harness import stop_process
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0", "--window-size=1600,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--window-size=1600,1000",
+]
 
 
 def find_chromium() -> Optional[str]:
@@ -36,8 +45,12 @@ class Chromium:
 
     def __init__(self, executable: str) -> None:
         self.profile = Path(tempfile.mkdtemp(prefix="pdiff_chromium_"))
-        self.process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.loop = asyncio.new_event_loop()
         self.console: List[Dict[str, Any]] = []  # {"level", "text", "url"} of every console message and exception
         self._next_id = 0
@@ -106,7 +119,9 @@ class Chromium:
         result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
-            raise BrowserError(f"{expression[:200]!r} threw: {details.get('exception', {}).get('description', details)}")
+            raise BrowserError(
+                f"{expression[:200]!r} threw: {details.get('exception', {}).get('description', details)}"
+            )
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 60.0, what: str = "") -> Any:
@@ -131,8 +146,10 @@ class Chromium:
 
     def click(self, selector_js: str) -> None:
         """Click (real mouse events) the centre of the element the JavaScript expression returns."""
-        box = self.evaluate(f"(() => {{ const e = {selector_js}; if (!e) return null; e.scrollIntoView({{block: 'center'}}); "
-                            "const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        box = self.evaluate(
+            f"(() => {{ const e = {selector_js}; if (!e) return null; e.scrollIntoView({{block: 'center'}}); "
+            "const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         if box is None:
             raise BrowserError(f"nothing to click: {selector_js}")
         for kind in ("mousePressed", "mouseReleased"):

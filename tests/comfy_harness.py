@@ -118,9 +118,22 @@ class ComfyServer:
         self.log_file = log_file
         self._log = open(log_file, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--disable-auto-launch", "--dont-print-server"],
-            cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT, env=ONE_THREAD_ENV)
+            [
+                sys.executable,
+                "main.py",
+                "--cpu",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-auto-launch",
+                "--dont-print-server",
+            ],
+            cwd=comfy_dir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=ONE_THREAD_ENV,
+        )
 
     def log(self) -> str:
         self._log.flush()
@@ -147,8 +160,9 @@ class ComfyServer:
             return response.read()
 
     def post(self, path: str, payload: Any) -> Any:
-        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read())

@@ -61,7 +61,9 @@ def layer_norm(w: Weights, name: str, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], w[name + ".weight"], w[name + ".bias"], eps=1e-5)
 
 
-def spatial_transformer(w: Weights, name: str, x: torch.Tensor, context: torch.Tensor, heads: int, groups: int) -> torch.Tensor:
+def spatial_transformer(
+    w: Weights, name: str, x: torch.Tensor, context: torch.Tensor, heads: int, groups: int
+) -> torch.Tensor:
     b, c, hgt, wid = x.shape
     h = F.group_norm(x, groups, w[f"{name}.norm.weight"], w[f"{name}.norm.bias"], eps=1e-6)
     h = conv(w, f"{name}.proj_in", h).flatten(2).transpose(1, 2)
@@ -76,13 +78,24 @@ def spatial_transformer(w: Weights, name: str, x: torch.Tensor, context: torch.T
 
 
 def control_outputs(
-    w: Weights, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pair: torch.Tensor, query: torch.Tensor,
-    model_channels: int, heads: int, groups: int,
+    w: Weights,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    context: torch.Tensor,
+    pair: torch.Tensor,
+    query: torch.Tensor,
+    model_channels: int,
+    heads: int,
+    groups: int,
 ) -> List[torch.Tensor]:
     """The 13 control tensors (12 input zero-convs, then the middle one) for LDM weights `w`
     (keys without `control_model.`)."""
     emb = timestep_embedding(t, model_channels)
-    emb = F.linear(F.silu(F.linear(emb, w["time_embed.0.weight"], w["time_embed.0.bias"])), w["time_embed.2.weight"], w["time_embed.2.bias"])
+    emb = F.linear(
+        F.silu(F.linear(emb, w["time_embed.0.weight"], w["time_embed.0.bias"])),
+        w["time_embed.2.weight"],
+        w["time_embed.2.bias"],
+    )
     guided_hint = hint_encoder(w, "input_hint_block", pair) + hint_encoder(w, "input_cond_block", query)
     h = conv(w, "input_blocks.0.0", x) + guided_hint
     outs = [conv(w, "zero_convs.0.0", h)]
@@ -105,8 +118,13 @@ def control_outputs(
 
 
 def ldm_control_shapes(
-    model_channels: int, channel_mult: List[int], num_res_blocks: int, attention_levels: List[bool],
-    context_dim: int, hint_channels: List[int], in_channels: int = 4,
+    model_channels: int,
+    channel_mult: List[int],
+    num_res_blocks: int,
+    attention_levels: List[bool],
+    context_dim: int,
+    hint_channels: List[int],
+    in_channels: int = 4,
 ) -> Dict[str, tuple]:
     """Names and shapes of an LDM control branch as the authors' `ControlNet.__init__` lays it out."""
     shapes: Dict[str, tuple] = {}
@@ -154,7 +172,9 @@ def ldm_control_shapes(
     add_conv("zero_convs.0.0", model_channels, model_channels, 1)
     for encoder, cin in (("input_hint_block", 6), ("input_cond_block", 3)):
         h0, h1, h2, h3 = hint_channels
-        for index, (a, b) in enumerate([(cin, h0), (h0, h0), (h0, h1), (h1, h1), (h1, h2), (h2, h2), (h2, h3), (h3, model_channels)]):
+        for index, (a, b) in enumerate(
+            [(cin, h0), (h0, h0), (h0, h1), (h1, h1), (h1, h2), (h2, h2), (h2, h3), (h3, model_channels)]
+        ):
             add_conv(f"{encoder}.{2 * index}", a, b)
     ch, block = model_channels, 1
     for level, mult in enumerate(channel_mult):

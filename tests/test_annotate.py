@@ -30,11 +30,29 @@ def _captioned_folder(root: Path, groups: int = 3, per_group: int = 2, size: int
 
 def test_fallback_maps_make_a_loadable_dataset(tmp_path: Path) -> None:
     source, out = _captioned_folder(tmp_path / "in"), tmp_path / "out"
-    assert main(["--input", str(source), "--out", str(out), "--maps", "hed,seg,canny", "--fallback",
-                 "--resolution", "32", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--input",
+                str(source),
+                "--out",
+                str(out),
+                "--maps",
+                "hed,seg,canny",
+                "--fallback",
+                "--resolution",
+                "32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     index = DatasetIndex.load(out)
     assert len(index) == 4 and index.maps == ["hed", "seg", "canny"]
-    assert {g.caption: len(g.items) for g in index.groups} == {"a lonely caption": 1, **{f"shapes number {g}": 2 for g in range(3)}}
+    assert {g.caption: len(g.items) for g in index.groups} == {
+        "a lonely caption": 1,
+        **{f"shapes number {g}": 2 for g in range(3)},
+    }
     meta = json.loads((out / "dataset.json").read_text())
     assert "fallback" in meta["annotators"]["hed"] and "fallback" in meta["annotators"]["seg"]
     assert meta["classical_maps"] == ["hed", "seg", "canny"] and meta["source"] == "annotate"
@@ -60,8 +78,21 @@ def test_missing_weights_are_listed(tmp_path: Path, caplog) -> None:
     with pytest.raises(AnnotatorWeightsError, match="depth.*no classical fallback"):
         build_annotators(["depth"], None, fallback=True)
     source = _captioned_folder(tmp_path / "in")
-    assert main(["--input", str(source), "--out", str(tmp_path / "out"), "--maps", "depth",
-                 "--annotator-weights", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "--input",
+                str(source),
+                "--out",
+                str(tmp_path / "out"),
+                "--maps",
+                "depth",
+                "--annotator-weights",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "dpt_hybrid-midas-501f0c75.pt" in caplog.text
     assert not (tmp_path / "out").exists()
 
@@ -85,8 +116,23 @@ def test_greyscale_photos_are_stored_rgb_and_unreadable_files_are_skipped(tmp_pa
     (source / "broken.png").write_bytes(b"not a png")
     (source / "notes.pdf").write_bytes(b"%PDF")
     out = tmp_path / "out"
-    assert main(["--input", str(source), "--out", str(out), "--maps", "hed", "--fallback", "--resolution", "24",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--input",
+                str(source),
+                "--out",
+                str(out),
+                "--maps",
+                "hed",
+                "--fallback",
+                "--resolution",
+                "24",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert f"skipped {source / 'broken.png'}: cannot read as an image" in caplog.text
     assert f"skipped {source / 'notes.pdf'}: not an image file (.pdf" in caplog.text
     index = DatasetIndex.load(out)
@@ -149,7 +195,9 @@ def test_ip2p_layout(tmp_path: Path) -> None:
     assert [(g.caption, len(g.images)) for g in groups] == [("out p0", 4), ("out p1", 2)]
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")  # controlnet-aux import noise
+@pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning"
+)  # controlnet-aux import noise
 def test_batched_hed_matches_controlnet_aux(tmp_path: Path) -> None:
     from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
 
@@ -157,8 +205,10 @@ def test_batched_hed_matches_controlnet_aux(tmp_path: Path) -> None:
     network = ControlNetHED_Apache2().float().eval()  # random weights: the arithmetic is what is compared
     rng = np.random.default_rng(2)
     images = [shapes_image(rng, 64) for _ in range(3)]
-    reference = [np.asarray(HEDdetector(network)(im, detect_resolution=64, image_resolution=64, output_type="np"))[..., 0]
-                 for im in images]
+    reference = [
+        np.asarray(HEDdetector(network)(im, detect_resolution=64, image_resolution=64, output_type="np"))[..., 0]
+        for im in images
+    ]
     batched = hed_batch(network, 64, "cpu")(images)
     for ref, got in zip(reference, batched):
         np.testing.assert_array_equal(ref, got)
@@ -192,7 +242,9 @@ def test_folder_layouts(tmp_path: Path) -> None:
     for name in ("b", "a"):
         Image.fromarray(shapes_image(rng, 16)).save(plain / f"{name}.png")
     assert [(g.key, g.caption, len(g.images)) for g in annotate.folder_groups(plain).groups] == [
-        ("file:a.png", "", 1), ("file:b.png", "", 1)]
+        ("file:a.png", "", 1),
+        ("file:b.png", "", 1),
+    ]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -201,8 +253,9 @@ def test_upernet_segmenter_paints_ade20k_classes(tmp_path: Path) -> None:
     from transformers import ConvNextConfig, SegformerImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
 
     torch.manual_seed(0)  # a random tiny UperNet stands in for the ADE20K weights
-    backbone = ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64],
-                              out_features=["stage1", "stage2", "stage3", "stage4"])
+    backbone = ConvNextConfig(
+        depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], out_features=["stage1", "stage2", "stage3", "stage4"]
+    )
     config = UperNetConfig(backbone_config=backbone, hidden_size=16, num_labels=150, use_auxiliary_head=False)
     folder = tmp_path / "weights" / "upernet-convnext-small"
     UperNetForSemanticSegmentation(config).save_pretrained(folder)

@@ -24,8 +24,10 @@ from test_checkpoints import TINY, ldm_checkpoint
 @pytest.fixture
 def never_loads(monkeypatch):
     """Fail the test if a model is loaded: these mistakes must be caught before."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
+
     monkeypatch.setattr(cli, "load_pipeline", refuse)
 
 
@@ -41,12 +43,20 @@ def run_cli(argv, capsys) -> str:
 
 
 def generate_args(model, inputs, out, **flags):
-    args = {"--example-source": inputs["source"], "--example-target": inputs["target"], "--query": inputs["query"],
-            "--out": out, "--model": model, "--steps": 2, **flags}
+    args = {
+        "--example-source": inputs["source"],
+        "--example-target": inputs["target"],
+        "--query": inputs["query"],
+        "--out": out,
+        "--model": model,
+        "--steps": 2,
+        **flags,
+    }
     return ["generate"] + [str(x) for kv in args.items() for x in kv if x is not None]
 
 
 # --------------------------------------------------------------------------- generate: flags and files
+
 
 def _text_as_png(tmp):
     path = tmp / "notes.png"
@@ -98,12 +108,22 @@ def test_a_size_far_past_the_trained_one_needs_a_flag(tiny_pipeline_dir, inputs,
         patch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("loaded before the size check"))
         err = run_cli(generate_args(tiny_pipeline_dir, {**inputs, "query": big}, tmp_path / "out.png"), capsys)
         assert f"--query: {2 * side + 8}x{2 * side + 8} is over 2x the {side}x{side}" in err and "--allow-large" in err
-        err = run_cli(generate_args(tiny_pipeline_dir, inputs, tmp_path / "out.png",
-                                    **{"--height": 4 * side, "--width": 4 * side}), capsys)
+        err = run_cli(
+            generate_args(
+                tiny_pipeline_dir, inputs, tmp_path / "out.png", **{"--height": 4 * side, "--width": 4 * side}
+            ),
+            capsys,
+        )
         assert "--allow-large" in err
     # Asked for, it runs (the inputs resized to a size the tiny model handles in a second).
-    cli.main(generate_args(tiny_pipeline_dir, {**inputs, "query": big}, tmp_path / "out.png",
-                           **{"--allow-large": None, "--height": 64, "--width": 64}))
+    cli.main(
+        generate_args(
+            tiny_pipeline_dir,
+            {**inputs, "query": big},
+            tmp_path / "out.png",
+            **{"--allow-large": None, "--height": 64, "--width": 64},
+        )
+    )
     assert PIL.Image.open(tmp_path / "out.png").size == (64, 64)
 
 
@@ -150,7 +170,9 @@ def test_a_damaged_safetensors_is_named(damage, tiny_pipeline_dir, tmp_path, cap
     assert str(path) in err and "not a readable .safetensors file" in err
 
 
-def test_a_config_that_contradicts_the_weights_is_refused_before_building(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+def test_a_config_that_contradicts_the_weights_is_refused_before_building(
+    tiny_pipeline_dir, tmp_path, capsys, monkeypatch
+):
     """The reported file asked for block_out_channels [16384]*3 in its metadata and ate 3 GB."""
     path = _tiny_controlnet_file(tmp_path, tiny_pipeline_dir)
     with safe_open(str(path), "pt") as f:
@@ -206,8 +228,10 @@ def test_a_controlnet_of_another_size_is_named(tiny_pipeline_dir, inputs, tmp_pa
 # --------------------------------------------------------------------------- eval flags
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", 0), ("--batch-size", -1), ("--groups-limit", 0),
-                                        ("--steps", 0), ("--guidance", "nan")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [("--batch-size", 0), ("--batch-size", -1), ("--groups-limit", 0), ("--steps", 0), ("--guidance", "nan")],
+)
 def test_eval_flags_are_checked_at_parse_time(flag, value, tmp_path, capsys):
     err = run_cli(["eval-toyworld", "--out", tmp_path / "e", flag, value], capsys)
     assert f"argument {flag}:" in err
@@ -221,7 +245,10 @@ PIPELINE_MISTAKES = {
     "guidance nan": ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
     "guidance inf": ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
     "eta nan": ({"eta": float("nan")}, "eta must be a finite number"),
-    "conditioning scale nan": ({"controlnet_conditioning_scale": float("nan")}, "controlnet_conditioning_scale must be"),
+    "conditioning scale nan": (
+        {"controlnet_conditioning_scale": float("nan")},
+        "controlnet_conditioning_scale must be",
+    ),
     "steps 0": ({"num_inference_steps": 0}, "num_inference_steps must be a whole number >= 1"),
     "steps -1": ({"num_inference_steps": -1}, "num_inference_steps must be a whole number >= 1"),
     "height without width": ({"height": 64}, "pass height and width together"),
@@ -263,8 +290,9 @@ def test_a_failed_eval_run_does_not_block_the_fixed_rerun(tmp_path):
         ResultStore(tmp_path, {"model": "b", "steps": 20})
 
 
-def test_convert_checks_its_output_before_reading_and_writes_whole_files(tiny_pipeline_dir, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_convert_checks_its_output_before_reading_and_writes_whole_files(
+    tiny_pipeline_dir, tmp_path, capsys, monkeypatch
+):
     import pdiff_core.checkpoints as checkpoints
 
     err = run_cli(["convert", tmp_path / "never-read.ckpt", tmp_path / "folder", "--to", "ldm"], capsys)

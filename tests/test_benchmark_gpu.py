@@ -12,9 +12,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_gpu_runs_every_stage_on_cpu_and_writes_json(run_benchmark, tmp_path):
     path = tmp_path / "gpu.json"
-    out = run_benchmark("bench_gpu", ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "1",
-                                      "--batches", "1", "--repeats", "1", "--stages", "batches,graph_only,channels_last", "--threads", "1",
-                                      "--json", str(path)])
+    out = run_benchmark(
+        "bench_gpu",
+        [
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--steps",
+            "1",
+            "--batches",
+            "1",
+            "--repeats",
+            "1",
+            "--stages",
+            "batches,graph_only,channels_last",
+            "--threads",
+            "1",
+            "--json",
+            str(path),
+        ],
+    )
     data = json.loads(path.read_text())
     stage = data["batch1"]
     assert set(stage["eager"]) == {"ours", "peer", "sd_plain"} and stage["diffusers_controlnet_cost"] > 0
@@ -29,8 +49,25 @@ def test_bench_gpu_runs_every_stage_on_cpu_and_writes_json(run_benchmark, tmp_pa
 
 def test_bench_gpu_skips_stages_past_its_deadline(run_benchmark, tmp_path):
     path = tmp_path / "gpu.json"
-    run_benchmark("bench_gpu", ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--batches", "1,2",
-                                "--threads", "1", "--deadline-at", "1", "--json", str(path)])
+    run_benchmark(
+        "bench_gpu",
+        [
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--batches",
+            "1,2",
+            "--threads",
+            "1",
+            "--deadline-at",
+            "1",
+            "--json",
+            str(path),
+        ],
+    )
     data = json.loads(path.read_text())
     assert "deadline" in data["batch1"]["skipped"] and "deadline" in data["batch2"]["skipped"]
     assert data["build_s"] > 0 and "peer_compiled" not in data
@@ -40,8 +77,13 @@ def test_gpu_session_dry_run_writes_results_and_a_log_per_step(tmp_path):
     """The script the GPU run executes, end to end on a CPU (tiny preset): the same steps and files."""
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     steps = (out / "steps.txt").read_text()
     assert "step env_bench_gpu: exit 0" in steps and "step bench_gpu: exit 0" in steps
@@ -69,7 +111,9 @@ def test_gpu_session_skips_the_comfyui_step_with_a_reason_without_comfyui(tmp_pa
 
 def test_gpu_session_refuses_unknown_arguments_and_a_missing_out(tmp_path):
     script = str(ROOT / "benchmarks" / "gpu_session.sh")
-    wrong = subprocess.run(["bash", script, "--dryrun"], env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True)
+    wrong = subprocess.run(
+        ["bash", script, "--dryrun"], env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True
+    )
     assert wrong.returncode == 2 and "usage" in wrong.stderr
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     missing = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
@@ -78,8 +122,29 @@ def test_gpu_session_refuses_unknown_arguments_and_a_missing_out(tmp_path):
 
 def test_bench_gpu_runs_a_later_stage_alone_against_an_eager_reference(run_benchmark, tmp_path):
     path = tmp_path / "gpu.json"
-    run_benchmark("bench_gpu", ["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--steps", "1", "--batches", "1",
-                                "--repeats", "1", "--stages", "graph_only", "--threads", "1", "--json", str(path)])
+    run_benchmark(
+        "bench_gpu",
+        [
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--steps",
+            "1",
+            "--batches",
+            "1",
+            "--repeats",
+            "1",
+            "--stages",
+            "graph_only",
+            "--threads",
+            "1",
+            "--json",
+            str(path),
+        ],
+    )
     data = json.loads(path.read_text())
     assert "batch1" not in data and data["batch1_fast_variants"]["graph_only"]["max_pixel_diff_fast_vs_ours_eager"] == 0
     assert (tmp_path / "gpu.headline.txt").read_text().startswith(data["env"]["device"])

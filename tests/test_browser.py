@@ -63,9 +63,12 @@ def page(server, chromium_executable):
     browser = Chromium(chromium_executable)
     try:
         browser.goto(server.url)
-        browser.wait_for("window.app && app.graph && window.LiteGraph && "
-                         "LiteGraph.registered_node_types['PDiff_ApplyPromptDiffusion']", timeout=240,
-                         what="the ComfyUI page with the pack's nodes")
+        browser.wait_for(
+            "window.app && app.graph && window.LiteGraph && "
+            "LiteGraph.registered_node_types['PDiff_ApplyPromptDiffusion']",
+            timeout=240,
+            what="the ComfyUI page with the pack's nodes",
+        )
         yield browser
     finally:
         browser.close()
@@ -76,13 +79,17 @@ def open_pack_templates(page: Chromium, shots: Path) -> list:
     if not page.evaluate("!!document.querySelector('[data-testid=\"template-workflows-content\"]')"):
         page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     content = "document.querySelector('[data-testid=\"template-workflows-content\"]')"
-    nav_item = (f"Array.from({content}.querySelectorAll('aside *'))"
-                f".find(e => e.children.length === 0 && e.textContent.trim() === {json.dumps(PACK_NAME)})")
+    nav_item = (
+        f"Array.from({content}.querySelectorAll('aside *'))"
+        f".find(e => e.children.length === 0 && e.textContent.trim() === {json.dumps(PACK_NAME)})"
+    )
     shown = f"Array.from({content}.querySelectorAll('h2')).some(h => h.textContent.trim() === {json.dumps(PACK_NAME)})"
     page.wait_for(f"!!{content} && !!({nav_item})", what="the templates dialog with the pack's category")
     deadline = time.monotonic() + 60
     while not page.evaluate(shown):  # a click during the dialog's opening animation can miss: click until shown
-        assert time.monotonic() < deadline, f"the pack's category did not open; see {page.screenshot(shots / 'templates_dialog.png')}"
+        assert time.monotonic() < deadline, (
+            f"the pack's category did not open; see {page.screenshot(shots / 'templates_dialog.png')}"
+        )
         page.click(nav_item)
         page.pause(1.0)
     cards = "Array.from(document.querySelectorAll('[data-testid^=\"template-workflow-\"]'))"
@@ -96,17 +103,23 @@ def open_pack_templates(page: Chromium, shots: Path) -> list:
             page.evaluate(f"{card}.scrollIntoView({{block: 'center'}})")
             page.wait_for(loaded, timeout=THUMBNAIL_TIMEOUT, what=f"card {index}'s thumbnail")
     except BrowserError as err:
-        state = page.evaluate(f"{cards}.map(c => {{ const i = c.querySelector('img'); return [c.getAttribute('data-testid'), "
-                              "i ? [i.src, i.complete, i.naturalWidth] : null]; })")
-        raise AssertionError(f"{err}; cards (id, [img src, complete, width]): {state}; "
-                             f"see {page.screenshot(shots / 'templates_dialog.png')}") from err
+        state = page.evaluate(
+            f"{cards}.map(c => {{ const i = c.querySelector('img'); return [c.getAttribute('data-testid'), "
+            "i ? [i.src, i.complete, i.naturalWidth] : null]; })"
+        )
+        raise AssertionError(
+            f"{err}; cards (id, [img src, complete, width]): {state}; "
+            f"see {page.screenshot(shots / 'templates_dialog.png')}"
+        ) from err
     page.pause(1.0)  # loaded is not yet painted
     page.screenshot(shots / "templates_dialog.png")
     return page.evaluate(f"{cards}.map(c => c.getAttribute('data-testid').slice('template-workflow-'.length))")
 
 
 def test_page_loads_with_no_console_error_from_the_pack(page):
-    assert page.evaluate("Object.keys(LiteGraph.registered_node_types).filter(t => t.startsWith('PDiff_')).length") == 7  # the six nodes and Apply Prompt Diffusion (Few-Shot)
+    assert (
+        page.evaluate("Object.keys(LiteGraph.registered_node_types).filter(t => t.startsWith('PDiff_')).length") == 7
+    )  # the six nodes and Apply Prompt Diffusion (Few-Shot)
     assert not errors(page.console, about_the_pack), errors(page.console, about_the_pack)
 
 
@@ -119,7 +132,8 @@ def test_templates_dialog_lists_the_pack_workflows_with_thumbnails(page, tmp_pat
 def node_boxes(page: Chromium) -> list:
     return page.evaluate(
         "app.graph._nodes.map(n => ({title: n.title, type: n.type, "
-        "box: [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]}))")
+        "box: [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]}))"
+    )
 
 
 def overlaps(nodes: list) -> list:
@@ -136,10 +150,12 @@ def overlaps(nodes: list) -> list:
 def test_template_opens_from_the_dialog_without_overlaps_and_runs_from_the_page(page, server, template, tmp_path):
     open_pack_templates(page, tmp_path)
     page.click(f"document.querySelector('[data-testid=\"template-workflow-{template}\"]')")
-    page.wait_for("!document.querySelector('[data-testid=\"template-workflows-content\"]') && "
-                  f"app.graph._nodes.some(n => n.title === 'About this workflow') && "
-                  f"app.graph._nodes.length === {len(json.loads((ROOT / 'example_workflows' / f'{template}.json').read_text())['nodes'])}",
-                  what=f"the template {template!r} in the graph")
+    page.wait_for(
+        "!document.querySelector('[data-testid=\"template-workflows-content\"]') && "
+        f"app.graph._nodes.some(n => n.title === 'About this workflow') && "
+        f"app.graph._nodes.length === {len(json.loads((ROOT / 'example_workflows' / f'{template}.json').read_text())['nodes'])}",
+        what=f"the template {template!r} in the graph",
+    )
     page.pause(1.0)  # let the frontend size the nodes (LoadImage grows to its preview)
     shot = page.screenshot(tmp_path / "graph.png")
     nodes = node_boxes(page)
@@ -147,8 +163,10 @@ def test_template_opens_from_the_dialog_without_overlaps_and_runs_from_the_page(
     if template in NEEDS_USER_FILES:
         return
     before = set(server.get("/history"))
-    page.evaluate("window.pdiffExecuted = []; if (!window.pdiffListening) { window.pdiffListening = true; "
-                  "comfyAPI.api.api.addEventListener('executed', e => window.pdiffExecuted.push(e.detail)); }")
+    page.evaluate(
+        "window.pdiffExecuted = []; if (!window.pdiffListening) { window.pdiffListening = true; "
+        "comfyAPI.api.api.addEventListener('executed', e => window.pdiffExecuted.push(e.detail)); }"
+    )
     page.evaluate("app.queuePrompt(0, 1)")
     deadline = time.monotonic() + 180
     while not (set(server.get("/history")) - before):
@@ -160,9 +178,12 @@ def test_template_opens_from_the_dialog_without_overlaps_and_runs_from_the_page(
     assert entry["outputs"]["11"]["images"], entry["outputs"]
     # the page got it: the result node's "executed" message names the image the server made
     filename = entry["outputs"]["11"]["images"][0]["filename"]
-    page.wait_for(f"window.pdiffExecuted.some(d => String(d.node) === '11' && "
-                  f"d.output.images.some(i => i.filename === {json.dumps(filename)}))",
-                  timeout=30, what="the page's 'executed' message for the result node")
+    page.wait_for(
+        f"window.pdiffExecuted.some(d => String(d.node) === '11' && "
+        f"d.output.images.some(i => i.filename === {json.dumps(filename)}))",
+        timeout=30,
+        what="the page's 'executed' message for the result node",
+    )
     page.evaluate("app.extensionManager.command.execute('Comfy.Canvas.FitView')")  # the whole graph, result included
     page.pause(1.0)
     page.screenshot(tmp_path / "finished.png")

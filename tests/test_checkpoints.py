@@ -14,8 +14,14 @@ from pdiff_core.ldm_config import ldm_unet_config
 from pdiff_core.presets import get_preset
 from reference_cldm import control_outputs, ldm_control_shapes
 
-TINY = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[True, False],
-            context_dim=32, hint_channels=[8, 8, 16, 16])
+TINY = dict(
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_levels=[True, False],
+    context_dim=32,
+    hint_channels=[8, 8, 16, 16],
+)
 HEADS = 2  # not readable from weights: passed as the config's attention_head_dim
 
 
@@ -23,10 +29,15 @@ def ldm_checkpoint(seed: int = 0) -> dict:
     """An authors'-format full checkpoint: control_model.* with random values, plus stand-ins for
     the UNet, VAE and text encoder parts."""
     generator = torch.Generator().manual_seed(seed)
-    control = {f"control_model.{k}": torch.randn(shape, generator=generator) * 0.1 for k, shape in ldm_control_shapes(**TINY).items()}
-    others = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3),
-              "first_stage_model.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3),
-              "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77)}
+    control = {
+        f"control_model.{k}": torch.randn(shape, generator=generator) * 0.1
+        for k, shape in ldm_control_shapes(**TINY).items()
+    }
+    others = {
+        "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3),
+        "first_stage_model.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3),
+        "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77),
+    }
     return {**control, **others}
 
 
@@ -39,7 +50,9 @@ def ldm_file(tmp_path):
 
 def test_converted_ldm_checkpoint_matches_the_published_architecture(ldm_file):
     model = read_controlnet(ldm_file, config={"attention_head_dim": HEADS}).build().eval()
-    weights = {k[len("control_model."):]: v for k, v in read_state_dict(ldm_file).items() if k.startswith("control_model.")}
+    weights = {
+        k[len("control_model.") :]: v for k, v in read_state_dict(ldm_file).items() if k.startswith("control_model.")
+    }
     gen = torch.Generator().manual_seed(1)
     x, context = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 5, 32, generator=gen)
     pair, query = torch.rand(2, 6, 64, 64, generator=gen) * 2 - 1, torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
@@ -108,8 +121,13 @@ def test_save_refuses_to_overwrite(tiny_pipeline_dir, tmp_path):
 
 
 def test_plain_controlnet_is_refused_with_what_it_is(tmp_path):
-    plain = ControlNetModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                            layers_per_block=1, cross_attention_dim=32, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    plain = ControlNetModel(
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        conditioning_embedding_out_channels=(8, 8, 16, 16),
+    )
     path = tmp_path / "control_v11p_sd15_canny.safetensors"
     save_file(plain.state_dict(), str(path))
     with pytest.raises(CheckpointError, match="plain ControlNet"):
@@ -146,12 +164,15 @@ def test_missing_file_is_named(tmp_path):
         read_controlnet(tmp_path / "nothing.safetensors")
 
 
-@pytest.mark.parametrize("name, content, described", [
-    ("garbage.safetensors", b"\xff" * 64, "starting b'\\xff"),
-    ("pointer.safetensors", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n", "Git LFS pointer"),
-    ("login.ckpt", b"<!DOCTYPE html><html><body>sign in</body></html>", "an HTML page"),
-    ("empty.safetensors", b"", "the file is empty"),
-])
+@pytest.mark.parametrize(
+    "name, content, described",
+    [
+        ("garbage.safetensors", b"\xff" * 64, "starting b'\\xff"),
+        ("pointer.safetensors", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n", "Git LFS pointer"),
+        ("login.ckpt", b"<!DOCTYPE html><html><body>sign in</body></html>", "an HTML page"),
+        ("empty.safetensors", b"", "the file is empty"),
+    ],
+)
 def test_a_file_that_is_not_weights_is_named_with_what_it_looks_like(tmp_path, name, content, described):
     path = tmp_path / name
     path.write_bytes(content)

@@ -18,9 +18,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def generate(model, inputs, out, *extra):
-    return main(["generate", "--example-source", str(inputs["source"]), "--example-target", str(inputs["target"]),
-                 "--query", str(inputs["query"]), "--prompt", "a red sphere", "--out", str(out),
-                 "--model", str(model), "--steps", "3", *extra])
+    return main(
+        [
+            "generate",
+            "--example-source",
+            str(inputs["source"]),
+            "--example-target",
+            str(inputs["target"]),
+            "--query",
+            str(inputs["query"]),
+            "--prompt",
+            "a red sphere",
+            "--out",
+            str(out),
+            "--model",
+            str(model),
+            "--steps",
+            "3",
+            *extra,
+        ]
+    )
 
 
 def test_generate_writes_an_image_and_is_seeded(tiny_pipeline_dir, inputs, tmp_path, caplog):
@@ -70,7 +87,9 @@ def test_generate_with_a_controlnet_from_an_ldm_checkpoint(tiny_pipeline_dir, in
     main(["convert", str(tiny_pipeline_dir / "controlnet"), str(converted), "--to", "ldm"])
     generate(tiny_pipeline_dir, inputs, tmp_path / "a.png", "--controlnet", str(converted))
     generate(tiny_pipeline_dir, inputs, tmp_path / "b.png")
-    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "a.png")), np.asarray(PIL.Image.open(tmp_path / "b.png")))
+    assert np.array_equal(
+        np.asarray(PIL.Image.open(tmp_path / "a.png")), np.asarray(PIL.Image.open(tmp_path / "b.png"))
+    )
 
 
 def test_convert_round_trip_and_info(tmp_path, capsys):
@@ -105,7 +124,7 @@ def test_demo_draws_one_row_per_bundled_example(tiny_pipeline_dir, tmp_path):
     grid = PIL.Image.open(out)
     assert grid.size == (150 + 5 * 132, 24 + len(examples) * 132)
     # the result column holds a generated image, not the white background
-    result_tile = np.asarray(grid)[24:24 + 128, 150 + 3 * 132:150 + 3 * 132 + 128]
+    result_tile = np.asarray(grid)[24 : 24 + 128, 150 + 3 * 132 : 150 + 3 * 132 + 128]
     assert result_tile.std() > 1.0
 
 
@@ -115,8 +134,20 @@ def test_verbose_shows_the_traceback_of_a_reported_error(tiny_pipeline_dir, inpu
     for verbose in (False, True):
         caplog.clear()
         with pytest.raises(SystemExit):
-            main([*(["-v"] if verbose else []), "generate", "--example-source", str(inputs["source"]),
-                  "--example-target", str(inputs["target"]), "--query", str(inputs["query"]), "--out", str(tmp_path / "x.png")])
+            main(
+                [
+                    *(["-v"] if verbose else []),
+                    "generate",
+                    "--example-source",
+                    str(inputs["source"]),
+                    "--example-target",
+                    str(inputs["target"]),
+                    "--query",
+                    str(inputs["query"]),
+                    "--out",
+                    str(tmp_path / "x.png"),
+                ]
+            )
         tracebacks = [r.exc_info for r in caplog.records if r.exc_info]
         assert bool(tracebacks) == verbose
     assert tracebacks[0][0] is FileNotFoundError
@@ -146,8 +177,13 @@ for command in sys.argv[1:]:
 
 
 def test_cli_runs_without_the_eval_and_train_extras():
-    result = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, "generate", "eval", "convert"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, "generate", "eval", "convert"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     for command in ("generate", "eval", "convert"):
         assert f"usage: pdiff {command}" in result.stdout

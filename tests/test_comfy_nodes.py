@@ -18,8 +18,13 @@ from pdiff_core.defaults import DEFAULT_MODEL
 from pdiff_core.presets import PRESETS
 
 NODE_IDS = {
-    "PDiff_LoadPromptDiffusionControlNet", "PDiff_LoadPromptDiffusionModel", "PDiff_ApplyPromptDiffusion",
-    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview", "PDiff_Annotate", "PDiff_ApplyPromptDiffusionFewShot",
+    "PDiff_LoadPromptDiffusionControlNet",
+    "PDiff_LoadPromptDiffusionModel",
+    "PDiff_ApplyPromptDiffusion",
+    "PDiff_MakeExamplePair",
+    "PDiff_PromptDiffusionPreview",
+    "PDiff_Annotate",
+    "PDiff_ApplyPromptDiffusionFewShot",
 }
 # Every model-size preset but SD1.5's (1.1 B parameters), saved with random weights and run here.
 CPU_PRESETS = [name for name in PRESETS if name != "sd15"]
@@ -135,8 +140,15 @@ def control_outputs(control_model, x, timesteps, context, hint):
 
 def reference_outputs(reference, x, timesteps, context, pair, query, scale=1.0):
     with torch.no_grad():
-        down, mid = reference(x, timesteps, encoder_hidden_states=context, controlnet_cond=pair,
-                              controlnet_query_cond=query, conditioning_scale=scale, return_dict=False)
+        down, mid = reference(
+            x,
+            timesteps,
+            encoder_hidden_states=context,
+            controlnet_cond=pair,
+            controlnet_query_cond=query,
+            conditioning_scale=scale,
+            return_dict=False,
+        )
     return list(down), mid
 
 
@@ -148,7 +160,9 @@ def assert_residuals_close(got, expected, atol=ATOL):
         assert a.shape == b.shape, f"residual {index}: {tuple(a.shape)} vs {tuple(b.shape)}"
         torch.testing.assert_close(a, b, atol=atol, rtol=1e-4, msg=lambda m: f"down residual {index}: {m}")
     torch.testing.assert_close(got_mid, expected_mid, atol=atol, rtol=1e-4, msg=lambda m: f"mid residual: {m}")
-    assert max(float(t.abs().max()) for t in expected_down) > 1e-3, "the reference control is ~0: the test would not see a bug"
+    assert max(float(t.abs().max()) for t in expected_down) > 1e-3, (
+        "the reference control is ~0: the test would not see a bug"
+    )
 
 
 def random_inputs(reference, batch=2, size=32, seed=0):
@@ -167,17 +181,30 @@ def test_pack_registers_its_nodes_with_stable_ids(node_classes):
     assert NODE_IDS <= set(node_classes)
     apply_inputs = node_classes["PDiff_ApplyPromptDiffusion"].INPUT_TYPES()
     assert list(apply_inputs["required"]) == [
-        "positive", "negative", "control_net", "example_source", "example_target", "query",
-        "strength", "start_percent", "end_percent"]
+        "positive",
+        "negative",
+        "control_net",
+        "example_source",
+        "example_target",
+        "query",
+        "strength",
+        "start_percent",
+        "end_percent",
+    ]
     assert set(apply_inputs["optional"]) == {"vae", "mask"}
     assert list(node_classes["PDiff_ApplyPromptDiffusion"].RETURN_TYPES) == ["CONDITIONING", "CONDITIONING"]
     assert list(node_classes["PDiff_LoadPromptDiffusionModel"].RETURN_TYPES) == ["MODEL", "CLIP", "VAE", "CONTROL_NET"]
-    assert node_classes["PDiff_LoadPromptDiffusionModel"].INPUT_TYPES()["required"]["model_name"][1]["options"][0] == "pdiff-toyworld"
+    assert (
+        node_classes["PDiff_LoadPromptDiffusionModel"].INPUT_TYPES()["required"]["model_name"][1]["options"][0]
+        == "pdiff-toyworld"
+    )
 
 
 def test_validation_rejects_an_unknown_model_folder(comfyui):
-    prompt = {"1": {"class_type": "PDiff_LoadPromptDiffusionModel", "inputs": {"model_name": "no-such-model"}},
-              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "PDiff_LoadPromptDiffusionModel", "inputs": {"model_name": "no-such-model"}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
     import asyncio
 
     valid, error, _, node_errors = asyncio.run(comfyui["execution"].validate_prompt("v", prompt, None))
@@ -212,8 +239,12 @@ def write_control_files(comfy_dir: Path, reference, authors_like) -> dict:
     ldm["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(1)  # a full checkpoint's other parts
     ldm["first_stage_model.decoder.conv_in.weight"] = torch.zeros(1)
     torch.save({"state_dict": ldm}, folder / "pd_authors.ckpt")
-    return {"pd_single.safetensors": reference, "pd_single_ldm_layout.safetensors": reference,
-            "pd_diffusers/diffusion_pytorch_model.safetensors": reference, "pd_authors.ckpt": authors_like}
+    return {
+        "pd_single.safetensors": reference,
+        "pd_single_ldm_layout.safetensors": reference,
+        "pd_diffusers/diffusion_pytorch_model.safetensors": reference,
+        "pd_authors.ckpt": authors_like,
+    }
 
 
 def test_control_loader_reads_every_layout_and_matches_pdiff_core(comfyui, node_classes, reference, authors_like):
@@ -234,12 +265,23 @@ def test_control_loader_errors_name_the_problem(comfyui, node_classes):
     from diffusers import ControlNetModel
 
     folder = comfyui["dir"] / "models" / "controlnet"
-    plain = ControlNetModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                            layers_per_block=1, cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
-                            conditioning_embedding_out_channels=(8, 16))
+    plain = ControlNetModel(
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+        conditioning_embedding_out_channels=(8, 16),
+    )
     save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(folder / "plain_controlnet.safetensors"))
-    save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 4, 3, 3),
-               "first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4, 3, 3)}, str(folder / "sd15_checkpoint.safetensors"))
+    save_file(
+        {
+            "model.diffusion_model.out.2.weight": torch.zeros(4, 4, 3, 3),
+            "first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4, 3, 3),
+        },
+        str(folder / "sd15_checkpoint.safetensors"),
+    )
     comfyui["folder_paths"].filename_list_cache.clear()
     loader = node_classes["PDiff_LoadPromptDiffusionControlNet"]
     with pytest.raises(CheckpointError, match="plain ControlNet"):
@@ -252,8 +294,9 @@ def test_control_loader_errors_name_the_problem(comfyui, node_classes):
 
 def test_loaded_control_runs_in_fp16_through_comfy_ops(comfyui, reference):
     control_module = pack_module(comfyui["nodes"], "control")
-    control = control_module.build_control(read_controlnet(comfyui["dir"] / "models" / "prompt_diffusion" / "pdiff-toyworld"),
-                                           dtype=torch.bfloat16)
+    control = control_module.build_control(
+        read_controlnet(comfyui["dir"] / "models" / "prompt_diffusion" / "pdiff-toyworld"), dtype=torch.bfloat16
+    )
     assert control.control_model.dtype == torch.bfloat16
     x, t, context, images = random_inputs(reference)
     got = control_outputs(control.control_model, x.bfloat16(), t.bfloat16(), context.bfloat16(), images.bfloat16())
@@ -269,8 +312,19 @@ def conditioning(context):
     return [[context, {"pooled_output": None}]]
 
 
-def apply(node_classes, control, source, target, query, positive=None, negative=None, strength=1.0, mask=None,
-          start=0.0, end=1.0):
+def apply(
+    node_classes,
+    control,
+    source,
+    target,
+    query,
+    positive=None,
+    negative=None,
+    strength=1.0,
+    mask=None,
+    start=0.0,
+    end=1.0,
+):
     positive = positive if positive is not None else conditioning(torch.zeros(1, 77, 32))
     negative = negative if negative is not None else conditioning(torch.ones(1, 77, 32))
     node = node_classes["PDiff_ApplyPromptDiffusion"]
@@ -331,8 +385,9 @@ def test_a_batch_of_pairs_over_one_query(node_classes, loaded, reference):
     sigma = model.model.model_sampling.sigma(torch.tensor([700.0, 700.0]))
     x, context = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 77, 32, generator=g)
     got = comfy_control(c, model, x, sigma, context, batched_number=1)
-    assert_residuals_close(got, expected_via_pdiff_core(reference, model, x, sigma, context, sources, targets,
-                                                        query.expand(2, -1, -1, -1)))
+    assert_residuals_close(
+        got, expected_via_pdiff_core(reference, model, x, sigma, context, sources, targets, query.expand(2, -1, -1, -1))
+    )
 
 
 def test_apply_chains_with_a_previous_controlnet_and_mutates_nothing(node_classes, loaded):
@@ -342,15 +397,23 @@ def test_apply_chains_with_a_previous_controlnet_and_mutates_nothing(node_classe
     positive = conditioning(torch.zeros(1, 77, 32))
     first_pos, first_neg = apply(node_classes, control, *images[:3], positive=positive)
     second_pos, _ = apply(node_classes, control, *images[3:], positive=first_pos, negative=first_neg)
-    assert "control" not in positive[0][1] and control.cond_hint_original is None and control.previous_controlnet is None
+    assert (
+        "control" not in positive[0][1] and control.cond_hint_original is None and control.previous_controlnet is None
+    )
     first, second = first_pos[0][1]["control"], second_pos[0][1]["control"]
-    assert second.previous_controlnet is first and second is not control and second.control_model is control.control_model
+    assert (
+        second.previous_controlnet is first and second is not control and second.control_model is control.control_model
+    )
 
     sigma = model.model.model_sampling.sigma(torch.tensor([300.0]))
     x, context = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 77, 32, generator=g)
     chained = comfy_control(prepared(second, model), model, x, sigma, context, 1)
-    alone_first = comfy_control(prepared(apply(node_classes, control, *images[:3])[0][0][1]["control"], model), model, x, sigma, context, 1)
-    alone_second = comfy_control(prepared(apply(node_classes, control, *images[3:])[0][0][1]["control"], model), model, x, sigma, context, 1)
+    alone_first = comfy_control(
+        prepared(apply(node_classes, control, *images[:3])[0][0][1]["control"], model), model, x, sigma, context, 1
+    )
+    alone_second = comfy_control(
+        prepared(apply(node_classes, control, *images[3:])[0][0][1]["control"], model), model, x, sigma, context, 1
+    )
     for a, b, c in zip(chained[0], alone_first[0], alone_second[0]):
         torch.testing.assert_close(a, b + c, atol=ATOL, rtol=1e-4)
 
@@ -388,7 +451,7 @@ def test_mask_limits_where_the_control_applies(node_classes, loaded):
         width = h.shape[-1]
         if width >= 2:  # coarser residuals average the mask's edge
             torch.testing.assert_close(h[..., : width // 2], a[..., : width // 2], atol=ATOL, rtol=1e-4)
-            assert float(h[..., width // 2:].abs().max()) == 0.0
+            assert float(h[..., width // 2 :].abs().max()) == 0.0
 
 
 def test_apply_refuses_a_plain_controlnet_and_stock_apply_refuses_prompt_diffusion(comfyui, node_classes, loaded):
@@ -398,8 +461,19 @@ def test_apply_refuses_a_plain_controlnet_and_stock_apply_refuses_prompt_diffusi
     images = [torch.rand(1, 32, 32, 3) for _ in range(3)]
     with pytest.raises(ValueError, match="not a Prompt Diffusion ControlNet"):
         apply(node_classes, PlainControlNet(), *images)
-    positive, _ = comfyui["nodes"].ControlNetApplyAdvanced().apply_controlnet(
-        conditioning(torch.zeros(1, 77, 32)), conditioning(torch.zeros(1, 77, 32)), control, images[2], 1.0, 0.0, 1.0)
+    positive, _ = (
+        comfyui["nodes"]
+        .ControlNetApplyAdvanced()
+        .apply_controlnet(
+            conditioning(torch.zeros(1, 77, 32)),
+            conditioning(torch.zeros(1, 77, 32)),
+            control,
+            images[2],
+            1.0,
+            0.0,
+            1.0,
+        )
+    )
     c = prepared(positive[0][1]["control"], model)
     with pytest.raises(ValueError, match="Apply Prompt Diffusion"):
         comfy_control(c, model, torch.randn(1, 4, 4, 4), torch.tensor([1.0]), torch.randn(1, 77, 32), 1)
@@ -458,8 +532,15 @@ def test_batch_mismatch_is_a_clear_error(node_classes, loaded):
 # ----------------------------------------------------------------------------- pipeline-folder loader
 
 
-@pytest.mark.parametrize("which", ["tiny test model", "tiny, tokenizer.json only", "embedded pdiff-toyworld",
-                                   *(f"preset {name}" for name in CPU_PRESETS)])
+@pytest.mark.parametrize(
+    "which",
+    [
+        "tiny test model",
+        "tiny, tokenizer.json only",
+        "embedded pdiff-toyworld",
+        *(f"preset {name}" for name in CPU_PRESETS),
+    ],
+)
 def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyui, tiny_pipeline_dir, which, request):
     from pdiff_core.pipeline import PromptDiffusionPipeline
 
@@ -477,17 +558,29 @@ def test_pipeline_folder_loader_builds_comfy_objects_that_match_diffusers(comfyu
     g = torch.Generator().manual_seed(7)
     width = pipe.unet.config.cross_attention_dim
     with torch.no_grad():
-        torch.testing.assert_close(clip.encode_from_tokens(clip.tokenize(text)), pipe.text_encoder(ids)[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            clip.encode_from_tokens(clip.tokenize(text)), pipe.text_encoder(ids)[0], atol=1e-5, rtol=1e-4
+        )
         channels = pipe.unet.config.in_channels
         z = torch.randn(1, channels, 8, 8, generator=g)
         decoded = (pipe.vae.decode(z).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
         torch.testing.assert_close(vae.decode(z), decoded, atol=1e-5, rtol=1e-4)
-        x, t, context = torch.randn(2, channels, 8, 8, generator=g), torch.tensor([500.0, 20.0]), torch.randn(2, 77, width, generator=g)
-        torch.testing.assert_close(model.model.diffusion_model(x, t, context=context),
-                                   pipe.unet(x, t, encoder_hidden_states=context).sample, atol=1e-5, rtol=1e-4)
+        x, t, context = (
+            torch.randn(2, channels, 8, 8, generator=g),
+            torch.tensor([500.0, 20.0]),
+            torch.randn(2, 77, width, generator=g),
+        )
+        torch.testing.assert_close(
+            model.model.diffusion_model(x, t, context=context),
+            pipe.unet(x, t, encoder_hidden_states=context).sample,
+            atol=1e-5,
+            rtol=1e-4,
+        )
         images = torch.rand(2, 9, 64, 64, generator=g) * 2 - 1
-        assert_residuals_close(control_outputs(control.control_model, x, t, context, images),
-                               reference_outputs(pipe.controlnet, x, t, context, images[:, :6], images[:, 6:]))
+        assert_residuals_close(
+            control_outputs(control.control_model, x, t, context, images),
+            reference_outputs(pipe.controlnet, x, t, context, images[:, :6], images[:, 6:]),
+        )
 
 
 def shapes(state_dict):
@@ -515,7 +608,9 @@ def test_comfyui_builds_every_presets_unet_control_and_vae_from_the_loaders_conf
     pipeline_folder = pack_module(comfyui["nodes"], "pipeline_folder")
     with torch.device("meta"):
         unet = UNet2DConditionModel(**preset.unet_config())
-        controlnet = PromptDiffusionControlNetModel.from_unet(unet, conditioning_embedding_out_channels=preset.hint_channels)
+        controlnet = PromptDiffusionControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=preset.hint_channels
+        )
         vae = AutoencoderKL(**preset.vae_config())
 
         config = dict(unet.config)
@@ -527,15 +622,18 @@ def test_comfyui_builds_every_presets_unet_control_and_vae_from_the_loaders_conf
 
         config = dict(controlnet.config)
         control = pack_module(comfyui["nodes"], "control").PromptDiffusionControlModel(
-            list(config["conditioning_embedding_out_channels"]), operations=group_norm.group_norm_operations(
-                comfy.ops.disable_weight_init, config), **ldm_unet_config(config, controlnet=True))
+            list(config["conditioning_embedding_out_channels"]),
+            operations=group_norm.group_norm_operations(comfy.ops.disable_weight_init, config),
+            **ldm_unet_config(config, controlnet=True),
+        )
         expected = diffusers_to_ldm(controlnet.state_dict(), preset.layers_per_block, prefix="")
         assert shapes(control.state_dict()) == shapes(expected)
 
         config = dict(vae.config)
         with pipeline_folder.vae_norm_groups(config):
             comfy_vae = comfy.ldm.models.autoencoder.AutoencoderKL(
-                **pipeline_folder.vae_params(config, Path(f"{name}/vae/config.json")))
+                **pipeline_folder.vae_params(config, Path(f"{name}/vae/config.json"))
+            )
         expected = comfy.diffusers_convert.convert_vae_state_dict(vae.state_dict())
         assert shapes(comfy_vae.state_dict()) == shapes(expected)
     assert {m.num_groups for m in comfy_vae.modules() if isinstance(m, torch.nn.GroupNorm)} == {preset.vae_norm_groups}
@@ -585,10 +683,18 @@ def test_example_pair_and_side_by_side_preview(comfyui, node_classes):
 # ----------------------------------------------------------------------------- the same numbers both ways
 
 
-@pytest.mark.parametrize("variant", ["epsilon", "v_prediction", "v_prediction, 8 latent channels",
-                                     *(f"epsilon, preset {name}" for name in CPU_PRESETS)])
-def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, node_classes, tiny_pipeline, request,
-                                                                      variant):
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "epsilon",
+        "v_prediction",
+        "v_prediction, 8 latent channels",
+        *(f"epsilon, preset {name}" for name in CPU_PRESETS),
+    ],
+)
+def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(
+    comfyui, node_classes, tiny_pipeline, request, variant
+):
     """Same weights, sampler, seed and inputs (one example pair, two queries): loader -> CLIPTextEncode ->
     Apply Prompt Diffusion -> KSampler (ddim, ddim_uniform) -> VAEDecode against `PromptDiffusionPipeline`
     with DDIM.
@@ -625,19 +731,29 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         positive, negative = apply(node_classes, control, source, target, query, positive=positive, negative=negative)
         latent = nodes.EmptyLatentImage().generate(64, 64, 2)[0]
-        samples = nodes.KSampler().sample(model, seed, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[0]
+        samples = nodes.KSampler().sample(model, seed, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[
+            0
+        ]
         comfy_image = nodes.VAEDecode().decode(vae, samples)[0]
-        other = nodes.KSampler().sample(model, seed + 1, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[0]
+        other = nodes.KSampler().sample(
+            model, seed + 1, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent
+        )[0]
         other_image = nodes.VAEDecode().decode(vae, other)[0]
 
     sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)[0]
     noise = comfy.sample.prepare_noise(comfy.sample.fix_empty_latent_channels(model, latent["samples"]), seed)
-    tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True,
-                                                        prediction_type=prediction_type)
+    tiny_pipeline.scheduler = DDIMScheduler.from_config(
+        tiny_pipeline.scheduler.config, set_alpha_to_one=True, prediction_type=prediction_type
+    )
     pipe_image = tiny_pipeline(
-        text, example_pair=(source.movedim(-1, 1), target.movedim(-1, 1)), query=query.movedim(-1, 1),
-        num_inference_steps=steps, guidance_scale=cfg, latents=noise * sigma0 / torch.sqrt(1 + sigma0**2),
-        output_type="pt").images.movedim(1, -1)
+        text,
+        example_pair=(source.movedim(-1, 1), target.movedim(-1, 1)),
+        query=query.movedim(-1, 1),
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        latents=noise * sigma0 / torch.sqrt(1 + sigma0**2),
+        output_type="pt",
+    ).images.movedim(1, -1)
 
     assert comfy_image.shape == pipe_image.shape == (2, 64, 64, 3)
     assert float(comfy_image.std()) > 0.01 and float((comfy_image[0] - comfy_image[1]).abs().max()) > 1e-2
@@ -648,13 +764,27 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(comfyui, no
 # ----------------------------------------------------------------------------- few-shot: K example pairs per query
 
 
-def apply_few_shot(node_classes, control, sources, targets, query, combine="residuals", weights="", positive=None,
-                   negative=None, strength=1.0, mask=None, start=0.0, end=1.0):
+def apply_few_shot(
+    node_classes,
+    control,
+    sources,
+    targets,
+    query,
+    combine="residuals",
+    weights="",
+    positive=None,
+    negative=None,
+    strength=1.0,
+    mask=None,
+    start=0.0,
+    end=1.0,
+):
     positive = positive if positive is not None else conditioning(torch.zeros(1, 77, 32))
     negative = negative if negative is not None else conditioning(torch.ones(1, 77, 32))
     node = node_classes["PDiff_ApplyPromptDiffusionFewShot"]
-    return node.execute(positive, negative, control, sources, targets, query, combine, weights, strength, start, end,
-                        mask=mask).result
+    return node.execute(
+        positive, negative, control, sources, targets, query, combine, weights, strength, start, end, mask=mask
+    ).result
 
 
 def test_few_shot_apply_refuses_what_would_silently_give_no_control(node_classes, loaded):
@@ -677,9 +807,13 @@ def test_few_shot_apply_matches_per_pair_pdiff_core_computations(node_classes, l
     g = torch.Generator().manual_seed(7)
     sources, targets = torch.rand(3, 40, 40, 3, generator=g), torch.rand(3, 40, 40, 3, generator=g)
     queries = torch.rand(queries, 40, 40, 3, generator=g)
-    positive, negative = apply_few_shot(node_classes, control, sources, targets, queries, combine, "1, 2, 1", strength=0.7)
+    positive, negative = apply_few_shot(
+        node_classes, control, sources, targets, queries, combine, "1, 2, 1", strength=0.7
+    )
     c = prepared(positive[0][1]["control"], model)
-    assert negative[0][1]["control"] is c and "shot_weights" not in control.extra_args  # the loaded control is untouched
+    assert (
+        negative[0][1]["control"] is c and "shot_weights" not in control.extra_args
+    )  # the loaded control is untouched
 
     sampling = model.model.model_sampling
     sigma = sampling.sigma(torch.tensor([400.0] * 4))
@@ -691,17 +825,28 @@ def test_few_shot_apply_matches_per_pair_pdiff_core_computations(node_classes, l
     size = (64, 64)
     prep = lambda image: F.interpolate(image.movedim(-1, 1), size=size, mode="nearest-exact") * 2 - 1  # noqa: E731
     x_in, timesteps = x / torch.sqrt(sigma[:, None, None, None] ** 2 + 1), sampling.timestep(sigma)
-    pairs = [torch.cat([prep(sources[k:k + 1]), prep(targets[k:k + 1])], dim=1).expand(4, -1, -1, -1) for k in range(3)]
+    pairs = [
+        torch.cat([prep(sources[k : k + 1]), prep(targets[k : k + 1])], dim=1).expand(4, -1, -1, -1) for k in range(3)
+    ]
     if combine == "residuals":
         per_pair = [reference_outputs(reference, x_in, timesteps, context, pair, prep(q), 0.7) for pair in pairs]
-        expected = ([sum(w * out[0][i] for w, out in zip(weights, per_pair)) for i in range(len(per_pair[0][0]))],
-                    sum(w * out[1] for w, out in zip(weights, per_pair)))
+        expected = (
+            [sum(w * out[0][i] for w, out in zip(weights, per_pair)) for i in range(len(per_pair[0][0]))],
+            sum(w * out[1] for w, out in zip(weights, per_pair)),
+        )
     else:
         with torch.no_grad():
-            hint = (sum(w * reference.controlnet_cond_embedding(pair) for w, pair in zip(weights, pairs))
-                    + reference.controlnet_query_cond_embedding(prep(q)))
-            down, mid = reference(x_in, timesteps, encoder_hidden_states=context, hint_embedding=hint,
-                                  conditioning_scale=0.7, return_dict=False)
+            hint = sum(
+                w * reference.controlnet_cond_embedding(pair) for w, pair in zip(weights, pairs)
+            ) + reference.controlnet_query_cond_embedding(prep(q))
+            down, mid = reference(
+                x_in,
+                timesteps,
+                encoder_hidden_states=context,
+                hint_embedding=hint,
+                conditioning_scale=0.7,
+                return_dict=False,
+            )
         expected = (list(down), mid)
     assert_residuals_close(both, expected)
     one_pair = reference_outputs(reference, x_in, timesteps, context, pairs[0], prep(q), 0.7)
@@ -721,7 +866,9 @@ def test_one_shot_through_the_few_shot_node_equals_apply(node_classes, loaded):
     x, context = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 77, 32, generator=g)
     few = prepared(apply_few_shot(node_classes, control, source, target, query, mask=mask)[0][0][1]["control"], model)
     one = prepared(apply(node_classes, control, source, target, query, mask=mask)[0][0][1]["control"], model)
-    assert_residuals_close(comfy_control(few, model, x, sigma, context, 1), comfy_control(one, model, x, sigma, context, 1))
+    assert_residuals_close(
+        comfy_control(few, model, x, sigma, context, 1), comfy_control(one, model, x, sigma, context, 1)
+    )
 
 
 def test_few_shot_node_errors_name_the_input(node_classes, loaded):
@@ -736,7 +883,9 @@ def test_few_shot_node_errors_name_the_input(node_classes, loaded):
 
 
 @pytest.mark.parametrize("combine", ["residuals", "embedding"])
-def test_few_shot_stock_nodes_and_the_pipeline_give_the_same_image(comfyui, node_classes, loaded, tiny_pipeline, combine):
+def test_few_shot_stock_nodes_and_the_pipeline_give_the_same_image(
+    comfyui, node_classes, loaded, tiny_pipeline, combine
+):
     """As the one-pair test above, with three example pairs (weights 1:1:2) over two queries."""
     from diffusers import DDIMScheduler
 
@@ -754,10 +903,13 @@ def test_few_shot_stock_nodes_and_the_pipeline_give_the_same_image(comfyui, node
         with torch.inference_mode():
             positive = nodes.CLIPTextEncode().encode(clip, text)[0]
             negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-            positive, negative = apply_few_shot(node_classes, control, sources, targets, query, combine, weights,
-                                                positive=positive, negative=negative)
+            positive, negative = apply_few_shot(
+                node_classes, control, sources, targets, query, combine, weights, positive=positive, negative=negative
+            )
             latent = nodes.EmptyLatentImage().generate(64, 64, 2)[0]
-            samples = nodes.KSampler().sample(model, seed, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[0]
+            samples = nodes.KSampler().sample(
+                model, seed, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent
+            )[0]
             return nodes.VAEDecode().decode(vae, samples)[0], latent
 
     image, latent = comfy_image(sources, targets, "1, 1, 2")
@@ -765,13 +917,22 @@ def test_few_shot_stock_nodes_and_the_pipeline_give_the_same_image(comfyui, node
     noise = comfy.sample.prepare_noise(latent["samples"], seed)
     tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True)
     pipe_image = tiny_pipeline(
-        text, example_pairs=[(sources[k].movedim(-1, 0), targets[k].movedim(-1, 0)) for k in range(3)], shot_weights=[1, 1, 2],
-        shot_combine=combine, query=query.movedim(-1, 1), num_inference_steps=steps, guidance_scale=cfg,
-        latents=noise * sigma0 / torch.sqrt(1 + sigma0**2), output_type="pt").images.movedim(1, -1)
+        text,
+        example_pairs=[(sources[k].movedim(-1, 0), targets[k].movedim(-1, 0)) for k in range(3)],
+        shot_weights=[1, 1, 2],
+        shot_combine=combine,
+        query=query.movedim(-1, 1),
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        latents=noise * sigma0 / torch.sqrt(1 + sigma0**2),
+        output_type="pt",
+    ).images.movedim(1, -1)
     assert image.shape == pipe_image.shape == (2, 64, 64, 3)
     torch.testing.assert_close(image, pipe_image, atol=1e-5, rtol=0)
     first_only, _ = comfy_image(sources[:1], targets[:1], "")
-    assert float((first_only - image).abs().max()) > 1e-4, "the other pairs changed nothing: the test would not see a bug"
+    assert float((first_only - image).abs().max()) > 1e-4, (
+        "the other pairs changed nothing: the test would not see a bug"
+    )
 
 
 # ----------------------------------------------------------------------------- annotators

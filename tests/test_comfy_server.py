@@ -60,14 +60,22 @@ def run(server: ComfyServer, prompt: dict) -> dict:
 
 
 def fetch_image(server: ComfyServer, image: dict) -> np.ndarray:
-    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]})
+    query = urllib.parse.urlencode(
+        {"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]}
+    )
     return np.asarray(Image.open(io.BytesIO(server.get_bytes(f"/view?{query}"))).convert("RGB")).astype(np.float32)
 
 
 def test_pack_imports_and_its_nodes_are_served(server):
     info = server.get("/object_info")
-    for node_id in ("PDiff_LoadPromptDiffusionModel", "PDiff_LoadPromptDiffusionControlNet", "PDiff_ApplyPromptDiffusion",
-                    "PDiff_MakeExamplePair", "PDiff_PromptDiffusionPreview", "PDiff_Annotate"):
+    for node_id in (
+        "PDiff_LoadPromptDiffusionModel",
+        "PDiff_LoadPromptDiffusionControlNet",
+        "PDiff_ApplyPromptDiffusion",
+        "PDiff_MakeExamplePair",
+        "PDiff_PromptDiffusionPreview",
+        "PDiff_Annotate",
+    ):
         assert node_id in info, node_id
     assert info["PDiff_LoadPromptDiffusionModel"]["input"]["required"]["model_name"][1]["options"] == ["pdiff-toyworld"]
     log = server.log()
@@ -124,10 +132,29 @@ def test_headless_command_runs_a_workflow_with_overrides(comfy_dir, tmp_path):
     private_tmp = tmp_path / "tmp"  # the runner's temporary folders go here, and must not stay
     private_tmp.mkdir()
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "run_workflow.py"), str(TEMPLATES / "Depth map to image.json"),
-         "--comfyui", str(comfy_dir), "--cpu", "--output", str(out), "--seed", "5", "--prompt", "a red sphere",
-         "--image", f"query={query}", "--set", f"sampler.steps={TEST_STEPS}"],
-        capture_output=True, text=True, timeout=180, env={**ONE_THREAD_ENV, "TMPDIR": str(private_tmp)})
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run_workflow.py"),
+            str(TEMPLATES / "Depth map to image.json"),
+            "--comfyui",
+            str(comfy_dir),
+            "--cpu",
+            "--output",
+            str(out),
+            "--seed",
+            "5",
+            "--prompt",
+            "a red sphere",
+            "--image",
+            f"query={query}",
+            "--set",
+            f"sampler.steps={TEST_STEPS}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**ONE_THREAD_ENV, "TMPDIR": str(private_tmp)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "outputs.json").read_text())
     assert len(summary["files"]) == 1 and Path(summary["files"][0]).is_file()
@@ -159,13 +186,22 @@ print(json.dumps({"loaded": loaded, "core": sys.modules["pdiff_core"].__file__, 
 
 def test_inside_comfyui_the_pack_exposes_only_its_core(comfy_dir, tmp_path):
     pack_dir = comfy_dir / "custom_nodes" / PACK_NAME  # a folder name that is no Python identifier
-    result = subprocess.run([sys.executable, "-c", EXPOSED_NAMES_SCRIPT, str(comfy_dir), str(pack_dir), str(ROOT)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ONE_THREAD_ENV)
+    result = subprocess.run(
+        [sys.executable, "-c", EXPOSED_NAMES_SCRIPT, str(comfy_dir), str(pack_dir), str(ROOT)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ONE_THREAD_ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["loaded"], result.stderr[-3000:]
     assert Path(found["core"]).resolve() == ROOT / "pdiff_core" / "__init__.py"
     assert not found["root_on_path"]
-    leaked = {name: where for name, where in found["names"].items()
-              if where is not None and str(ROOT) in str(Path(where.strip("[]'")).resolve())}
+    leaked = {
+        name: where
+        for name, where in found["names"].items()
+        if where is not None and str(ROOT) in str(Path(where.strip("[]'")).resolve())
+    }
     assert not leaked, f"the pack's own folders are importable top-level names inside ComfyUI: {leaked}"

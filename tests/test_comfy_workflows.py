@@ -56,8 +56,14 @@ def nodes_module(comfyui):
 
 def test_the_required_workflows_exist_in_both_formats():
     names = {e.name for e in EXAMPLES}
-    assert {"depth_to_image", "image_to_depth", "softedge_to_image", "text_guided_edit", "unseen_task_image_to_normal",
-            "sd15_depth_to_image"} <= names
+    assert {
+        "depth_to_image",
+        "image_to_depth",
+        "softedge_to_image",
+        "text_guided_edit",
+        "unseen_task_image_to_normal",
+        "sd15_depth_to_image",
+    } <= names
     assert names == {p.stem for p in (WORKFLOWS / "api").glob("*.json")}
     assert {e.title for e in EXAMPLES} == {p.stem for p in TEMPLATES.glob("*.json")}
 
@@ -65,14 +71,22 @@ def test_the_required_workflows_exist_in_both_formats():
 def test_workflow_files_are_up_to_date_with_the_generator(build, tmp_path):
     written = build.build(tmp_path)
     fresh = {p.relative_to(tmp_path) for p in written}
-    committed = {p.relative_to(ROOT) for folder in (WORKFLOWS, TEMPLATES) for p in folder.rglob("*")
-                 if p.suffix in (".json", ".png")}
+    committed = {
+        p.relative_to(ROOT)
+        for folder in (WORKFLOWS, TEMPLATES)
+        for p in folder.rglob("*")
+        if p.suffix in (".json", ".png")
+    }
     assert fresh == committed, "run: python workflows/build.py"
     for relative in sorted(fresh):
         if relative.suffix == ".json":
-            assert (tmp_path / relative).read_text() == (ROOT / relative).read_text(), f"{relative} is stale: run workflows/build.py"
+            assert (tmp_path / relative).read_text() == (ROOT / relative).read_text(), (
+                f"{relative} is stale: run workflows/build.py"
+            )
         else:
-            assert np.array_equal(np.asarray(Image.open(tmp_path / relative)), np.asarray(Image.open(ROOT / relative))), relative
+            assert np.array_equal(
+                np.asarray(Image.open(tmp_path / relative)), np.asarray(Image.open(ROOT / relative))
+            ), relative
 
 
 def test_every_template_has_a_thumbnail_and_only_templates_are_in_the_served_folder():
@@ -89,11 +103,16 @@ def test_every_template_has_a_thumbnail_and_only_templates_are_in_the_served_fol
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.name)
 def test_template_nodes_do_not_overlap_and_have_a_note(example):
     ui = json.loads((TEMPLATES / f"{example.title}.json").read_text())
-    boxes = [(n["pos"][0], n["pos"][1] - BUILD.TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
-             for n in ui["nodes"]]
+    boxes = [
+        (n["pos"][0], n["pos"][1] - BUILD.TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+        for n in ui["nodes"]
+    ]
     for i, a in enumerate(boxes):
         for j, b in enumerate(boxes[:i]):
-            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (ui["nodes"][i]["title"], ui["nodes"][j]["title"])
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (
+                ui["nodes"][i]["title"],
+                ui["nodes"][j]["title"],
+            )
     notes = [n for n in ui["nodes"] if n["type"] == "Note"]
     assert len(notes) == 1 and example.title in notes[0]["widgets_values"][0]
     # data flows left to right: every link goes to a node further right than its source
@@ -114,7 +133,11 @@ def test_sampler_settings_come_from_one_place(build):
     for example in EXAMPLES:
         sampler = json.loads((WORKFLOWS / "api" / f"{example.name}.json").read_text())["9"]["inputs"]
         latent = json.loads((WORKFLOWS / "api" / f"{example.name}.json").read_text())["8"]["inputs"]
-        expected = (build.SD15_CFG, build.SD15_STEPS, build.SD15_SIZE) if example.full_size else (build.CFG, build.STEPS, build.SIZE)
+        expected = (
+            (build.SD15_CFG, build.SD15_STEPS, build.SD15_SIZE)
+            if example.full_size
+            else (build.CFG, build.STEPS, build.SIZE)
+        )
         assert (sampler["cfg"], sampler["steps"], latent["width"]) == expected, example.name
         assert sampler["sampler_name"] == "ddim"
     assert (build.SD15_CFG, build.SD15_STEPS, build.SD15_SIZE) == (9.0, 50, 512)  # the authors' settings
@@ -131,7 +154,10 @@ def test_generator_node_types_match_comfyui_schemas(build, nodes_module):
         for name, kind in spec["links"].items():
             assert inputs[name][0] == kind, f"{node_type}.{name}"
         assert [w for w in spec["widgets"] if w is not None] == [
-            n for n, s in inputs.items() if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")], node_type
+            n
+            for n, s in inputs.items()
+            if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+        ], node_type
 
 
 def test_the_pack_puts_the_template_inputs_in_comfyui_input_folder(comfyui):
@@ -174,7 +200,9 @@ def test_full_size_workflow_validates_against_files_of_the_right_kind(comfyui, t
     folder_paths.filename_list_cache.clear()
     valid, _, _, node_errors = asyncio.run(validate("sd15-missing", prompt, None))
     assert not valid
-    assert BUILD.SD15_CHECKPOINT in json.dumps(node_errors["1"]) and BUILD.SD15_CONTROLNET in json.dumps(node_errors["13"])
+    assert BUILD.SD15_CHECKPOINT in json.dumps(node_errors["1"]) and BUILD.SD15_CONTROLNET in json.dumps(
+        node_errors["13"]
+    )
 
     reference = read_controlnet(comfy_dir / "models" / "prompt_diffusion" / BUILD.MODEL).build()
     ldm = diffusers_to_ldm(reference.state_dict(), reference.config.layers_per_block)
@@ -182,9 +210,14 @@ def test_full_size_workflow_validates_against_files_of_the_right_kind(comfyui, t
     ldm["first_stage_model.decoder.conv_in.weight"] = torch.zeros(1)
     try:
         torch.save({"state_dict": ldm, "global_step": 4999}, control)
-        save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
-                   "first_stage_model.decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
-                   "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(768)}, str(checkpoint))
+        save_file(
+            {
+                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+                "first_stage_model.decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(768),
+            },
+            str(checkpoint),
+        )
         folder_paths.filename_list_cache.clear()
         valid, error, outputs, node_errors = asyncio.run(validate("sd15", prompt, None))
         assert valid, (error, node_errors)
@@ -220,8 +253,12 @@ def test_runner_reports_each_failing_node(comfyui):
         "1": {"class_type": "LoadImage", "inputs": {"image": "pdiff_depth_query.png"}},
         "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 2}},
         "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}},
-        "4": {"class_type": "PDiff_PromptDiffusionPreview",
-              "inputs": {"example_source": ["2", 0], "example_target": ["3", 0], "query": ["1", 0], "result": ["1", 0]}},
+        "4": {
+            "class_type": "PDiff_PromptDiffusionPreview",
+            "inputs": {"example_source": ["2", 0], "example_target": ["3", 0], "query": ["1", 0], "result": ["1", 0]},
+        },
     }
-    with pytest.raises(runner.NodeFailure, match=r"node 4 \(PDiff_PromptDiffusionPreview\) failed: ValueError: batches"):
+    with pytest.raises(
+        runner.NodeFailure, match=r"node 4 \(PDiff_PromptDiffusionPreview\) failed: ValueError: batches"
+    ):
         runner.run(failing, comfyui)

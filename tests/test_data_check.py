@@ -18,8 +18,14 @@ def _dataset(root: Path) -> Path:
     def item():
         return rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), {"hed": rng.integers(0, 255, (8, 8), dtype=np.uint8)}
 
-    with DatasetWriter(root, maps=["hed"], resolution=8, source="annotate",
-                       annotators={"hed": "opencv-sobel (classical fallback for hed)"}, classical_maps=["hed"]) as writer:
+    with DatasetWriter(
+        root,
+        maps=["hed"],
+        resolution=8,
+        source="annotate",
+        annotators={"hed": "opencv-sobel (classical fallback for hed)"},
+        classical_maps=["hed"],
+    ) as writer:
         writer.add_group("two views of a cat", [item(), item()])
         writer.add_group("a dog", [item()])
         writer.add_group("", [item()])
@@ -51,7 +57,7 @@ def test_dataset_problems_are_listed_and_fail_the_check(tmp_path: Path, capsys) 
     groups = root / "groups.jsonl"
     groups.write_text(groups.read_text().replace('"caption": "a dog"', '"caption": 3'))
     assert main(["data", "check", str(root)]) == 1
-    assert "expected a string \"caption\", found 3" in capsys.readouterr().out
+    assert 'expected a string "caption", found 3' in capsys.readouterr().out
 
 
 def test_photo_folder_report_shows_groups_and_skipped_files(tmp_path: Path, capsys) -> None:

@@ -179,7 +179,9 @@ def test_resumed_writer_keeps_whole_groups_and_continues_after_them(tmp_path: Pa
 def test_resume_refuses_a_dataset_it_cannot_continue(tmp_path: Path) -> None:
     _write(tmp_path / "ds", groups=2)
     before = (tmp_path / "ds" / "groups.jsonl").read_text()
-    with pytest.raises(DatasetFormatError, match=r"cannot resume .*groups\.jsonl:1: not a record \(expected items with"):
+    with pytest.raises(
+        DatasetFormatError, match=r"cannot resume .*groups\.jsonl:1: not a record \(expected items with"
+    ):
         with DatasetWriter(tmp_path / "ds", ["depth"], resolution=8, source="test", resume=True):
             pass
     assert (tmp_path / "ds" / "groups.jsonl").read_text() == before and (tmp_path / "ds" / "dataset.json").is_file()

@@ -28,8 +28,10 @@ def test_further_shots_are_item_p_of_the_next_groups_wrapping_round(toy_data):
     ids = [g.id for g in index.groups]
     last = [s for s in samples if s.group.id == ids[2]]
     assert [(s.example_item, s.query_item) for s in last] == [(0, 1), (1, 0)]
-    assert [[(g.id, item) for g, item in s.more_examples] for s in last] == [[(ids[0], 0), (ids[1], 0)],
-                                                                            [(ids[0], 1), (ids[1], 1)]]
+    assert [[(g.id, item) for g, item in s.more_examples] for s in last] == [
+        [(ids[0], 0), (ids[1], 0)],
+        [(ids[0], 1), (ids[1], 1)],
+    ]
     assert len({s.key for s in samples}) == len(samples) == 6
     one_shot = plan_samples(index, [depth], None, pairs_per_group=1)
     assert [s.key for s in one_shot] == [f"depth/{i}/0-1" for i in ids]  # one-shot keys as before shots existed
@@ -51,8 +53,16 @@ class RecordingPipeline:
 
 def test_a_few_shot_run_passes_every_pair_to_the_pipeline(tiny_pipeline, tiny_pipeline_dir, toy_data, tmp_path):
     recorder = RecordingPipeline(tiny_pipeline)
-    config = ToyworldEvalConfig(model=tiny_pipeline_dir, data=toy_data, out=tmp_path / "k2", steps=1, batch_size=3,
-                                tasks=["inv_depth"], shots=2, shot_combine="embedding")
+    config = ToyworldEvalConfig(
+        model=tiny_pipeline_dir,
+        data=toy_data,
+        out=tmp_path / "k2",
+        steps=1,
+        batch_size=3,
+        tasks=["inv_depth"],
+        shots=2,
+        shot_combine="embedding",
+    )
     run_toyworld_eval(config, pipe=recorder)
     (call,) = recorder.calls
     assert call["shot_combine"] == "embedding" and "example_pair" not in call
@@ -73,19 +83,48 @@ def test_a_few_shot_run_passes_every_pair_to_the_pipeline(tiny_pipeline, tiny_pi
 
 def test_cli_table_puts_each_setting_beside_the_baselines(tiny_pipeline_dir, toy_data, tmp_path):
     out = tmp_path / "table"
-    main(["eval-toyworld", "--model", str(tiny_pipeline_dir), "--data", str(toy_data), "--out", str(out),
-          "--steps", "1", "--batch-size", "6", "--tasks", "depth,inv_normal", "--shots", "1,2",
-          "--shot-combine", "residuals,embedding"])
-    assert sorted(p.name for p in out.iterdir()) == ["few-shot.json", "few-shot.md", "shots-1", "shots-2-embedding",
-                                                     "shots-2-residuals"]
+    main(
+        [
+            "eval-toyworld",
+            "--model",
+            str(tiny_pipeline_dir),
+            "--data",
+            str(toy_data),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--batch-size",
+            "6",
+            "--tasks",
+            "depth,inv_normal",
+            "--shots",
+            "1,2",
+            "--shot-combine",
+            "residuals,embedding",
+        ]
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "few-shot.json",
+        "few-shot.md",
+        "shots-1",
+        "shots-2-embedding",
+        "shots-2-residuals",
+    ]
     table = (out / "few-shot.md").read_text()
     assert "| example-target baseline | query baseline | K=1 | K=2 residuals | K=2 embedding |" in table
-    per_setting = {name: json.loads((out / name / "results.json").read_text())["rows"]
-                   for name in ("shots-1", "shots-2-residuals", "shots-2-embedding")}
+    per_setting = {
+        name: json.loads((out / name / "results.json").read_text())["rows"]
+        for name in ("shots-1", "shots-2-residuals", "shots-2-embedding")
+    }
     for row_index, row in enumerate(per_setting["shots-1"]):
         models = [per_setting[name][row_index]["model"] for name in per_setting]
         digits = 4 if row["metric"] != "psnr" else 2
-        line = next(line for line in table.splitlines() if line.startswith(f"| {row['task']} |") and row["metric"].upper() in line.upper())
+        line = next(
+            line
+            for line in table.splitlines()
+            if line.startswith(f"| {row['task']} |") and row["metric"].upper() in line.upper()
+        )
         cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
         assert cells[3:] == [f"{v:.{digits}f}" for v in (row["example_target"], row["query"], *models)]
         # shot 1 is the same pair in every setting, so the baselines agree
@@ -95,8 +134,21 @@ def test_cli_table_puts_each_setting_beside_the_baselines(tiny_pipeline_dir, toy
 
 def test_bad_shot_options_are_named(tiny_pipeline_dir, toy_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["eval-toyworld", "--model", str(tiny_pipeline_dir), "--data", str(toy_data), "--out", str(tmp_path),
-              "--shots", "1,2", "--shot-combine", "median"])
+        main(
+            [
+                "eval-toyworld",
+                "--model",
+                str(tiny_pipeline_dir),
+                "--data",
+                str(toy_data),
+                "--out",
+                str(tmp_path),
+                "--shots",
+                "1,2",
+                "--shot-combine",
+                "median",
+            ]
+        )
     assert "shot_combine 'median'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval-toyworld", "--shots", "two"])

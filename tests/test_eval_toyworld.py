@@ -16,8 +16,6 @@ from pdiff_core.toyworld import generate
 MAPS = ("depth", "seg", "normal")
 
 
-
-
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy") / "heldout"
@@ -37,7 +35,9 @@ class CountingPipeline:
 
 
 def config(tiny_pipeline_dir, toy_data, out, **overrides):
-    settings = dict(model=tiny_pipeline_dir, data=toy_data, out=out, steps=1, batch_size=2, tasks=["depth", "inv_depth"])
+    settings = dict(
+        model=tiny_pipeline_dir, data=toy_data, out=out, steps=1, batch_size=2, tasks=["depth", "inv_depth"]
+    )
     return ToyworldEvalConfig(**{**settings, **overrides})
 
 
@@ -45,8 +45,21 @@ def config(tiny_pipeline_dir, toy_data, out, **overrides):
 def cli_run(tiny_pipeline_dir, toy_data, tmp_path_factory):
     """One run over every task of the toy data, shared by the tests that read its results."""
     out = tmp_path_factory.mktemp("eval") / "run"
-    main(["eval-toyworld", "--model", str(tiny_pipeline_dir), "--data", str(toy_data), "--out", str(out),
-          "--steps", "1", "--batch-size", "9"])
+    main(
+        [
+            "eval-toyworld",
+            "--model",
+            str(tiny_pipeline_dir),
+            "--data",
+            str(toy_data),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--batch-size",
+            "9",
+        ]
+    )
     return out
 
 
@@ -55,16 +68,35 @@ def test_cli_writes_the_table_with_every_task(cli_run):
     table = (out / "results.md").read_text()
     assert "| task | seen/unseen | metric | model | example-target baseline | query baseline | beats both? |" in table
     rows = json.loads((out / "results.json").read_text())["rows"]
-    expected = {("depth", "rmse"), ("seg", "rmse"), ("inv_depth", "psnr"), ("inv_depth", "ssim"),
-                ("inv_seg", "psnr"), ("inv_seg", "ssim"), ("normal", "rmse"), ("inv_normal", "psnr"), ("inv_normal", "ssim")}
+    expected = {
+        ("depth", "rmse"),
+        ("seg", "rmse"),
+        ("inv_depth", "psnr"),
+        ("inv_depth", "ssim"),
+        ("inv_seg", "psnr"),
+        ("inv_seg", "ssim"),
+        ("normal", "rmse"),
+        ("inv_normal", "psnr"),
+        ("inv_normal", "ssim"),
+    }
     assert {(r["task"], r["metric"]) for r in rows} == expected
-    assert {r["task"]: r["seen"] for r in rows} == {"depth": True, "seg": True, "inv_depth": True, "inv_seg": True,
-                                                    "normal": False, "inv_normal": False}
+    assert {r["task"]: r["seen"] for r in rows} == {
+        "depth": True,
+        "seg": True,
+        "inv_depth": True,
+        "inv_seg": True,
+        "normal": False,
+        "inv_normal": False,
+    }
     assert all(r["samples"] == 3 for r in rows)
     # Trained tasks are listed before unseen ones, forward before inverse.
     assert [r["task"] for r in rows][:2] == ["depth", "seg"] and rows[-1]["task"] == "inv_normal"
     for r in rows:
-        beats = r["model"] < min(r["example_target"], r["query"]) if r["metric"] == "rmse" else r["model"] > max(r["example_target"], r["query"])
+        beats = (
+            r["model"] < min(r["example_target"], r["query"])
+            if r["metric"] == "rmse"
+            else r["model"] > max(r["example_target"], r["query"])
+        )
         assert r["beats_both"] == beats
         assert f"| {r['task']} | {'seen' if r['seen'] else 'unseen'} |" in table
 
@@ -72,10 +104,14 @@ def test_cli_writes_the_table_with_every_task(cli_run):
 def test_baselines_are_exact_and_scores_match_saved_outputs(cli_run, toy_data):
     out = cli_run
     index = DatasetIndex.load(toy_data)
-    by = {(r["task"], r["metric"]): SimpleNamespace(**r) for r in json.loads((out / "results.json").read_text())["rows"]}
+    by = {
+        (r["task"], r["metric"]): SimpleNamespace(**r) for r in json.loads((out / "results.json").read_text())["rows"]
+    }
     # inv_depth, "return the query": PSNR of the depth map (as RGB) against the image, computed directly.
-    query_psnr = [sk_psnr(load_rgb(g.items[1].image) / 255.0, load_rgb(g.items[1].maps["depth"]) / 255.0, data_range=1.0)
-                  for g in index.groups]
+    query_psnr = [
+        sk_psnr(load_rgb(g.items[1].image) / 255.0, load_rgb(g.items[1].maps["depth"]) / 255.0, data_range=1.0)
+        for g in index.groups
+    ]
     assert by["inv_depth", "psnr"].query == pytest.approx(np.mean(query_psnr), rel=1e-6)
     # depth, "return the example target": RMSE of item 0's depth map against item 1's.
     depth = lambda g, k: load_rgb(g.items[k].maps["depth"])[:, :, 0] / 255.0  # noqa: E731
@@ -140,13 +176,24 @@ def test_single_photos_take_the_example_from_the_next_group(tmp_path):
 
     with DatasetWriter(tmp_path / "singles", maps=["depth"], resolution=8, source="test") as writer:
         for g in range(3):
-            writer.add_group(f"photo {g}", [(np.full((8, 8, 3), 10 * g, np.uint8), {"depth": np.full((8, 8), 100 + g, np.uint8)})])
+            writer.add_group(
+                f"photo {g}", [(np.full((8, 8, 3), 10 * g, np.uint8), {"depth": np.full((8, 8), 100 + g, np.uint8)})]
+            )
     index = DatasetIndex.load(tmp_path / "singles")
     samples = plan_samples(index, [parse_task("depth", index.maps)], None, 1)
-    assert [(s.group.id, s.example_group.id) for s in samples] == [("000000", "000001"), ("000001", "000002"), ("000002", "000000")]
+    assert [(s.group.id, s.example_group.id) for s in samples] == [
+        ("000000", "000001"),
+        ("000001", "000002"),
+        ("000002", "000000"),
+    ]
     assert len({s.key for s in samples}) == 3
     images = load_sample(samples[0], 8)
-    assert (images.example_source[0, 0, 0], images.example_target[0, 0], images.query[0, 0, 0], images.truth[0, 0]) == (10, 101, 0, 100)
+    assert (images.example_source[0, 0, 0], images.example_target[0, 0], images.query[0, 0, 0], images.truth[0, 0]) == (
+        10,
+        101,
+        0,
+        100,
+    )
     with pytest.raises(ValueError, match="single photo and the only group"):
         plan_samples(index, [parse_task("depth", index.maps)], 1, 1)
 
@@ -160,23 +207,52 @@ def test_two_processes_give_the_single_process_table_and_resume(tiny_pipeline_di
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    args = ["eval-toyworld", "--model", str(tiny_pipeline_dir), "--data", str(toy_data), "--steps", "1",
-            "--batch-size", "1", "--tasks", "depth,inv_depth,inv_seg"]
+    args = [
+        "eval-toyworld",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--data",
+        str(toy_data),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--tasks",
+        "depth,inv_depth,inv_seg",
+    ]
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     assert main([*args, "--out", str(single)]) == 0
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(repo / "training" / "configs" / "accelerate_cpu_ddp.yaml"), "-m", "pdiff_core.evaluation.cli",
-               *args, "--out", str(sharded)]
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(repo / "training" / "configs" / "accelerate_cpu_ddp.yaml"),
+        "-m",
+        "pdiff_core.evaluation.cli",
+        *args,
+        "--out",
+        str(sharded),
+    ]
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "process 1 of 2: 4 of 9 pending samples" in result.stderr  # the work was split
     assert not list(sharded.glob("samples.rank-*.jsonl"))  # merged once, into samples.jsonl
-    rows = lambda out: json.loads((out / "results.json").read_text())["rows"]  # noqa: E731
+
+    def rows(out):
+        return json.loads((out / "results.json").read_text())["rows"]
+
+    def records(out):
+        lines = (out / "samples.jsonl").read_text().splitlines()
+        return sorted((json.loads(line) for line in lines), key=lambda r: r["key"])
+
     assert rows(sharded) == rows(single)
-    records = lambda out: sorted((json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()),  # noqa: E731
-                                 key=lambda r: r["key"])
     assert records(sharded) == records(single)
     # Resumable as one process is: nothing left to generate, same table.
     (sharded / "results.json").unlink()
@@ -214,7 +290,8 @@ class PromptRecorder:
 
 
 def test_model_info_sets_trained_tasks_and_guidance_and_empty_prompts_carry_no_text(
-        tiny_pipeline, tiny_pipeline_dir, toy_data, tmp_path):
+    tiny_pipeline, tiny_pipeline_dir, toy_data, tmp_path
+):
     import shutil
 
     from pdiff_core.model_info import write_model_info
@@ -223,14 +300,18 @@ def test_model_info_sets_trained_tasks_and_guidance_and_empty_prompts_carry_no_t
     shutil.copytree(tiny_pipeline_dir, model)
     write_model_info(model, ["normal", "inv_depth"], 2.5)
     recorder = PromptRecorder(tiny_pipeline)
-    rows = run_toyworld_eval(config(model, toy_data, tmp_path / "a", tasks=["depth", "normal", "inv_depth"]), pipe=recorder)
+    rows = run_toyworld_eval(
+        config(model, toy_data, tmp_path / "a", tasks=["depth", "normal", "inv_depth"]), pipe=recorder
+    )
     assert {r.task: r.seen for r in rows} == {"depth": False, "normal": True, "inv_depth": True}
     assert recorder.guidance == {2.5}
     assert "depth map" in recorder.prompts and "normal map" in recorder.prompts
 
     recorder = PromptRecorder(tiny_pipeline)
-    run_toyworld_eval(config(model, toy_data, tmp_path / "b", tasks=["depth", "inv_depth"], prompt="empty", guidance=1.0),
-                      pipe=recorder)
+    run_toyworld_eval(
+        config(model, toy_data, tmp_path / "b", tasks=["depth", "inv_depth"], prompt="empty", guidance=1.0),
+        pipe=recorder,
+    )
     assert recorder.prompts and set(recorder.prompts) == {""} and recorder.guidance == {1.0}
 
 

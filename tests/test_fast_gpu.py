@@ -62,7 +62,11 @@ def test_replayed_step_equals_the_eager_loop_and_reuses_one_capture(pipe):
 def test_another_guidance_or_batch_captures_anew(pipe):
     step = with_replay(pipe)
     run(pipe, guidance_scale=9.0)
-    for kwargs in (dict(guidance_scale=4.0), dict(guidance_scale=1.0), dict(guidance_scale=4.0, num_images_per_prompt=2)):
+    for kwargs in (
+        dict(guidance_scale=4.0),
+        dict(guidance_scale=1.0),
+        dict(guidance_scale=4.0, num_images_per_prompt=2),
+    ):
         fast = run(pipe, **kwargs)
         pipe._fast_step = None
         assert np.array_equal(fast, run(pipe, **kwargs)), kwargs
@@ -112,7 +116,10 @@ def test_enable_fast_gpu_off_cuda_logs_and_changes_nothing(pipe, caplog):
 
 def test_fused_projections_match_and_unfuse_restores_exactly(pipe):
     g = torch.Generator().manual_seed(0)
-    sample, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 7, pipe.unet.config.cross_attention_dim, generator=g)
+    sample, text = (
+        torch.randn(2, 4, 8, 8, generator=g),
+        torch.randn(2, 7, pipe.unet.config.cross_attention_dim, generator=g),
+    )
     t = torch.tensor(500)
     with torch.no_grad():
         before = pipe.unet(sample, t, text).sample

@@ -21,8 +21,14 @@ def pairs(*seeds):
 
 
 def run(pipe, **kwargs):
-    defaults = dict(prompt="a red sphere", example_pair=pairs(1)[0], query=images(3)[0], num_inference_steps=STEPS,
-                    generator=torch.Generator().manual_seed(0), output_type="np")
+    defaults = dict(
+        prompt="a red sphere",
+        example_pair=pairs(1)[0],
+        query=images(3)[0],
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     return pipe(**{**defaults, **kwargs}).images
 
 
@@ -66,7 +72,7 @@ class FirstStep:
 
 @pytest.mark.parametrize("combine", ["residuals", "embedding"])
 def test_copies_of_one_pair_give_the_one_pair_image(tiny_pipeline, combine):
-    (source, target), = pairs(1)
+    ((source, target),) = pairs(1)
     one = run(tiny_pipeline, example_pair=(source, target), output_type="latent")
     three = few_shot(tiny_pipeline, [(source, target)] * 3, shot_combine=combine, output_type="latent")
     torch.testing.assert_close(three, one, atol=1e-4, rtol=1e-5)  # float rounding of batch-3 vs batch-1 convs
@@ -76,7 +82,9 @@ def test_copies_of_one_pair_give_the_one_pair_image(tiny_pipeline, combine):
 def test_a_zero_weight_drops_that_pair(tiny_pipeline, combine):
     first, second = pairs(1, 2)
     alone = few_shot(tiny_pipeline, [first], shot_combine=combine, output_type="latent")
-    weighted = few_shot(tiny_pipeline, [first, second], shot_weights=[3.0, 0.0], shot_combine=combine, output_type="latent")
+    weighted = few_shot(
+        tiny_pipeline, [first, second], shot_weights=[3.0, 0.0], shot_combine=combine, output_type="latent"
+    )
     both = few_shot(tiny_pipeline, [first, second], shot_combine=combine, output_type="latent")
     torch.testing.assert_close(weighted, alone, atol=1e-4, rtol=1e-5)
     # The tiny model moves its latents by about 1e-3 for another pair (0.9e-3 with transformers 5):
@@ -101,9 +109,14 @@ def test_residuals_are_the_weighted_mean_of_one_pass_per_pair(tiny_pipeline):
     with torch.no_grad():
         for (source, target), w in zip(example_pairs, weights):
             pair = torch.cat([hint_tensor(source), hint_tensor(target)], dim=1).expand(2, -1, -1, -1)
-            down, mid = tiny_pipeline.controlnet(latents, t, encoder_hidden_states=text, controlnet_cond=pair,
-                                                 controlnet_query_cond=hint_tensor(query).expand(2, -1, -1, -1),
-                                                 return_dict=False)
+            down, mid = tiny_pipeline.controlnet(
+                latents,
+                t,
+                encoder_hidden_states=text,
+                controlnet_cond=pair,
+                controlnet_query_cond=hint_tensor(query).expand(2, -1, -1, -1),
+                return_dict=False,
+            )
             scaled = [d * w / sum(weights) for d in down]
             expected_down = scaled if expected_down is None else [a + b for a, b in zip(expected_down, scaled)]
             expected_mid = expected_mid + mid * w / sum(weights)
@@ -125,9 +138,14 @@ def test_embedding_mode_averages_the_hint_embeddings_in_one_pass(tiny_pipeline):
 
     cn = tiny_pipeline.controlnet
     with torch.no_grad():
-        pair_embeddings = [cn.controlnet_cond_embedding(torch.cat([hint_tensor(s), hint_tensor(t)], dim=1))
-                           for s, t in example_pairs]
-        expected = 0.25 * pair_embeddings[0] + 0.75 * pair_embeddings[1] + cn.controlnet_query_cond_embedding(hint_tensor(query))
+        pair_embeddings = [
+            cn.controlnet_cond_embedding(torch.cat([hint_tensor(s), hint_tensor(t)], dim=1)) for s, t in example_pairs
+        ]
+        expected = (
+            0.25 * pair_embeddings[0]
+            + 0.75 * pair_embeddings[1]
+            + cn.controlnet_query_cond_embedding(hint_tensor(query))
+        )
     hint = seen.control[1]["hint_embedding"]
     assert hint.shape[0] == 2
     for half in hint.chunk(2):  # cond and uncond see the same pairs
@@ -159,8 +177,10 @@ def test_two_different_pairs_differ_from_either_alone(tiny_pipeline):
         (dict(example_pairs=pairs(1, 2), shot_weights=[0.0, 0.0]), "not all zero"),
         (dict(example_pairs=pairs(1, 2), shot_combine="median"), "shot_combine 'median'"),
         (dict(example_pairs=[(images(1)[0], images(2, size=128)[0])]), "must have one size"),
-        (dict(example_pairs=[pairs(1)[0], (images(5, n=2), images(6, n=2))], query=images(4, n=3)),
-         "batch of 2 but the batch is 3"),
+        (
+            dict(example_pairs=[pairs(1)[0], (images(5, n=2), images(6, n=2))], query=images(4, n=3)),
+            "batch of 2 but the batch is 3",
+        ),
     ],
 )
 def test_bad_few_shot_inputs_are_named(tiny_pipeline, kwargs, message):

@@ -31,8 +31,9 @@ def test_forward_refuses_a_misspelled_or_unsupported_keyword(tiny_pipeline):
     inputs = call_inputs(controlnet)
     with torch.no_grad():
         plain = controlnet(**inputs, return_dict=False)
-        explicit_empty = controlnet(**inputs, class_labels=None, timestep_cond=None, added_cond_kwargs={},
-                                    return_dict=False)
+        explicit_empty = controlnet(
+            **inputs, class_labels=None, timestep_cond=None, added_cond_kwargs={}, return_dict=False
+        )
         scaled = controlnet(**inputs, conditioning_scale=0.5, return_dict=False)
     assert torch.equal(plain[1], explicit_empty[1])
     assert torch.allclose(scaled[1], plain[1] * 0.5) and plain[1].abs().max() > 0

@@ -13,11 +13,20 @@ from comfy_harness import load_runner
 runner = load_runner()
 
 INPUT_TYPES = {
-    "KSampler": {"required": {
-        "model": ["MODEL", {}], "seed": ["INT", {"control_after_generate": True}], "steps": ["INT", {}],
-        "sampler_name": [["euler", "ddim"], {}], "positive": ["CONDITIONING", {}]}},
+    "KSampler": {
+        "required": {
+            "model": ["MODEL", {}],
+            "seed": ["INT", {"control_after_generate": True}],
+            "steps": ["INT", {}],
+            "sampler_name": [["euler", "ddim"], {}],
+            "positive": ["CONDITIONING", {}],
+        }
+    },
     "CLIPTextEncode": {"required": {"text": ["STRING", {"multiline": True}], "clip": ["CLIP", {}]}},
-    "Loader": {"required": {"name": ["COMBO", {"options": ["a", "b"]}]}, "optional": {"extra": ["INT", {"forceInput": True}]}},
+    "Loader": {
+        "required": {"name": ["COMBO", {"options": ["a", "b"]}]},
+        "optional": {"extra": ["INT", {"forceInput": True}]},
+    },
     "LoadImage": {"required": {"image": [["x.png"], {"image_upload": True}]}},
 }
 
@@ -26,10 +35,24 @@ def ui_workflow():
     return {
         "nodes": [
             {"id": 1, "type": "Loader", "mode": 0, "widgets_values": ["b"], "outputs": []},
-            {"id": 2, "type": "CLIPTextEncode", "mode": 0, "title": "positive prompt", "widgets_values": ["a cat"],
-             "inputs": [{"name": "clip", "type": "CLIP", "link": 10}]},
-            {"id": 3, "type": "KSampler", "mode": 0, "widgets_values": [7, "randomize", 12, "ddim"],
-             "inputs": [{"name": "model", "type": "MODEL", "link": 11}, {"name": "positive", "type": "CONDITIONING", "link": 12}]},
+            {
+                "id": 2,
+                "type": "CLIPTextEncode",
+                "mode": 0,
+                "title": "positive prompt",
+                "widgets_values": ["a cat"],
+                "inputs": [{"name": "clip", "type": "CLIP", "link": 10}],
+            },
+            {
+                "id": 3,
+                "type": "KSampler",
+                "mode": 0,
+                "widgets_values": [7, "randomize", 12, "ddim"],
+                "inputs": [
+                    {"name": "model", "type": "MODEL", "link": 11},
+                    {"name": "positive", "type": "CONDITIONING", "link": 12},
+                ],
+            },
             {"id": 4, "type": "Note", "mode": 0, "widgets_values": ["just a note"]},
             {"id": 5, "type": "LoadImage", "mode": 2, "widgets_values": ["x.png", "image"]},
             {"id": 6, "type": "LoadImage", "mode": 0, "title": "query", "widgets_values": ["x.png", "image"]},
@@ -42,9 +65,16 @@ def test_ui_to_api_follows_the_frontend_rules():
     prompt = runner.ui_to_api(ui_workflow(), INPUT_TYPES.get)
     assert prompt == {
         "1": {"inputs": {"name": "b"}, "class_type": "Loader", "_meta": {"title": "Loader"}},
-        "2": {"inputs": {"text": "a cat", "clip": ["1", 1]}, "class_type": "CLIPTextEncode", "_meta": {"title": "positive prompt"}},
-        "3": {"inputs": {"model": ["1", 0], "seed": 7, "steps": 12, "sampler_name": "ddim", "positive": ["2", 0]},
-              "class_type": "KSampler", "_meta": {"title": "KSampler"}},
+        "2": {
+            "inputs": {"text": "a cat", "clip": ["1", 1]},
+            "class_type": "CLIPTextEncode",
+            "_meta": {"title": "positive prompt"},
+        },
+        "3": {
+            "inputs": {"model": ["1", 0], "seed": 7, "steps": 12, "sampler_name": "ddim", "positive": ["2", 0]},
+            "class_type": "KSampler",
+            "_meta": {"title": "KSampler"},
+        },
         "6": {"inputs": {"image": "x.png"}, "class_type": "LoadImage", "_meta": {"title": "query"}},
     }
 
@@ -67,19 +97,29 @@ def test_overrides_address_nodes_by_title_or_id(tmp_path):
     image = tmp_path / "q.png"
     image.write_bytes(b"png")
     prompt = runner.ui_to_api(ui_workflow(), INPUT_TYPES.get)
-    runner.apply_overrides(prompt, overrides(image=[f"query={image}"], prompt="a dog", seed=99,
-                                             set=["3.steps=30", "KSampler.sampler_name=euler", "1.name=a"]))
+    runner.apply_overrides(
+        prompt,
+        overrides(
+            image=[f"query={image}"],
+            prompt="a dog",
+            seed=99,
+            set=["3.steps=30", "KSampler.sampler_name=euler", "1.name=a"],
+        ),
+    )
     assert prompt["6"]["inputs"]["image"] == str(image)
     assert prompt["2"]["inputs"]["text"] == "a dog"
     assert prompt["3"]["inputs"]["seed"] == 99 and prompt["3"]["inputs"]["steps"] == 30
     assert prompt["3"]["inputs"]["sampler_name"] == "euler" and prompt["1"]["inputs"]["name"] == "a"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"negative": "blurry"}, "no node with id or title 'negative prompt'"),
-    ({"image": ["missing"]}, "expected NAME=VALUE"),
-    ({"set": ["steps=3"]}, "expected NODE.INPUT=VALUE"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"negative": "blurry"}, "no node with id or title 'negative prompt'"),
+        ({"image": ["missing"]}, "expected NAME=VALUE"),
+        ({"set": ["steps=3"]}, "expected NODE.INPUT=VALUE"),
+    ],
+)
 def test_override_errors_say_what_is_wrong(kwargs, message):
     with pytest.raises(runner.WorkflowError, match=message):
         runner.apply_overrides(runner.ui_to_api(ui_workflow(), INPUT_TYPES.get), overrides(**kwargs))
@@ -107,14 +147,23 @@ def test_main_exits_1_for_a_failed_node_and_lets_other_errors_through(tmp_path, 
         runner.main(argv)
 
 
-@pytest.mark.parametrize("content, argv_extra, message", [
-    (None, [], "workflow file not found"),
-    ('{"1": {"class_type": "KSampler", "inp', [], "is not a JSON file"),
-    ('[{"class_type": "KSampler"}]', [], "holds list, not a workflow"),
-    ('{"1": {"class_type": "KSampler"}}', [], "entry '1' is not a node with 'class_type' and 'inputs'"),
-    ('{"1": {"class_type": "LoadImage", "inputs": {}}}', ["--image", "query=/no/such.png"], "--image query: file not found"),
-])
-def test_main_exits_2_for_a_bad_workflow_file_before_booting_comfyui(tmp_path, monkeypatch, capsys, content, argv_extra, message):
+@pytest.mark.parametrize(
+    "content, argv_extra, message",
+    [
+        (None, [], "workflow file not found"),
+        ('{"1": {"class_type": "KSampler", "inp', [], "is not a JSON file"),
+        ('[{"class_type": "KSampler"}]', [], "holds list, not a workflow"),
+        ('{"1": {"class_type": "KSampler"}}', [], "entry '1' is not a node with 'class_type' and 'inputs'"),
+        (
+            '{"1": {"class_type": "LoadImage", "inputs": {}}}',
+            ["--image", "query=/no/such.png"],
+            "--image query: file not found",
+        ),
+    ],
+)
+def test_main_exits_2_for_a_bad_workflow_file_before_booting_comfyui(
+    tmp_path, monkeypatch, capsys, content, argv_extra, message
+):
     workflow = tmp_path / "workflow.json"
     if content is not None:
         workflow.write_text(content)
@@ -138,8 +187,12 @@ def test_main_removes_its_temporary_input_folder_and_lists_previews(tmp_path, mo
         return {"nodes": None}
 
     def run(prompt, comfy):
-        return {"outputs": {"11": {"images": [{"filename": "r.png", "subfolder": "pdiff", "type": "output"}]},
-                            "12": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]}}}
+        return {
+            "outputs": {
+                "11": {"images": [{"filename": "r.png", "subfolder": "pdiff", "type": "output"}]},
+                "12": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]},
+            }
+        }
 
     monkeypatch.setattr(runner, "boot_comfyui", boot)
     monkeypatch.setattr(runner, "run", run)

@@ -46,18 +46,38 @@ def test_embedded_finetune_from_a_folder_of_photos(photos: Path, tmp_path: Path,
     assert "groups: 5: 0 of 2+ images" in capsys.readouterr().out
     data = tmp_path / "data"
     # depth is in the default maps and has no classical stand-in: --fallback goes on without it.
-    assert annotate.main(["--input", str(photos), "--out", str(data), "--fallback", "--resolution", "64", "--no-progress"]) == 0
+    assert (
+        annotate.main(["--input", str(photos), "--out", str(data), "--fallback", "--resolution", "64", "--no-progress"])
+        == 0
+    )
     assert pdiff(["data", "check", str(data)]) == 0
     assert "tasks training draws (all of the maps): hed, seg, inv_hed, inv_seg" in capsys.readouterr().out
 
     out = tmp_path / "run"
     caplog.clear()
     with caplog.at_level("INFO"):
-        assert train(["--config", str(CONFIGS / "finetune_photos_embedded.yaml"), "--override", f"data.root={data}",
-                      f"train.output_dir={out}", "train.max_steps=2", "train.batch_size=2", "train.checkpoint_every=2",
-                      "validation.samples=2", "validation.inference_steps=2", "train.cpu=true"]) == 0
+        assert (
+            train(
+                [
+                    "--config",
+                    str(CONFIGS / "finetune_photos_embedded.yaml"),
+                    "--override",
+                    f"data.root={data}",
+                    f"train.output_dir={out}",
+                    "train.max_steps=2",
+                    "train.batch_size=2",
+                    "train.checkpoint_every=2",
+                    "validation.samples=2",
+                    "validation.inference_steps=2",
+                    "train.cpu=true",
+                ]
+            )
+            == 0
+        )
     assert "1 process(es), NO, device cpu" in caplog.text
-    assert f"control branch: {Path('pdiff_core/assets/pdiff-toyworld') / 'controlnet'} (the pipeline's own)" in caplog.text
+    assert (
+        f"control branch: {Path('pdiff_core/assets/pdiff-toyworld') / 'controlnet'} (the pipeline's own)" in caplog.text
+    )
     assert not [r for r in caplog.records if r.name.startswith("accelerate.checkpointing")]
     pipe = PromptDiffusionPipeline.from_pretrained(str(out / "pipeline"))
     assert pipe.scheduler.config.prediction_type == "v_prediction"  # the embedded model's, kept
@@ -75,8 +95,9 @@ def test_pretrained_alone_keeps_the_pipelines_controlnet_and_controlnet_still_wi
     kept = build_training_components(config, None, None)["controlnet"].state_dict()
     trained = load_controlnet(DEFAULT_MODEL / "controlnet").state_dict()
     assert all(torch.equal(kept[k], trained[k]) for k in trained)
-    other = PromptDiffusionControlNetModel.from_unet(
-        build_training_components(config, None, None)["unet"]).to(torch.float32)
+    other = PromptDiffusionControlNetModel.from_unet(build_training_components(config, None, None)["unet"]).to(
+        torch.float32
+    )
     save_controlnet(other, tmp_path / "other.safetensors")
     config.model.controlnet = str(tmp_path / "other.safetensors")
     chosen = build_training_components(config, None, None)["controlnet"].state_dict()
@@ -112,9 +133,16 @@ def test_sd15_config_trains_on_stand_ins_of_its_files(tmp_path: Path, monkeypatc
     # The authors' checkpoint layout: a torch.save'd {"state_dict": {"control_model.*": ...}}.
     ldm = save_controlnet(load_controlnet(tiny_pipeline_dir / "controlnet"), tmp_path / "ldm.safetensors", layout="ldm")
     torch.save({"state_dict": load_file(ldm)}, tmp_path / "stand-ins" / "network-step=04999.ckpt")
-    overrides = ["data.resolution=32", "train.mixed_precision='no'", "train.max_steps=2", "train.batch_size=2",
-                 "train.gradient_accumulation_steps=1", "validation.samples=1", "validation.inference_steps=2",
-                 "train.cpu=true"]
+    overrides = [
+        "data.resolution=32",
+        "train.mixed_precision='no'",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.gradient_accumulation_steps=1",
+        "validation.samples=1",
+        "validation.inference_steps=2",
+        "train.cpu=true",
+    ]
     config = CONFIGS / "finetune_photos_sd15.yaml"
     assert train(["--config", str(config), "--check", "--override", *overrides]) == 0
     assert train(["--config", str(config), "--override", *overrides]) == 0

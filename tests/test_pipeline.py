@@ -17,8 +17,14 @@ def run(pipe, seed=0, **kwargs):
     src = images(1)[0] if src is None else src
     tgt = images(2)[0] if tgt is None else tgt
     query = images(3)[0] if query is None else query
-    defaults = dict(prompt="a red sphere", example_pair=(src, tgt), query=query,
-                    num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed), output_type="np")
+    defaults = dict(
+        prompt="a red sphere",
+        example_pair=(src, tgt),
+        query=query,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    )
     defaults.update(kwargs)
     return pipe(**defaults).images
 
@@ -92,8 +98,14 @@ def test_unconditional_branch_keeps_pair_and_query(tiny_pipeline):
 def test_research_port_argument_names_give_the_same_image(tiny_pipeline):
     src, tgt, query = images(1)[0], images(2)[0], images(3)[0]
     ours = run(tiny_pipeline, src=src, tgt=tgt, query=query)
-    port = tiny_pipeline("a red sphere", image_pair=[src, tgt], image=query, num_inference_steps=STEPS,
-                         generator=torch.Generator().manual_seed(0), output_type="np").images
+    port = tiny_pipeline(
+        "a red sphere",
+        image_pair=[src, tgt],
+        image=query,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert np.array_equal(ours, port)
 
 
@@ -147,7 +159,10 @@ def test_conditioning_scale_zero_ignores_the_control(tiny_pipeline):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(query=images(3, size=60)[0], src=images(1, size=60)[0], tgt=images(2, size=60)[0]), "not a multiple of 8"),
+        (
+            dict(query=images(3, size=60)[0], src=images(1, size=60)[0], tgt=images(2, size=60)[0]),
+            "not a multiple of 8",
+        ),
         (dict(query=images(3, size=128)[0]), "must have one size"),
         (dict(query=np.zeros((64, 64, 4), np.uint8)), "HxWx3"),
         (dict(query=torch.zeros(1, 1, 64, 64)), "Bx3xHxW"),
@@ -172,9 +187,12 @@ def test_check_inputs_resolves_the_arguments_without_running_a_model(tiny_pipeli
     counters = [CallCounter(m) for m in (tiny_pipeline.text_encoder, tiny_pipeline.controlnet, tiny_pipeline.unet)]
     source, target, query = images(1)[0], images(2)[0], images(3)[0]
     pairs, resolved, weights, batch = tiny_pipeline.check_inputs(
-        ["a", "b"], None, None, image_pair=[source, target], image=query)
+        ["a", "b"], None, None, image_pair=[source, target], image=query
+    )
     assert pairs == [(source, target)] and resolved is query and weights == [1.0] and batch == 2
-    _, _, weights, _ = tiny_pipeline.check_inputs("a", None, query, example_pairs=[(source, target)] * 2, shot_weights=[3, 1])
+    _, _, weights, _ = tiny_pipeline.check_inputs(
+        "a", None, query, example_pairs=[(source, target)] * 2, shot_weights=[3, 1]
+    )
     assert weights == [0.75, 0.25]
     with pytest.raises(ValueError, match="num_images_per_prompt must be at least 1"):
         tiny_pipeline.check_inputs("a", (source, target), query, num_images_per_prompt=0)

@@ -49,7 +49,7 @@ def test_publisher_display_name_icon_license_and_repository(config):
     owner_repo = urlparse(repository).path.strip("/")
     prefix = f"/{owner_repo}/main/"
     assert icon.netloc == "raw.githubusercontent.com" and icon.path.startswith(prefix), comfy.icon
-    icon_file = ROOT / icon.path[len(prefix):]
+    icon_file = ROOT / icon.path[len(prefix) :]
     assert icon_file.is_file(), icon_file
     from PIL import Image
 

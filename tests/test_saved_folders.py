@@ -33,8 +33,14 @@ def generate_and_save(folder: Path, save_to: Optional[Path] = None) -> np.ndarra
     src, tgt, query = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3))
     pipe = PromptDiffusionPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
-    image = pipe("a red sphere and a blue cube", example_pair=(src, tgt), query=query, num_inference_steps=2,
-                 generator=torch.Generator().manual_seed(0), output_type="np").images
+    image = pipe(
+        "a red sphere and a blue cube",
+        example_pair=(src, tgt),
+        query=query,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     if save_to is not None:
         pipe.save_pretrained(str(save_to))
     return image
@@ -59,11 +65,19 @@ def test_a_saved_pipeline_holds_both_tokenizer_formats_and_in_vocabulary_ids(tin
     tiny_pipeline.save_pretrained(str(tmp_path / "saved"))
     assert_text_encoder_fits_tokenizer(tmp_path / "saved")
     assert all((tmp_path / "saved" / "tokenizer" / name).is_file() for name in ("vocab.json", "merges.txt"))
-    assert all(key.startswith("text_model.") for key in load_file(tmp_path / "saved" / "text_encoder" / "model.safetensors"))
+    assert all(
+        key.startswith("text_model.") for key in load_file(tmp_path / "saved" / "text_encoder" / "model.safetensors")
+    )
 
 
-@pytest.mark.parametrize("kwargs, expected", [({}, torch.float32), ({"torch_dtype": torch.bfloat16}, torch.bfloat16),
-                                              ({"dtype": torch.bfloat16}, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, torch.float32),
+        ({"torch_dtype": torch.bfloat16}, torch.bfloat16),
+        ({"dtype": torch.bfloat16}, torch.bfloat16),
+    ],
+)
 def test_an_fp16_folder_loads_in_one_dtype_either_keyword_naming_it(tiny_pipeline, tmp_path, kwargs, expected):
     # transformers 5 alone would load the text encoder in float16 and diffusers the rest in float32.
     tiny_pipeline.to(torch.float16).save_pretrained(str(tmp_path))
@@ -92,8 +106,18 @@ def test_text_encoder_weights_renamed_in_shards_load_back_unchanged(tiny_pipelin
 def test_a_folder_saved_under_one_library_set_generates_the_same_image_under_the_other(tiny_pipeline_dir, tmp_path):
     here = generate_and_save(tiny_pipeline_dir, save_to=tmp_path / "saved-here")
     # This file run as a script by the other set's Python: load what this set saved, generate, save again.
-    subprocess.run([OTHER_PYTHON, __file__, str(tmp_path / "saved-here"), str(tmp_path / "there.npy"), str(tmp_path / "saved-there")],
-                   cwd=ROOT, check=True, timeout=300)
+    subprocess.run(
+        [
+            OTHER_PYTHON,
+            __file__,
+            str(tmp_path / "saved-here"),
+            str(tmp_path / "there.npy"),
+            str(tmp_path / "saved-there"),
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+    )
     there = np.load(tmp_path / "there.npy")
     back = generate_and_save(tmp_path / "saved-there")
     assert here.std() > 0.05  # a real image, not a constant that a broken load could also give

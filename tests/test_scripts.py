@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p for folder in ("scripts", "benchmarks", ".ci") for p in (ROOT / folder).glob("*")
-                 if p.suffix == ".sh" or p.name == "run")
+SCRIPTS = sorted(
+    p
+    for folder in ("scripts", "benchmarks", ".ci")
+    for p in (ROOT / folder).glob("*")
+    if p.suffix == ".sh" or p.name == "run"
+)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))

@@ -40,12 +40,18 @@ def test_byte_alphabet_is_clips_byte_table_in_its_order():
 def test_trained_tokenizer_has_every_byte_and_the_two_specials_last(tiny_tokenizer_dir):
     vocab, merges = read_clip_vocab(tiny_tokenizer_dir)
     alphabet = gpt2_bytes_to_unicode()
-    assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][:512] == alphabet + [a + "</w>" for a in alphabet]
+    assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][:512] == alphabet + [
+        a + "</w>" for a in alphabet
+    ]
     assert sorted(vocab.values()) == list(range(len(vocab)))
     assert vocab["<|startoftext|>"] == len(vocab) - 2 and vocab["<|endoftext|>"] == len(vocab) - 1
     assert all(a + b in vocab for a, b in merges)
     tokenizer = load_clip_tokenizer(tiny_tokenizer_dir)
-    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (len(vocab) - 2, len(vocab) - 1, len(vocab) - 1)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (
+        len(vocab) - 2,
+        len(vocab) - 1,
+        len(vocab) - 1,
+    )
     assert tokenizer.model_max_length == 77
 
 

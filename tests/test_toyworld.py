@@ -29,7 +29,12 @@ from training.toyworld import main as cli_main
 
 # ADE20K palette colours, written out here rather than imported from the code under test.
 ADE_SKY, ADE_FLOOR, ADE_BALL, ADE_BOX, ADE_COLUMN, ADE_TENT = (
-    (6, 230, 230), (80, 50, 50), (255, 0, 163), (0, 255, 20), (255, 8, 41), (112, 224, 255),
+    (6, 230, 230),
+    (80, 50, 50),
+    (255, 0, 163),
+    (0, 255, 20),
+    (255, 8, 41),
+    (112, 224, 255),
 )
 PLAIN = Ground("plain", (0.6, 0.6, 0.6), (0.6, 0.6, 0.6), color_name="gray")
 SUN_ABOVE = Light(elevation=90, azimuth=0)
@@ -163,14 +168,29 @@ def test_shadow_and_edges_of_the_sphere() -> None:
     "obj, cam, distance, normal, seg",
     [
         # Straight down on a box's top face, rotated: the top is flat and faces up.
-        (Primitive("box", (0.0, 0.0), 0.5, 0.6, (0.1, 0.3, 0.8), yaw=0.7), Camera(90, 15, 4.0, target=(0, 0.6, 0)),
-         4.0, (0, 1, 0), ADE_BOX),
+        (
+            Primitive("box", (0.0, 0.0), 0.5, 0.6, (0.1, 0.3, 0.8), yaw=0.7),
+            Camera(90, 15, 4.0, target=(0, 0.6, 0)),
+            4.0,
+            (0, 1, 0),
+            ADE_BOX,
+        ),
         # Side view of a cylinder at mid height.
-        (Primitive("cylinder", (0.0, 0.0), 0.4, 1.2, (0.9, 0.8, 0.1)), Camera(0, 0, 5.0, target=(0, 0.6, 0)),
-         5.0 - 0.4, (0, 0, 1), ADE_COLUMN),
+        (
+            Primitive("cylinder", (0.0, 0.0), 0.4, 1.2, (0.9, 0.8, 0.1)),
+            Camera(0, 0, 5.0, target=(0, 0.6, 0)),
+            5.0 - 0.4,
+            (0, 0, 1),
+            ADE_COLUMN,
+        ),
         # Side view of a cone at mid height, where its radius is half the base radius.
-        (Primitive("cone", (0.0, 0.0), 0.5, 1.0, (0.1, 0.6, 0.2)), Camera(0, 0, 5.0, target=(0, 0.5, 0)),
-         5.0 - 0.25, (0, 0.5, 1) / np.hypot(0.5, 1), ADE_TENT),
+        (
+            Primitive("cone", (0.0, 0.0), 0.5, 1.0, (0.1, 0.6, 0.2)),
+            Camera(0, 0, 5.0, target=(0, 0.5, 0)),
+            5.0 - 0.25,
+            (0, 0.5, 1) / np.hypot(0.5, 1),
+            ADE_TENT,
+        ),
     ],
 )
 def test_centre_pixel_of_each_shape(obj: Primitive, cam: Camera, distance: float, normal: tuple, seg: tuple) -> None:
@@ -214,10 +234,18 @@ def test_captions() -> None:
     assert make_caption([obj("sphere", "red"), obj("box", "blue")], checkered) == (
         "a red sphere and a blue cube on a checkered floor"
     )
-    assert make_caption(
-        [obj("sphere", "red"), obj("cone", "orange"), obj("sphere", "red"), obj("box", "gray", shiny=True, height=0.4)],
-        beige,
-    ) == "two red spheres, an orange cone and a shiny gray box on a plain beige floor"
+    assert (
+        make_caption(
+            [
+                obj("sphere", "red"),
+                obj("cone", "orange"),
+                obj("sphere", "red"),
+                obj("box", "gray", shiny=True, height=0.4),
+            ],
+            beige,
+        )
+        == "two red spheres, an orange cone and a shiny gray box on a plain beige floor"
+    )
 
     nouns = {"sphere": "sphere", "cylinder": "cylinder", "cone": "cone"}
     for seed in range(40):

@@ -22,7 +22,12 @@ BASE = "data:\n  root: /data/x\nmodel:\n  preset: tiny\n"
 
 def test_shipped_run_configs_load() -> None:
     paper = load_config(CONFIGS / "paper_sd15.yaml")
-    assert (paper.data.resolution, paper.train.batch_size, paper.train.max_steps, paper.optim.learning_rate) == (256, 64, 5000, 1e-4)
+    assert (paper.data.resolution, paper.train.batch_size, paper.train.max_steps, paper.optim.learning_rate) == (
+        256,
+        64,
+        5000,
+        1e-4,
+    )
     assert paper.model.pretrained and paper.train.mixed_precision == "no"
     assert load_config(CONFIGS / "embedded_small_vae.yaml").train.stage == "vae"
     embedded = load_config(CONFIGS / "embedded_small.yaml")
@@ -45,8 +50,15 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
 
 def test_overrides_parse_values_and_reject_unknown_keys(tmp_path: Path) -> None:
     path = _write(tmp_path, BASE)
-    config = load_config(path, ["train.max_steps=7", "optim.learning_rate=3e-4", "data.tasks=[depth,inv_hed]",
-                                "train.train_modules=controlnet,unet"])
+    config = load_config(
+        path,
+        [
+            "train.max_steps=7",
+            "optim.learning_rate=3e-4",
+            "data.tasks=[depth,inv_hed]",
+            "train.train_modules=controlnet,unet",
+        ],
+    )
     assert config.train.max_steps == 7 and config.optim.learning_rate == 3e-4
     assert config.data.tasks == ["depth", "inv_hed"] and config.train.train_modules == ["controlnet", "unet"]
     with pytest.raises(ConfigError, match=r"unknown config key 'train.nope'"):
@@ -71,5 +83,7 @@ def test_cross_field_checks_name_the_key(tmp_path: Path) -> None:
 
 
 def test_json_configs_load(tmp_path: Path) -> None:
-    path = _write(tmp_path, '{"data": {"root": "/d"}, "model": {"preset": "tiny"}, "train": {"stage": "vae"}}', "c.json")
+    path = _write(
+        tmp_path, '{"data": {"root": "/d"}, "model": {"preset": "tiny"}, "train": {"stage": "vae"}}', "c.json"
+    )
     assert load_config(path).train.stage == "vae"

@@ -32,7 +32,7 @@ def _half(color, other, channels: int) -> np.ndarray:
     """Left half `color`, right half `other`: a flip shows as the coloured half changing sides."""
     out = np.empty((RES, RES, channels), dtype=np.uint8)
     out[:, : RES // 2] = color
-    out[:, RES // 2:] = other
+    out[:, RES // 2 :] = other
     return out[..., 0] if channels == 1 else out
 
 
@@ -42,9 +42,13 @@ def coded(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("coded")
     with DatasetWriter(root, maps=["depth", "seg"], resolution=RES, source="test") as writer:
         for g in range(GROUPS):
-            items = [(_half(_image_color(g, i), 0, 3), {"depth": _half(_depth_value(g, i), 255, 1),
-                                                         "seg": _half(_seg_color(g, i), 255, 3)})
-                     for i in range(ITEMS)]
+            items = [
+                (
+                    _half(_image_color(g, i), 0, 3),
+                    {"depth": _half(_depth_value(g, i), 255, 1), "seg": _half(_seg_color(g, i), 255, 3)},
+                )
+                for i in range(ITEMS)
+            ]
             writer.add_group(f"caption {g}", items)
     return root
 
@@ -74,7 +78,9 @@ def test_example_and_query_come_from_different_items_of_one_group(coded: Path) -
         assert s["group"] == f"{g:06d}"
         assert s["example_item"] != s["query_item"]
         assert s["example_pair"].shape == (6, RES, RES) and s["query"].shape == s["target"].shape == (3, RES, RES)
-        assert all(-1.0 <= float(s[key].min()) and float(s[key].max()) <= 1.0 for key in ("example_pair", "query", "target"))
+        assert all(
+            -1.0 <= float(s[key].min()) and float(s[key].max()) <= 1.0 for key in ("example_pair", "query", "target")
+        )
         ex_src, ex_tgt = _expected(s["task"], g, s["example_item"])
         q_src, q_tgt = _expected(s["task"], g, s["query_item"])
         (a, a_left), (b, b_left) = _left_color(s["example_pair"][:3]), _left_color(s["example_pair"][3:])
@@ -85,7 +91,11 @@ def test_example_and_query_come_from_different_items_of_one_group(coded: Path) -
         flips.add((a_left, c_left))
         tasks.add(s["task"])
         # Forward tasks are prompted with the map's name, inverse tasks with the caption (as the authors).
-        expected_caption = f"caption {g}" if s["task"].startswith("inv_") else {"depth": "depth map", "seg": "segmentation map"}[s["task"]]
+        expected_caption = (
+            f"caption {g}"
+            if s["task"].startswith("inv_")
+            else {"depth": "depth map", "seg": "segmentation map"}[s["task"]]
+        )
         assert s["caption"] == expected_caption
     assert tasks == {"depth", "seg", "inv_depth", "inv_seg"}
     assert len(flips) == 4  # example and query are flipped independently of each other
@@ -96,9 +106,15 @@ def test_single_photos_take_their_example_from_another_photo(tmp_path: Path) -> 
     another photo of the dataset under the same task, and the photo's own caption prompts."""
     with DatasetWriter(tmp_path / "singles", maps=["depth", "seg"], resolution=RES, source="test") as writer:
         for g in range(GROUPS):
-            writer.add_group("" if g == 0 else f"caption {g}",
-                             [(_half(_image_color(g, 0), 0, 3), {"depth": _half(_depth_value(g, 0), 255, 1),
-                                                                  "seg": _half(_seg_color(g, 0), 255, 3)})])
+            writer.add_group(
+                "" if g == 0 else f"caption {g}",
+                [
+                    (
+                        _half(_image_color(g, 0), 0, 3),
+                        {"depth": _half(_depth_value(g, 0), 255, 1), "seg": _half(_seg_color(g, 0), 255, 3)},
+                    )
+                ],
+            )
     ds = PromptDiffusionDataset(tmp_path / "singles", ["depth", "inv_depth", "inv_seg"], RES)
     partners = {g: set() for g in range(GROUPS)}
     for k in range(120):
@@ -106,7 +122,9 @@ def test_single_photos_take_their_example_from_another_photo(tmp_path: Path) -> 
         g, e = k % GROUPS, int(s["example_group"])
         assert s["group"] == f"{g:06d}" and e != g and s["example_item"] == s["query_item"] == 0
         partners[g].add(e)
-        assert (_left_color(s["example_pair"][:3])[0], _left_color(s["example_pair"][3:])[0]) == _expected(s["task"], e, 0)
+        assert (_left_color(s["example_pair"][:3])[0], _left_color(s["example_pair"][3:])[0]) == _expected(
+            s["task"], e, 0
+        )
         assert (_left_color(s["query"])[0], _left_color(s["target"])[0]) == _expected(s["task"], g, 0)
         if s["task"].startswith("inv_"):
             assert s["caption"] == ("" if g == 0 else f"caption {g}")
@@ -132,7 +150,7 @@ def test_sampler_visits_each_group_once_per_epoch_and_resumes_exactly() -> None:
     full = list(ResumableSampler(num_groups=5, seed=1, start=0, length=13))
     assert full == list(ResumableSampler(5, 1, 0, 6)) + list(ResumableSampler(5, 1, 6, 7))
     for epoch in range(2):
-        keys = full[epoch * 5:(epoch + 1) * 5]
+        keys = full[epoch * 5 : (epoch + 1) * 5]
         assert sorted(k % 5 for k in keys) == list(range(5)) and all(k // 5 == epoch for k in keys)
     assert full[:5] != full[5:10] or full[:5] != list(range(5))
 

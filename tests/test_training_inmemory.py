@@ -196,8 +196,9 @@ def test_a_run_continues_an_exported_pipeline_so_that_runs_add_up(tmp_path, data
     vae_folder = run(load_config(path, ["train.stage=vae", "train.max_steps=1"]))
     first = run(load_config(path, [f"model.vae={vae_folder}"]))
     first_report = json.loads((tmp_path / "first" / REPORT_FILE).read_text())
-    second = run(load_config(path, ["model.preset=null", f"model.pretrained={first}",
-                                    f"train.output_dir={tmp_path / 'second'}"]))
+    second = run(
+        load_config(path, ["model.preset=null", f"model.pretrained={first}", f"train.output_dir={tmp_path / 'second'}"])
+    )
     second_report = json.loads((tmp_path / "second" / REPORT_FILE).read_text())
     # The continued run starts where the first ended: the same fixed probe gives the same losses.
     for name, value in first_report["pair_effect_after"].items():
@@ -237,7 +238,7 @@ def test_a_time_budget_stops_the_loop_when_steps_are_slower_than_calibrated(tmp_
 
     def slow_loss() -> torch.Tensor:
         time.sleep(0.1)
-        return (weight ** 2).sum()
+        return (weight**2).sum()
 
     steps = loop.run(slow_loss)  # 0.3 s of budget at 0.1 s a step: stopped long before the calibration
     assert 3 <= steps <= 5 and loop.seconds < 1.0

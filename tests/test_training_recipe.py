@@ -46,7 +46,7 @@ def test_apply_dropout_swaps_in_the_empty_prompt_and_zeroes_the_pair() -> None:
 
 def sd15_abar() -> np.ndarray:
     """SD1.5's schedule written out by hand: betas on a squared linspace, abar their running product."""
-    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
     return np.cumprod(1.0 - betas)
 
 
@@ -84,5 +84,6 @@ def test_diffusion_target_is_the_noise_or_the_velocity() -> None:
     # v = sqrt(abar) * noise - sqrt(1 - abar) * x0 (Salimans & Ho 2022).
     abar = torch.from_numpy(sd15_abar()[TIMESTEPS.numpy()]).float()[:, None, None, None]
     expected = abar.sqrt() * noise - (1 - abar).sqrt() * latents
-    torch.testing.assert_close(diffusion_target(training_scheduler("v_prediction"), latents, noise, TIMESTEPS),
-                               expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        diffusion_target(training_scheduler("v_prediction"), latents, noise, TIMESTEPS), expected, atol=1e-5, rtol=1e-5
+    )

@@ -41,8 +41,6 @@ validation:
 """
 
 
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "ds", groups=4, items=3, resolution=32)
@@ -62,8 +60,10 @@ def _losses(out: Path) -> List[float]:
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_loss_goes_down_on_a_fixed_batch(tmp_path: Path, data: Path, prediction_type: str) -> None:
-    config = load_config(_config_file(tmp_path, data, tmp_path / "run"),
-                         ["train.train_modules=[controlnet,unet,text_encoder]", f"model.prediction_type={prediction_type}"])
+    config = load_config(
+        _config_file(tmp_path, data, tmp_path / "run"),
+        ["train.train_modules=[controlnet,unet,text_encoder]", f"model.prediction_type={prediction_type}"],
+    )
     trainer = Trainer(config)
     trainer.setup()
     # The pipeline it saves samples with the same parameterisation.
@@ -104,23 +104,32 @@ def test_resume_continues_exactly(tmp_path: Path, data: Path) -> None:
     assert all(torch.equal(v, resumed.controlnet.state_dict()[k]) for k, v in pipe.controlnet.state_dict().items())
 
 
-def test_resuming_with_a_longer_cosine_schedule_says_it_is_not_the_longer_run(tmp_path: Path, data: Path, caplog) -> None:
+def test_resuming_with_a_longer_cosine_schedule_says_it_is_not_the_longer_run(
+    tmp_path: Path, data: Path, caplog
+) -> None:
     config = _config_file(tmp_path, data, tmp_path / "cosine")
     Trainer(load_config(config, ["train.max_steps=2", "optim.lr_scheduler=cosine"])).run()
     with caplog.at_level("WARNING"):
         Trainer(load_config(config, ["train.max_steps=3", "optim.lr_scheduler=cosine"]), resume="latest").run()
-    assert "train.max_steps changed from 2 to 3 on resume: the 'cosine' learning-rate schedule depends on max_steps" in caplog.text
+    assert (
+        "train.max_steps changed from 2 to 3 on resume: the 'cosine' learning-rate schedule depends on max_steps"
+        in caplog.text
+    )
     caplog.clear()
     Trainer(load_config(config, [f"train.output_dir={tmp_path / 'constant'}", "train.max_steps=2"])).run()
     with caplog.at_level("WARNING"):
-        Trainer(load_config(config, [f"train.output_dir={tmp_path / 'constant'}", "train.max_steps=3"]), resume="latest").run()
+        Trainer(
+            load_config(config, [f"train.output_dir={tmp_path / 'constant'}", "train.max_steps=3"]), resume="latest"
+        ).run()
     assert "max_steps changed" not in caplog.text  # a constant rate does not depend on it
 
 
 def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "vae-run"
-    config = load_config(_config_file(tmp_path, data, out),
-                         ["train.stage=vae", "train.max_steps=2", "vae.scaling_batches=1", "validation.samples=2"])
+    config = load_config(
+        _config_file(tmp_path, data, out),
+        ["train.stage=vae", "train.max_steps=2", "vae.scaling_batches=1", "validation.samples=2"],
+    )
     assert Trainer(config).run() == out / "vae"
     saved = json.loads((out / "vae" / "config.json").read_text())
     assert saved["scaling_factor"] != 0.18215 and saved["scaling_factor"] > 0
@@ -130,9 +139,18 @@ def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) 
     from diffusers import AutoencoderKL
 
     tuned_out = tmp_path / "decoder-run"
-    tuned = load_config(_config_file(tmp_path, data, tuned_out),
-                        ["train.stage=vae", "train.max_steps=2", "validation.samples=0", f"model.vae={out / 'vae'}",
-                         "vae.decoder_only=true", "vae.fit_scaling_factor=false", "optim.learning_rate=1e-2"])
+    tuned = load_config(
+        _config_file(tmp_path, data, tuned_out),
+        [
+            "train.stage=vae",
+            "train.max_steps=2",
+            "validation.samples=0",
+            f"model.vae={out / 'vae'}",
+            "vae.decoder_only=true",
+            "vae.fit_scaling_factor=false",
+            "optim.learning_rate=1e-2",
+        ],
+    )
     Trainer(tuned).run()
     before, after = (AutoencoderKL.from_pretrained(folder / "vae") for folder in (out, tuned_out))
     assert after.config.scaling_factor == before.config.scaling_factor
@@ -146,11 +164,26 @@ def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) 
 def test_two_cpu_processes_agree_on_weights(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "ddp"
     config = _config_file(tmp_path, data, out)
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "training" / "configs" / "accelerate_cpu_ddp.yaml"), "-m", "training.train",
-               "--config", str(config), "--override", "train.max_steps=2", "train.cpu=true"]
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "training" / "configs" / "accelerate_cpu_ddp.yaml"),
+        "-m",
+        "training.train",
+        "--config",
+        str(config),
+        "--override",
+        "train.max_steps=2",
+        "train.cpu=true",
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     sums = [(out / "checksums" / f"rank-{r}.txt").read_text() for r in range(2)]
@@ -221,14 +254,17 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     assert (out / "controlnet.safetensors").read_bytes() == before  # untouched
 
     # --overwrite starts afresh: no step, checkpoint or metric of the old run remains.
-    assert main(["--config", str(config), "--override", "train.max_steps=4", "train.checkpoint_every=4",
-                 "--overwrite"]) == 0
+    assert (
+        main(["--config", str(config), "--override", "train.max_steps=4", "train.checkpoint_every=4", "--overwrite"])
+        == 0
+    )
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-000004"]
     assert len(_losses(out)) == 4
 
 
-def test_a_broken_latest_checkpoint_is_named_and_resume_falls_back_to_the_previous(tmp_path: Path, data: Path,
-                                                                                    caplog) -> None:
+def test_a_broken_latest_checkpoint_is_named_and_resume_falls_back_to_the_previous(
+    tmp_path: Path, data: Path, caplog
+) -> None:
     from training.run_folder import CheckpointRestoreError
 
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -248,8 +284,9 @@ def test_a_broken_latest_checkpoint_is_named_and_resume_falls_back_to_the_previo
     assert _losses(split) == _losses(straight)  # exact from the previous checkpoint
 
     with pytest.raises(ValueError, match=r"train.train_modules: \['controlnet', 'unet'\], but checkpoint"):
-        Trainer(load_config(config, [f"train.output_dir={split}", "train.train_modules=[controlnet,unet]"]),
-                resume="latest").run()
+        Trainer(
+            load_config(config, [f"train.output_dir={split}", "train.train_modules=[controlnet,unet]"]), resume="latest"
+        ).run()
 
     from training.run_folder import find_checkpoint
 
@@ -269,7 +306,7 @@ def test_a_truncated_dataset_image_stops_the_run_before_step_one(tmp_path: Path,
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     image = sorted(copy.rglob("*.png"))[3]
-    image.write_bytes(image.read_bytes()[:len(image.read_bytes()) // 2])
+    image.write_bytes(image.read_bytes()[: len(image.read_bytes()) // 2])
     out = tmp_path / "run"
     with pytest.raises(DatasetFormatError, match=str(image)):
         Trainer(load_config(_config_file(tmp_path, copy, out)))

@@ -53,8 +53,20 @@ SEGMENTERS = {
     "sam": ("segment-anything-vit-h", "sam_vit_h_4b8939.pth"),
 }
 SEG_PALETTE = np.array(  # distinct colours for the k-means regions, darkest region first
-    [[120, 120, 120], [180, 120, 120], [6, 230, 230], [80, 50, 50], [4, 200, 3], [120, 120, 80],
-     [140, 140, 140], [204, 5, 255], [230, 230, 230], [4, 250, 7], [224, 5, 255], [235, 255, 7]],
+    [
+        [120, 120, 120],
+        [180, 120, 120],
+        [6, 230, 230],
+        [80, 50, 50],
+        [4, 200, 3],
+        [120, 120, 80],
+        [140, 140, 140],
+        [204, 5, 255],
+        [230, 230, 230],
+        [4, 250, 7],
+        [224, 5, 255],
+        [235, 255, 7],
+    ],
     dtype=np.uint8,
 )
 
@@ -118,13 +130,16 @@ def _per_image(fn: Callable[[np.ndarray], np.ndarray]) -> BatchFn:
 
 
 def _square(images: List[np.ndarray], size: int) -> torch.Tensor:
-    resized = [cv2.resize(im, (size, size), interpolation=cv2.INTER_LANCZOS4 if size > im.shape[0] else cv2.INTER_AREA)
-               for im in images]
+    resized = [
+        cv2.resize(im, (size, size), interpolation=cv2.INTER_LANCZOS4 if size > im.shape[0] else cv2.INTER_AREA)
+        for im in images
+    ]
     return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float()
 
 
 def midas_batch(model: torch.nn.Module, detect_resolution: int, device: str) -> BatchFn:
     """controlnet-aux MidasDetector's depth (min-max normalised, near = bright), on a whole batch."""
+
     @torch.no_grad()
     def run(images: List[np.ndarray]) -> List[np.ndarray]:
         depth = model(_square(images, detect_resolution).to(device) / 127.5 - 1.0)
@@ -132,21 +147,29 @@ def midas_batch(model: torch.nn.Module, detect_resolution: int, device: str) -> 
         high = depth.flatten(1).max(1).values[:, None, None]
         depth = ((depth - low) / (high - low).clamp_min(1e-8) * 255.0).clip(0, 255).byte().cpu().numpy()
         return [cv2.resize(d, im.shape[1::-1], interpolation=cv2.INTER_LINEAR) for d, im in zip(depth, images)]
+
     return run
 
 
 def hed_batch(network: torch.nn.Module, detect_resolution: int, device: str) -> BatchFn:
     """controlnet-aux HEDdetector's soft edges (mean of the side outputs, sigmoid), on a whole batch."""
+
     @torch.no_grad()
     def run(images: List[np.ndarray]) -> List[np.ndarray]:
         sides = network(_square(images, detect_resolution).to(device))
         out = []
         for i, image in enumerate(images):
-            edges = np.stack([cv2.resize(s[i, 0].float().cpu().numpy(), (detect_resolution,) * 2, interpolation=cv2.INTER_LINEAR)
-                              for s in sides], axis=2)
+            edges = np.stack(
+                [
+                    cv2.resize(s[i, 0].float().cpu().numpy(), (detect_resolution,) * 2, interpolation=cv2.INTER_LINEAR)
+                    for s in sides
+                ],
+                axis=2,
+            )
             edge = (255.0 / (1.0 + np.exp(-edges.mean(axis=2).astype(np.float64)))).clip(0, 255).astype(np.uint8)
             out.append(cv2.resize(edge, image.shape[1::-1], interpolation=cv2.INTER_LINEAR))
         return out
+
     return run
 
 
@@ -159,13 +182,22 @@ def upernet_batch(model: torch.nn.Module, processor: Any, device: str) -> BatchF
     @torch.no_grad()
     def run(images: List[np.ndarray]) -> List[np.ndarray]:
         pixels = processor(images=images, return_tensors="pt").pixel_values.to(device)
-        logits = torch.nn.functional.interpolate(model(pixel_values=pixels).logits, size=images[0].shape[:2], mode="bilinear")
+        logits = torch.nn.functional.interpolate(
+            model(pixel_values=pixels).logits, size=images[0].shape[:2], mode="bilinear"
+        )
         return [palette[labels] for labels in logits.argmax(1).cpu().numpy()]
+
     return run
 
 
-def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback: bool, device: str = "cpu",
-                     detect_resolution: int = 512, segmenter: str = "upernet") -> List[Annotator]:
+def build_annotators(
+    maps: Sequence[str],
+    weights_dir: Optional[Path],
+    fallback: bool,
+    device: str = "cpu",
+    detect_resolution: int = 512,
+    segmenter: str = "upernet",
+) -> List[Annotator]:
     """One annotator per map. With `fallback`, a map without weights gets its classical stand-in,
     or is left out with a warning when it has none (depth); without it (or when no map is left),
     raises AnnotatorWeightsError listing every missing weight file."""
@@ -178,7 +210,9 @@ def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback:
             annotators.append(Annotator(name, kind, True, _per_image(fn)))
             continue
         if name not in learned:
-            raise ValueError(f"--maps: no annotator for map {name!r}; known maps: {sorted(set(learned) | set(CLASSICAL))}")
+            raise ValueError(
+                f"--maps: no annotator for map {name!r}; known maps: {sorted(set(learned) | set(CLASSICAL))}"
+            )
         kind, filename = learned[name]
         path = weights_dir / filename if weights_dir is not None else None
         if path is not None and (path.is_file() or (path / "config.json").is_file()):
@@ -187,15 +221,21 @@ def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback:
             logger.warning("map %s: no %s, using the classical fallback %s", name, path or filename, FALLBACKS[name][0])
             annotators.append(Annotator(name, FALLBACKS[name][0], True, _per_image(FALLBACKS[name][1])))
         else:
-            missing.append(f"{name}: {path or filename}" + ("" if name in FALLBACKS else " (no classical fallback exists)"))
+            missing.append(
+                f"{name}: {path or filename}" + ("" if name in FALLBACKS else " (no classical fallback exists)")
+            )
     if fallback and missing and annotators:
         logger.warning(
             "left out, no weights and no classical fallback: %s. The dataset will have the maps %s; to include them, put "
-            "the files in --annotator-weights and annotate into a new --out", "; ".join(missing), [a.map for a in annotators])
+            "the files in --annotator-weights and annotate into a new --out",
+            "; ".join(missing),
+            [a.map for a in annotators],
+        )
         return annotators
     if missing:
         raise AnnotatorWeightsError(
-            "missing annotator weights (nothing is downloaded):\n  " + "\n  ".join(missing)
+            "missing annotator weights (nothing is downloaded):\n  "
+            + "\n  ".join(missing)
             + f"\nPut the files in the folder given to --annotator-weights ({weights_dir or 'not given'}), "
             "pass --fallback to use classical OpenCV maps where they exist, or drop the map from --maps."
         )
@@ -205,9 +245,11 @@ def build_annotators(maps: Sequence[str], weights_dir: Optional[Path], fallback:
 def makeable_maps(maps: Sequence[str], weights_dir: Optional[Path], segmenter: str = "upernet") -> List[str]:
     """The maps of `maps` that can be made now: classical, with a fallback, or with their weights present."""
     learned = {**WEIGHTS, "seg": SEGMENTERS[segmenter]}
+
     def present(name: str) -> bool:
         path = weights_dir / learned[name][1] if weights_dir is not None and name in learned else None
         return path is not None and (path.is_file() or (path / "config.json").is_file())
+
     return [m for m in maps if m in CLASSICAL or m in FALLBACKS or present(m)]
 
 
@@ -229,7 +271,11 @@ def _load_learned(name: str, path: Path, device: str, detect_resolution: int) ->
     detector = SamDetector.from_pretrained(str(path.parent), model_type="vit_h", filename=path.name)
     detector.mask_generator.predictor.model.to(device)
     # Segment Anything generates masks one image at a time.
-    return _per_image(lambda im: np.asarray(detector(im, detect_resolution=im.shape[0], image_resolution=im.shape[0], output_type="np")))
+    return _per_image(
+        lambda im: np.asarray(
+            detector(im, detect_resolution=im.shape[0], image_resolution=im.shape[0], output_type="np")
+        )
+    )
 
 
 # --------------------------------------------------------------------------- annotating into a dataset
@@ -272,24 +318,50 @@ def _batches(groups: List[SourceGroup], batch_size: int) -> Iterator[List[Source
         yield batch
 
 
-def annotate(groups: List[SourceGroup], out: Path, annotators: List[Annotator], resolution: int,
-             batch_size: int = 16, source: str = "annotate", progress: bool = True) -> int:
+def annotate(
+    groups: List[SourceGroup],
+    out: Path,
+    annotators: List[Annotator],
+    resolution: int,
+    batch_size: int = 16,
+    source: str = "annotate",
+    progress: bool = True,
+) -> int:
     """Write (or complete) the dataset in `out`; returns the number of groups annotated in this run.
     Groups of one photo are kept: training takes their example pair from another photo."""
     usable = [g for g in groups if g.images]
     if sum(len(g.images) for g in usable) < 2:
-        raise DatasetFormatError(f"fewer than 2 images to write into {out}: training needs an example and a query photo")
+        raise DatasetFormatError(
+            f"fewer than 2 images to write into {out}: training needs an example and a query photo"
+        )
     singles = sum(len(g.images) == 1 for g in usable)
-    logger.info("%d group(s) of 2+ images (example and query from the same group), %d single photo(s) (example from "
-                "another photo), %d without a caption", len(usable) - singles, singles, sum(not g.caption for g in usable))
+    logger.info(
+        "%d group(s) of 2+ images (example and query from the same group), %d single photo(s) (example from "
+        "another photo), %d without a caption",
+        len(usable) - singles,
+        singles,
+        sum(not g.caption for g in usable),
+    )
     maps = [a.map for a in annotators]
-    settings = {"format": FORMAT_NAME, "maps": maps, "resolution": resolution,
-                "annotators": {a.map: a.kind for a in annotators}, "groups": [g.key for g in usable]}
+    settings = {
+        "format": FORMAT_NAME,
+        "maps": maps,
+        "resolution": resolution,
+        "annotators": {a.map: a.kind for a in annotators},
+        "groups": [g.key for g in usable],
+    }
     # The settings fix the list of groups, so the groups already written are its first ones.
     _check_settings(out, settings)
-    with DatasetWriter(out, maps, resolution, source, resume=True, annotators=settings["annotators"],
-                       classical_maps=[a.map for a in annotators if a.classical]) as writer:
-        todo = usable[writer.n_groups:]
+    with DatasetWriter(
+        out,
+        maps,
+        resolution,
+        source,
+        resume=True,
+        annotators=settings["annotators"],
+        classical_maps=[a.map for a in annotators if a.classical],
+    ) as writer:
+        todo = usable[writer.n_groups :]
         if writer.n_groups:
             logger.info("resuming: %d of %d groups already done", writer.n_groups, len(usable))
         bar = tqdm(total=sum(len(g.images) for g in todo), unit="image", disable=not progress, desc="annotate")
@@ -298,21 +370,32 @@ def annotate(groups: List[SourceGroup], out: Path, annotators: List[Annotator], 
             results = {a.map: a.run(images) for a in annotators}
             k = 0
             for group in batch:
-                items = [(images[j], {name: _grey_as_single(results[name][j]) for name in maps})
-                         for j in range(k, k + len(group.images))]
+                items = [
+                    (images[j], {name: _grey_as_single(results[name][j]) for name in maps})
+                    for j in range(k, k + len(group.images))
+                ]
                 writer.add_group(group.caption, items, source=group.key)
                 k += len(group.images)
             bar.update(k)
         bar.close()
-    logger.info("%s: %d groups (%d annotated now, %d already done)", out, len(usable), len(todo), len(usable) - len(todo))
+    logger.info(
+        "%s: %d groups (%d annotated now, %d already done)", out, len(usable), len(todo), len(usable) - len(todo)
+    )
     return len(todo)
 
 
 def working_command(args: argparse.Namespace) -> str:
     """The command line of this run with --maps reduced to what can be made now and --fallback on."""
     maps = makeable_maps([m for m in args.maps.split(",") if m], args.annotator_weights, args.segmenter)
-    command = ["python -m training.annotate", f"--input {args.input}", f"--out {args.out}", f"--layout {args.layout}",
-               f"--maps {','.join(maps)}", "--fallback", f"--resolution {args.resolution}"]
+    command = [
+        "python -m training.annotate",
+        f"--input {args.input}",
+        f"--out {args.out}",
+        f"--layout {args.layout}",
+        f"--maps {','.join(maps)}",
+        "--fallback",
+        f"--resolution {args.resolution}",
+    ]
     if args.annotator_weights is not None:
         command.append(f"--annotator-weights {args.annotator_weights}")
     return " ".join(command)
@@ -324,11 +407,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write or resume")
     parser.add_argument("--layout", choices=("folder", "ip2p"), default="folder")
     parser.add_argument("--maps", default="depth,hed,seg", help="comma-separated: depth, hed, seg, canny, sobel")
-    parser.add_argument("--annotator-weights", type=Path,
-                        help="folder with " + ", ".join(f for _, f in [*WEIGHTS.values(), *SEGMENTERS.values()]))
+    parser.add_argument(
+        "--annotator-weights",
+        type=Path,
+        help="folder with " + ", ".join(f for _, f in [*WEIGHTS.values(), *SEGMENTERS.values()]),
+    )
     parser.add_argument("--segmenter", choices=sorted(SEGMENTERS), default="upernet", help="the seg map's annotator")
-    parser.add_argument("--fallback", action="store_true",
-                        help="classical OpenCV maps where learned weights are missing; maps without one (depth) are left out")
+    parser.add_argument(
+        "--fallback",
+        action="store_true",
+        help="classical OpenCV maps where learned weights are missing; maps without one (depth) are left out",
+    )
     parser.add_argument("--resolution", type=int, default=256, help="square output size in pixels")
     parser.add_argument("--detect-resolution", type=int, default=512, help="size the learned annotators run at")
     parser.add_argument("--batch-size", type=int, default=16, help="images per annotator batch")
@@ -339,11 +428,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         maps = [m for m in args.maps.split(",") if m]
         try:
-            annotators = build_annotators(maps, args.annotator_weights, args.fallback, args.device, args.detect_resolution,
-                                          args.segmenter)
+            annotators = build_annotators(
+                maps, args.annotator_weights, args.fallback, args.device, args.detect_resolution, args.segmenter
+            )
         except AnnotatorWeightsError as err:
             if makeable_maps(maps, args.annotator_weights, args.segmenter):
-                raise AnnotatorWeightsError(f"{err}\nA command that works with what is here now:\n  {working_command(args)}") from None
+                raise AnnotatorWeightsError(
+                    f"{err}\nA command that works with what is here now:\n  {working_command(args)}"
+                ) from None
             raise
         found: PhotoFolder = folder_groups(args.input) if args.layout == "folder" else ip2p_groups(args.input)
         for path, reason in found.skipped:

@@ -29,7 +29,9 @@ def load_pretrained_components(root: Path) -> Dict[str, Any]:
     components = dict(
         unet=unet,
         vae=AutoencoderKL.from_pretrained(root / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder").float(),  # transformers 5 keeps the saved dtype
+        text_encoder=CLIPTextModel.from_pretrained(
+            root / "text_encoder"
+        ).float(),  # transformers 5 keeps the saved dtype
         tokenizer=load_clip_tokenizer(root / "tokenizer"),
         scheduler=_pretrained_scheduler(root),
     )

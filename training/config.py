@@ -244,12 +244,19 @@ def missing_inputs(config: Config) -> List[str]:
     d, m = config.data, config.model
     missing = []
     if d.root and not (Path(d.root) / "dataset.json").is_file():
-        missing.append(f"data.root: {Path(d.root) / 'dataset.json'} (a pdiff-groups dataset; python -m training.annotate makes one)")
+        missing.append(
+            f"data.root: {Path(d.root) / 'dataset.json'} (a pdiff-groups dataset; python -m training.annotate makes one)"
+        )
     if m.pretrained is not None:
-        missing += [f"model.pretrained: {Path(m.pretrained) / sub} (diffusers subfolder)"
-                    for sub in ("unet", "vae", "text_encoder", "tokenizer") if not (Path(m.pretrained) / sub).is_dir()]
+        missing += [
+            f"model.pretrained: {Path(m.pretrained) / sub} (diffusers subfolder)"
+            for sub in ("unet", "vae", "text_encoder", "tokenizer")
+            if not (Path(m.pretrained) / sub).is_dir()
+        ]
     if m.vae is not None and not (Path(m.vae) / "config.json").is_file():
-        missing.append(f"model.vae: {Path(m.vae) / 'config.json'} (an AutoencoderKL folder, e.g. a `stage: vae` run's vae/)")
+        missing.append(
+            f"model.vae: {Path(m.vae) / 'config.json'} (an AutoencoderKL folder, e.g. a `stage: vae` run's vae/)"
+        )
     if m.controlnet is not None and not Path(m.controlnet).exists():
         missing.append(f"model.controlnet: {m.controlnet} (a Prompt Diffusion ControlNet checkpoint or folder)")
     if m.tokenizer is not None and not has_clip_tokenizer(Path(m.tokenizer)):
@@ -262,29 +269,51 @@ def validate(config: Config, where: str = "config") -> None:
     t, d, m = config.train, config.data, config.model
     _check(t.stage in STAGES, where, "train.stage", f"expected one of {STAGES}, got {t.stage!r}")
     _check(bool(d.root) or d.toyworld_groups > 0, where, "data.root", "required: a pdiff-groups dataset folder")
-    _check((m.pretrained is None) != (m.preset is None), where, "model.pretrained",
-           "set exactly one of model.pretrained (a diffusers SD folder) and model.preset (tiny, small, sd15)")
+    _check(
+        (m.pretrained is None) != (m.preset is None),
+        where,
+        "model.pretrained",
+        "set exactly one of model.pretrained (a diffusers SD folder) and model.preset (tiny, small, sd15)",
+    )
     bad = [x for x in t.train_modules if x not in TRAINABLE_MODULES]
     _check(not bad, where, "train.train_modules", f"unknown module(s) {bad}; expected from {TRAINABLE_MODULES}")
     _check(t.stage == "vae" or bool(t.train_modules), where, "train.train_modules", "empty: nothing would train")
-    _check(not ({"unet", "unet_decoder"} <= set(t.train_modules)), where, "train.train_modules",
-           "'unet' already includes 'unet_decoder'; list one of them")
+    _check(
+        not ({"unet", "unet_decoder"} <= set(t.train_modules)),
+        where,
+        "train.train_modules",
+        "'unet' already includes 'unet_decoder'; list one of them",
+    )
     _check(t.mixed_precision in MIXED_PRECISION, where, "train.mixed_precision", f"expected one of {MIXED_PRECISION}")
-    _check(m.prediction_type in (None, *PREDICTION_TYPES), where, "model.prediction_type",
-           f"expected one of {PREDICTION_TYPES} or null, got {m.prediction_type!r}")
-    _check(t.snr_gamma is None or t.snr_gamma > 0, where, "train.snr_gamma", f"must be positive or null, got {t.snr_gamma}")
+    _check(
+        m.prediction_type in (None, *PREDICTION_TYPES),
+        where,
+        "model.prediction_type",
+        f"expected one of {PREDICTION_TYPES} or null, got {m.prediction_type!r}",
+    )
+    _check(
+        t.snr_gamma is None or t.snr_gamma > 0, where, "train.snr_gamma", f"must be positive or null, got {t.snr_gamma}"
+    )
     _check(d.forward_prompt in FORWARD_PROMPTS, where, "data.forward_prompt", f"expected one of {FORWARD_PROMPTS}")
     _check(d.tasks is None or bool(d.tasks), where, "data.tasks", "empty: list at least one task, or null for all")
-    for key, value in (("data.resolution", d.resolution), ("train.max_steps", t.max_steps),
-                       ("train.batch_size", t.batch_size),
-                       ("train.gradient_accumulation_steps", t.gradient_accumulation_steps),
-                       ("train.checkpoint_every", t.checkpoint_every), ("train.log_every", t.log_every)):
+    for key, value in (
+        ("data.resolution", d.resolution),
+        ("train.max_steps", t.max_steps),
+        ("train.batch_size", t.batch_size),
+        ("train.gradient_accumulation_steps", t.gradient_accumulation_steps),
+        ("train.checkpoint_every", t.checkpoint_every),
+        ("train.log_every", t.log_every),
+    ):
         _check(value > 0, where, key, f"must be positive, got {value}")
     _check(d.resolution % 8 == 0, where, "data.resolution", f"must be a multiple of 8, got {d.resolution}")
     _check(0.0 <= d.flip_prob <= 1.0, where, "data.flip_prob", f"must be in [0, 1], got {d.flip_prob}")
     _check(0.0 < d.min_crop_scale <= 1.0, where, "data.min_crop_scale", f"must be in (0, 1], got {d.min_crop_scale}")
     _check(0.0 <= t.drop_rate <= 1.0 / 3.0, where, "train.drop_rate", f"must be in [0, 1/3], got {t.drop_rate}")
-    _check(not (config.vae.decoder_only and config.vae.fit_scaling_factor), where, "vae.fit_scaling_factor",
-           "must be false with vae.decoder_only (the encoder, hence the latents' scale, does not change)")
+    _check(
+        not (config.vae.decoder_only and config.vae.fit_scaling_factor),
+        where,
+        "vae.fit_scaling_factor",
+        "must be false with vae.decoder_only (the encoder, hence the latents' scale, does not change)",
+    )
     _check(config.vae.reconstruction_loss in ("l1", "l2"), where, "vae.reconstruction_loss", "expected 'l1' or 'l2'")
     _check(config.validation.every >= 0, where, "validation.every", "must be >= 0")

@@ -151,7 +151,7 @@ class PromptDiffusionDataset(Dataset):
         side = int(round(min(h, w) * rng.uniform(self.min_crop_scale, 1.0)))
         top, left = rng.integers(h - side + 1), rng.integers(w - side + 1)
         flip = rng.random() < self.flip_prob
-        return [self._to_tensor(img[top:top + side, left:left + side], flip) for img in images]
+        return [self._to_tensor(img[top : top + side, left : left + side], flip) for img in images]
 
     def _to_tensor(self, image: np.ndarray, flip: bool) -> torch.Tensor:
         if image.shape[0] != self.resolution:

@@ -48,17 +48,23 @@ def load_ema(ema: EMAModel, folder: Path) -> Path:
         path = folder / LEGACY_EMA_FILE
         state = _read_legacy(path)
     else:
-        raise EMAStateError(f"{path}: not found; train.ema is on but checkpoint {folder} holds no EMA state "
-                            f"(was it saved with train.ema: false?)")
+        raise EMAStateError(
+            f"{path}: not found; train.ema is on but checkpoint {folder} holds no EMA state "
+            f"(was it saved with train.ema: false?)"
+        )
     shadow = state.get("shadow_params")
     if not isinstance(shadow, list) or len(shadow) != len(ema.shadow_params):
         count = len(shadow) if isinstance(shadow, list) else "no"
-        raise EMAStateError(f"{path}: {count} EMA tensors, but this run trains {len(ema.shadow_params)} "
-                            f"(train.train_modules must match the checkpoint's)")
+        raise EMAStateError(
+            f"{path}: {count} EMA tensors, but this run trains {len(ema.shadow_params)} "
+            f"(train.train_modules must match the checkpoint's)"
+        )
     for i, (saved, current) in enumerate(zip(shadow, ema.shadow_params)):
         if not isinstance(saved, torch.Tensor) or saved.shape != current.shape:
-            raise EMAStateError(f"{path}: EMA tensor {i} has shape {getattr(saved, 'shape', None)}, expected "
-                                f"{tuple(current.shape)} (train.train_modules and the model must match the checkpoint's)")
+            raise EMAStateError(
+                f"{path}: EMA tensor {i} has shape {getattr(saved, 'shape', None)}, expected "
+                f"{tuple(current.shape)} (train.train_modules and the model must match the checkpoint's)"
+            )
     devices = [p.device for p in ema.shadow_params]
     try:
         ema.load_state_dict(state)
@@ -99,8 +105,10 @@ def _read_legacy(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise EMAStateError(f"{path}: refused: an EMA pickle is read only if it holds plain tensors and numbers "
-                            f"(weights_only=True) ({type(err).__name__}: {err})") from err
+        raise EMAStateError(
+            f"{path}: refused: an EMA pickle is read only if it holds plain tensors and numbers "
+            f"(weights_only=True) ({type(err).__name__}: {err})"
+        ) from err
     if not isinstance(state, dict):
         raise EMAStateError(f"{path}: not an EMA state (a {type(state).__name__})")
     return state

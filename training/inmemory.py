@@ -72,8 +72,9 @@ class GroupTensors:
     kinds: List[str]
 
     def to(self, device: torch.device) -> "GroupTensors":
-        return GroupTensors(self.pixels.to(device), self.group_start.to(device), self.group_size.to(device),
-                            self.captions, self.kinds)
+        return GroupTensors(
+            self.pixels.to(device), self.group_start.to(device), self.group_size.to(device), self.captions, self.kinds
+        )
 
     def for_tasks(self, tasks: Optional[Sequence[str]]) -> "GroupTensors":
         """Only the image and the maps that `tasks` use (all of them for None): the VAE then
@@ -82,8 +83,13 @@ class GroupTensors:
             return self
         maps = {parse_task(task, self.kinds[1:]).map for task in tasks}
         index = [0] + [k for k, kind in enumerate(self.kinds) if kind in maps]
-        return GroupTensors(self.pixels[:, index].contiguous(), self.group_start, self.group_size, self.captions,
-                            [self.kinds[k] for k in index])
+        return GroupTensors(
+            self.pixels[:, index].contiguous(),
+            self.group_start,
+            self.group_size,
+            self.captions,
+            [self.kinds[k] for k in index],
+        )
 
     @classmethod
     def from_groups(cls, groups: Sequence[Tuple[str, List[np.ndarray]]], kinds: Sequence[str]) -> "GroupTensors":
@@ -93,7 +99,9 @@ class GroupTensors:
             raise DatasetFormatError("every group needs at least 2 items (an example and a query)")
         pixels = torch.from_numpy(np.stack([item for _, items in groups for item in items])).permute(0, 1, 4, 2, 3)
         sizes_t = torch.tensor(sizes)
-        return cls(pixels.contiguous(), torch.cumsum(sizes_t, 0) - sizes_t, sizes_t, [c for c, _ in groups], list(kinds))
+        return cls(
+            pixels.contiguous(), torch.cumsum(sizes_t, 0) - sizes_t, sizes_t, [c for c, _ in groups], list(kinds)
+        )
 
 
 def _resize(image: np.ndarray, resolution: int) -> np.ndarray:
@@ -118,15 +126,21 @@ def load_folder(root: str, resolution: int, workers: int = 8) -> GroupTensors:
     return GroupTensors.from_groups(groups, kinds)
 
 
-def render_toyworld(n_groups: int, seed: int, resolution: int, workers: Optional[int] = None,
-                    items_per_group: int = 4) -> GroupTensors:
+def render_toyworld(
+    n_groups: int, seed: int, resolution: int, workers: Optional[int] = None, items_per_group: int = 4
+) -> GroupTensors:
     """`n_groups` toy-world groups with every map, rendered in memory (the pixels
     `python -m training.toyworld --groups N --seed S` would write)."""
     groups = []
-    for caption, items in tqdm(iter_groups(n_groups, seed=seed, items_per_group=items_per_group, resolution=resolution,
-                                           workers=workers),
-                               total=n_groups, desc="toyworld", unit="group"):
-        groups.append((caption, [np.stack([image] + [gray_to_rgb(maps[m]) for m in ALL_MAPS]) for image, maps in items]))
+    for caption, items in tqdm(
+        iter_groups(n_groups, seed=seed, items_per_group=items_per_group, resolution=resolution, workers=workers),
+        total=n_groups,
+        desc="toyworld",
+        unit="group",
+    ):
+        groups.append(
+            (caption, [np.stack([image] + [gray_to_rgb(maps[m]) for m in ALL_MAPS]) for image, maps in items])
+        )
     return GroupTensors.from_groups(groups, [IMAGE_KIND, *ALL_MAPS])
 
 
@@ -210,10 +224,17 @@ class PromptTable:
     the map's name, the caption or nothing, inverse tasks the caption or nothing, each equally
     likely, so that on many draws only the example pair says which task is asked."""
 
-    def __init__(self, tokenizer, captions: Sequence[str], maps: Sequence[str], mode: str, device: torch.device) -> None:
+    def __init__(
+        self, tokenizer, captions: Sequence[str], maps: Sequence[str], mode: str, device: torch.device
+    ) -> None:
         def ids(texts: Sequence[str]) -> torch.Tensor:
-            return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(device)
+            return tokenizer(
+                list(texts),
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)
 
         self.caption_ids = ids(captions)
         self.map_ids = ids([map_prompt(m) for m in maps])
@@ -230,7 +251,9 @@ class PromptTable:
         if self.mode == "map_name":
             return torch.where(inverse, caption, named)
         empty = self.empty_ids.expand_as(caption)
-        forward_choice = torch.where((uniform < 1 / 3)[:, None], named, torch.where((uniform < 2 / 3)[:, None], caption, empty))
+        forward_choice = torch.where(
+            (uniform < 1 / 3)[:, None], named, torch.where((uniform < 2 / 3)[:, None], caption, empty)
+        )
         inverse_choice = torch.where((uniform < 1 / 2)[:, None], caption, empty)
         return torch.where(inverse, inverse_choice, forward_choice)
 
@@ -259,8 +282,14 @@ def _autocast(device: torch.device, mixed_precision: str):
 
 def _optimizer(params: List[torch.nn.Parameter], config: Config, device: torch.device) -> torch.optim.Optimizer:
     o = config.optim
-    return torch.optim.AdamW(params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
-                             weight_decay=o.weight_decay, eps=o.adam_epsilon, fused=device.type == "cuda")
+    return torch.optim.AdamW(
+        params,
+        lr=o.learning_rate,
+        betas=(o.adam_beta1, o.adam_beta2),
+        weight_decay=o.weight_decay,
+        eps=o.adam_epsilon,
+        fused=device.type == "cuda",
+    )
 
 
 class StepLoop:
@@ -282,8 +311,14 @@ class StepLoop:
         budget = self.config.train.time_budget_minutes * 60
         fitted = min(self.config.train.max_steps, max(step + 1, step + int((budget - elapsed) / step_time)))
         if fitted != self.max_steps:
-            logger.info("%s: %.1f ms/step; the %.1f-minute budget allows %d steps (of %d)",
-                        self.desc, 1000 * step_time, budget / 60, fitted, self.config.train.max_steps)
+            logger.info(
+                "%s: %.1f ms/step; the %.1f-minute budget allows %d steps (of %d)",
+                self.desc,
+                1000 * step_time,
+                budget / 60,
+                fitted,
+                self.config.train.max_steps,
+            )
             self.max_steps = fitted
             self.schedule.total = fitted
 
@@ -309,7 +344,9 @@ class StepLoop:
                 self.ema.step(self.params)
             step += 1
             running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
-            if t.time_budget_minutes > 0 and (step in (warm, calibration) or (step > calibration and step % refit == 0)):
+            if t.time_budget_minutes > 0 and (
+                step in (warm, calibration) or (step > calibration and step % refit == 0)
+            ):
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
@@ -325,8 +362,13 @@ class StepLoop:
             progress.update()
             if t.time_budget_minutes > 0 and time.perf_counter() - started > t.time_budget_minutes * 60:
                 # Slower steps than calibrated (a shared machine): stop at the budget, not past it.
-                logger.warning("%s: the %.1f-minute budget is spent at step %d of %d; stopping",
-                               self.desc, t.time_budget_minutes, step, self.max_steps)
+                logger.warning(
+                    "%s: the %.1f-minute budget is spent at step %d of %d; stopping",
+                    self.desc,
+                    t.time_budget_minutes,
+                    step,
+                    self.max_steps,
+                )
                 break
         progress.close()
         self.seconds = time.perf_counter() - started
@@ -344,10 +386,10 @@ def vae_psnr(vae: AutoencoderKL, pixels: torch.Tensor, batch: int = 256) -> floa
     scores = []
     with torch.no_grad():
         for start in range(0, len(pixels), batch):
-            x = to_unit_range(pixels[start:start + batch])
+            x = to_unit_range(pixels[start : start + batch])
             y = vae.decode(vae.encode(x).latent_dist.mode()).sample
             mse = (((y.float().clamp(-1, 1) - x) * 127.5) ** 2).mean(dim=(1, 2, 3))
-            scores.append(10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10)))
+            scores.append(10 * torch.log10(255.0**2 / mse.clamp_min(1e-10)))
     return float(torch.cat(scores).mean())
 
 
@@ -385,8 +427,12 @@ def fit_scaling_factor(vae: AutoencoderKL, data: GroupTensors, device: torch.dev
     item = torch.randint(0, n_items, (samples,), device=device, generator=generator)
     kind = torch.randint(0, n_kinds, (samples,), device=device, generator=generator)
     with torch.no_grad():
-        latents = torch.cat([vae.encode(to_unit_range(data.pixels[item[s:s + 256], kind[s:s + 256]])).latent_dist.mode()
-                             for s in range(0, samples, 256)])
+        latents = torch.cat(
+            [
+                vae.encode(to_unit_range(data.pixels[item[s : s + 256], kind[s : s + 256]])).latent_dist.mode()
+                for s in range(0, samples, 256)
+            ]
+        )
     return float(1.0 / latents.float().std())
 
 
@@ -401,7 +447,7 @@ def encode_all(vae: AutoencoderKL, data: GroupTensors, batch: int = 512) -> torc
     chunks = []
     with torch.no_grad():
         for start in tqdm(range(0, len(flat), batch), desc="encoding", unit="batch"):
-            x = to_unit_range(flat[start:start + batch])
+            x = to_unit_range(flat[start : start + batch])
             pair = torch.stack([x, x.flip(-1)], dim=1).flatten(0, 1)
             chunks.append(vae.encode(pair).latent_dist.mode() * vae.config.scaling_factor)
     latents = torch.cat(chunks)
@@ -411,7 +457,9 @@ def encode_all(vae: AutoencoderKL, data: GroupTensors, batch: int = 512) -> torc
 class DiffusionBatches:
     """Training batches on the device: images gathered from `data`, target latents from the cache."""
 
-    def __init__(self, config: Config, data: GroupTensors, latents: torch.Tensor, tokenizer, device: torch.device) -> None:
+    def __init__(
+        self, config: Config, data: GroupTensors, latents: torch.Tensor, tokenizer, device: torch.device
+    ) -> None:
         self.generator = torch.Generator(device=device).manual_seed(config.train.seed)
         self.draws = TaskDraws(data, config.data.tasks, config.data.flip_prob, self.generator)
         self.prompts = PromptTable(tokenizer, data.captions, data.kinds[1:], config.data.forward_prompt, device)
@@ -424,13 +472,21 @@ class DiffusionBatches:
         batch = self.draws.images(draw)
         kinds = self.draws.target_kind[draw["task"]]
         batch["latents"] = self.latents[draw["query"], kinds, draw["query_flip"].long()].float()
-        batch["input_ids"] = self.prompts.ids(draw, self.draws, torch.rand(n, device=self.device, generator=self.generator))
+        batch["input_ids"] = self.prompts.ids(
+            draw, self.draws, torch.rand(n, device=self.device, generator=self.generator)
+        )
         batch["draw"] = draw
         return batch
 
 
-def diffusion_loss(model: DiffusionModel, scheduler: DDPMScheduler, batch: Dict[str, torch.Tensor],
-                   noise: torch.Tensor, timesteps: torch.Tensor, example_pair: Optional[torch.Tensor] = None) -> torch.Tensor:
+def diffusion_loss(
+    model: DiffusionModel,
+    scheduler: DDPMScheduler,
+    batch: Dict[str, torch.Tensor],
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    example_pair: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Per-sample MSE of the model's prediction (noise or velocity); `example_pair` replaces the batch's."""
     latents = batch["latents"]
     noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -441,8 +497,14 @@ def diffusion_loss(model: DiffusionModel, scheduler: DDPMScheduler, batch: Dict[
 
 
 @torch.no_grad()
-def pair_effect(model: DiffusionModel, scheduler: DDPMScheduler, batches: DiffusionBatches, device: torch.device,
-                samples: int = 1024, mixed_precision: str = "no") -> Dict[str, float]:
+def pair_effect(
+    model: DiffusionModel,
+    scheduler: DDPMScheduler,
+    batches: DiffusionBatches,
+    device: torch.device,
+    samples: int = 1024,
+    mixed_precision: str = "no",
+) -> Dict[str, float]:
     """How much the example pair moves the loss, on fixed draws, noise and timesteps: the loss with
     the true pair, with the pair of another task drawn from the same two images, and with none."""
     generator = torch.Generator(device=device).manual_seed(4321)
@@ -483,7 +545,9 @@ def build_diffusion_components(config: Config, data: GroupTensors, out_dir: Path
     return apply_model_overrides(components, m)
 
 
-def train_diffusion(config: Config, data: GroupTensors, components: Dict[str, object], device: torch.device) -> Dict[str, object]:
+def train_diffusion(
+    config: Config, data: GroupTensors, components: Dict[str, object], device: torch.device
+) -> Dict[str, object]:
     """Train the preset's text encoder, UNet and control branch in place; returns the report."""
     t = config.train
     vae = components["vae"].to(device).eval().requires_grad_(False)
@@ -499,9 +563,13 @@ def train_diffusion(config: Config, data: GroupTensors, components: Dict[str, ob
     def loss_fn() -> torch.Tensor:
         batch = batches(t.batch_size)
         noise = torch.randn(batch["latents"].shape, device=device, generator=noise_generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (t.batch_size,), device=device, generator=noise_generator)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (t.batch_size,), device=device, generator=noise_generator
+        )
         r = torch.rand(t.batch_size, device=device, generator=noise_generator)
-        batch["input_ids"], batch["example_pair"] = apply_dropout(batch["input_ids"], empty_ids, batch["example_pair"], r, t.drop_rate)
+        batch["input_ids"], batch["example_pair"] = apply_dropout(
+            batch["input_ids"], empty_ids, batch["example_pair"], r, t.drop_rate
+        )
         return diffusion_loss(model, scheduler, batch, noise, timesteps).mean()
 
     probe = min(1024, 16 * t.batch_size)
@@ -510,8 +578,14 @@ def train_diffusion(config: Config, data: GroupTensors, components: Dict[str, ob
     steps = loop.run(loss_fn)
     after = pair_effect(model, scheduler, batches, device, samples=probe, mixed_precision=t.mixed_precision)
     logger.info("pair effect before: %s; after: %s", before, after)
-    return {"steps": steps, "seconds": loop.seconds, "samples": steps * t.batch_size, "losses": loop.losses,
-            "pair_effect_before": before, "pair_effect_after": after}
+    return {
+        "steps": steps,
+        "seconds": loop.seconds,
+        "samples": steps * t.batch_size,
+        "losses": loop.losses,
+        "pair_effect_before": before,
+        "pair_effect_after": after,
+    }
 
 
 def save_pipeline(components: Dict[str, object], out: Path, tasks: Sequence[str], guidance_scale: float) -> None:
@@ -538,8 +612,14 @@ def run(config: Config, data: Optional[GroupTensors] = None) -> Path:
     torch.manual_seed(t.seed)
     started = time.perf_counter()
     data = (load_data(config) if data is None else data).to(device)
-    logger.info("data: %d groups, %d items, kinds %s, on %s (%.1f s)", len(data.captions), len(data.pixels),
-                ",".join(data.kinds), device, time.perf_counter() - started)
+    logger.info(
+        "data: %d groups, %d items, kinds %s, on %s (%.1f s)",
+        len(data.captions),
+        len(data.pixels),
+        ",".join(data.kinds),
+        device,
+        time.perf_counter() - started,
+    )
     if t.stage == "vae":
         preset = presets.get_preset(config.model.preset or "small")
         vae = AutoencoderKL(**preset.vae_config())
@@ -549,8 +629,9 @@ def run(config: Config, data: Optional[GroupTensors] = None) -> Path:
         components = build_diffusion_components(config, data, out_dir)
         report = train_diffusion(config, data.for_tasks(config.data.tasks), components, device)
         save_pipeline(components, out, config.data.tasks, config.validation.guidance_scale)
-    report.update(stage=t.stage, device=str(device), config=config.to_dict(),
-                  wall_seconds=time.perf_counter() - started)
+    report.update(
+        stage=t.stage, device=str(device), config=config.to_dict(), wall_seconds=time.perf_counter() - started
+    )
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")

@@ -29,8 +29,17 @@ CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 # What a run writes into train.output_dir (logs and validation grids included: they would mix).
-RUN_OUTPUTS = (CHECKPOINT_DIR, METRICS_FILE, "pipeline", "controlnet.safetensors", "vae", "validation", "logs",
-               "checksums", "tokenizer")
+RUN_OUTPUTS = (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    "pipeline",
+    "controlnet.safetensors",
+    "vae",
+    "validation",
+    "logs",
+    "checksums",
+    "tokenizer",
+)
 
 
 class CheckpointRestoreError(ValueError):
@@ -47,7 +56,8 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, resume: bool, remove: 
     if not overwrite:
         raise CheckpointRestoreError(
             f"train.output_dir {output_dir} holds a run ({', '.join(found)}); pass --resume latest to continue it, "
-            f"--overwrite to replace it, or choose another train.output_dir")
+            f"--overwrite to replace it, or choose another train.output_dir"
+        )
     if not remove:
         return
     for name in RUN_OUTPUTS:
@@ -93,7 +103,9 @@ def read_trainer_state(folder: Path) -> Dict[str, Any]:
     path = folder / TRAINER_STATE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-        if not all(isinstance(state.get(k), int) for k in ("step", "samples")) or not isinstance(state.get("stage"), str):
+        if not all(isinstance(state.get(k), int) for k in ("step", "samples")) or not isinstance(
+            state.get("stage"), str
+        ):
             raise ValueError("expected integer 'step' and 'samples' and a 'stage'")
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise CheckpointRestoreError(f"{path}: not a trainer state ({err})") from None
@@ -106,8 +118,10 @@ def verify_checkpoint(folder: Path, process_index: int) -> None:
     read_trainer_state(folder)
     rng_file = folder / f"random_states_{process_index}.pkl"
     if not rng_file.is_file():
-        raise CheckpointRestoreError(f"{rng_file}: not found; without it a resumed run is not exact "
-                                     f"(was the checkpoint saved by fewer processes?)")
+        raise CheckpointRestoreError(
+            f"{rng_file}: not found; without it a resumed run is not exact "
+            f"(was the checkpoint saved by fewer processes?)"
+        )
     for path in sorted(folder.iterdir()):
         if path.name.startswith("custom_checkpoint_") or not path.is_file():
             continue  # accelerate's custom-object pickles are never read (see ema_state)
@@ -132,11 +146,18 @@ def find_checkpoint(output_dir: Path, resume: str, process_index: int = 0) -> Pa
         if not (path / TRAINER_STATE).is_file():
             raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {TRAINER_STATE})")
         verify_checkpoint(path, process_index)
-        newer = [p.name for p in sorted((output_dir / CHECKPOINT_DIR).glob(CHECKPOINT_PREFIX + "*"))
-                 if p.name > path.name and path.parent.resolve() == (output_dir / CHECKPOINT_DIR).resolve()]
+        newer = [
+            p.name
+            for p in sorted((output_dir / CHECKPOINT_DIR).glob(CHECKPOINT_PREFIX + "*"))
+            if p.name > path.name and path.parent.resolve() == (output_dir / CHECKPOINT_DIR).resolve()
+        ]
         if newer:
-            logger.warning("--resume %s: later checkpoints %s belong to the run being redone; until this run "
-                           "replaces them, --resume latest would pick them", path, newer)
+            logger.warning(
+                "--resume %s: later checkpoints %s belong to the run being redone; until this run "
+                "replaces them, --resume latest would pick them",
+                path,
+                newer,
+            )
         return path
     found = sorted((output_dir / CHECKPOINT_DIR).glob(CHECKPOINT_PREFIX + "*"), reverse=True)
     found = [p for p in found if (p / TRAINER_STATE).is_file()]
@@ -153,5 +174,6 @@ def find_checkpoint(output_dir: Path, resume: str, process_index: int = 0) -> Pa
         if errors:
             logger.warning("--resume latest: resuming from the older %s", path)
         return path
-    raise CheckpointRestoreError(f"--resume latest: no checkpoint in {output_dir / CHECKPOINT_DIR} can be restored: "
-                                 + "; ".join(errors))
+    raise CheckpointRestoreError(
+        f"--resume latest: no checkpoint in {output_dir / CHECKPOINT_DIR} can be restored: " + "; ".join(errors)
+    )

@@ -1,6 +1,6 @@
 """Write the procedural toy world (`pdiff_core.toyworld`) as a pdiff-groups dataset.
 
-    python -m training.toyworld --out DIR --groups N [--resolution 64] [--seed S] [--maps depth,hed,...]
+python -m training.toyworld --out DIR --groups N [--resolution 64] [--seed S] [--maps depth,hed,...]
 """
 
 from __future__ import annotations

@@ -81,8 +81,13 @@ def dropout_masks(r: torch.Tensor, drop_rate: float = 0.05) -> Tuple[torch.Tenso
     return text, pair
 
 
-def apply_dropout(input_ids: torch.Tensor, empty_ids: torch.Tensor, example_pair: torch.Tensor,
-                  r: torch.Tensor, drop_rate: float = 0.05) -> Tuple[torch.Tensor, torch.Tensor]:
+def apply_dropout(
+    input_ids: torch.Tensor,
+    empty_ids: torch.Tensor,
+    example_pair: torch.Tensor,
+    r: torch.Tensor,
+    drop_rate: float = 0.05,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Token ids with dropped texts replaced by the empty prompt's (so the encoder yields the
     empty-prompt embedding, trained or not) and the example pair zeroed where dropped."""
     text, pair = dropout_masks(r, drop_rate)
@@ -90,8 +95,9 @@ def apply_dropout(input_ids: torch.Tensor, empty_ids: torch.Tensor, example_pair
     return ids, example_pair * (~pair).to(example_pair.dtype)[:, None, None, None]
 
 
-def diffusion_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
-                     timesteps: torch.Tensor) -> torch.Tensor:
+def diffusion_target(
+    scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """What the UNet learns to output: the noise, or the velocity for v-prediction."""
     if scheduler.config.prediction_type == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
@@ -111,19 +117,34 @@ class DiffusionModel(nn.Module):
     """Text encoder, control branch and UNet as one module, so DDP/DeepSpeed/FSDP wrap a single
     forward whatever subset of them trains. Returns the UNet's prediction (noise or velocity)."""
 
-    def __init__(self, text_encoder: CLIPTextModel, controlnet: PromptDiffusionControlNetModel, unet: UNet2DConditionModel) -> None:
+    def __init__(
+        self, text_encoder: CLIPTextModel, controlnet: PromptDiffusionControlNetModel, unet: UNet2DConditionModel
+    ) -> None:
         super().__init__()
         self.text_encoder = text_encoder
         self.controlnet = controlnet
         self.unet = unet
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor,
-                example_pair: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        input_ids: torch.Tensor,
+        example_pair: torch.Tensor,
+        query: torch.Tensor,
+    ) -> torch.Tensor:
         text = self.text_encoder(input_ids)[0]
-        down, mid = self.controlnet(noisy, timesteps, text, controlnet_cond=example_pair,
-                                    controlnet_query_cond=query, return_dict=False)
-        return self.unet(noisy, timesteps, text, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid, return_dict=False)[0]
+        down, mid = self.controlnet(
+            noisy, timesteps, text, controlnet_cond=example_pair, controlnet_query_cond=query, return_dict=False
+        )
+        return self.unet(
+            noisy,
+            timesteps,
+            text,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
 
 
 class VAEModel(nn.Module):
@@ -199,8 +220,9 @@ def _check_resolution(config: Config, components: Dict[str, Any]) -> None:
 
 def _dataset(config: Config) -> PromptDiffusionDataset:
     d = config.data
-    return PromptDiffusionDataset(d.root, d.tasks, d.resolution, d.flip_prob, d.min_crop_scale,
-                                  d.forward_prompt, seed=config.train.seed)
+    return PromptDiffusionDataset(
+        d.root, d.tasks, d.resolution, d.flip_prob, d.min_crop_scale, d.forward_prompt, seed=config.train.seed
+    )
 
 
 def check_inputs(config: Config) -> None:
@@ -213,8 +235,9 @@ def check_inputs(config: Config) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(accelerator: Accelerator, config: Config, step: int, samples: int,
-                    ema: Optional[EMAModel] = None) -> None:
+def save_checkpoint(
+    accelerator: Accelerator, config: Config, step: int, samples: int, ema: Optional[EMAModel] = None
+) -> None:
     folder = Path(config.train.output_dir) / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{step:06d}"
     accelerator.save_state(str(folder))  # model, optimizer, LR scheduler, RNG of every process
     if accelerator.is_main_process:
@@ -222,7 +245,7 @@ def save_checkpoint(accelerator: Accelerator, config: Config, step: int, samples
             save_ema(ema, folder)
         state = {"step": step, "samples": samples, "stage": config.train.stage, "config": config.to_dict()}
         write_atomic(folder / TRAINER_STATE, json.dumps(state, indent=2))  # last: it marks the checkpoint complete
-        older = sorted((folder.parent).glob(CHECKPOINT_PREFIX + "*"))[:-config.train.checkpoints_keep]
+        older = sorted((folder.parent).glob(CHECKPOINT_PREFIX + "*"))[: -config.train.checkpoints_keep]
         for old in older:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -260,12 +283,19 @@ class Trainer:
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             mixed_precision=t.mixed_precision,
             log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
             cpu=t.cpu,
         )
         acc = self.accelerator
-        logger.info("%d process(es), %s, device %s, mixed precision %s", acc.num_processes,
-                    acc.distributed_type.value, acc.device, acc.mixed_precision)
+        logger.info(
+            "%d process(es), %s, device %s, mixed precision %s",
+            acc.num_processes,
+            acc.distributed_type.value,
+            acc.device,
+            acc.mixed_precision,
+        )
         prepare_output_dir(self.output_dir, overwrite, resume is not None, remove=acc.is_main_process)
         acc.wait_for_everyone()
         self.resume_from = find_checkpoint(self.output_dir, resume, acc.process_index) if resume else None
@@ -275,7 +305,9 @@ class Trainer:
                 logger.info("checked the %d dataset files the run reads", self.dataset.verify_files())
         set_seed(t.seed)  # identical weights on every process
         self.components = build_training_components(config, self.dataset, self.accelerator)
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            self.accelerator.mixed_precision, torch.float32
+        )
         # DeepSpeed runs the module in half precision without autocast: inputs must match it.
         deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         self.input_dtype = self.weight_dtype if deepspeed else torch.float32
@@ -327,8 +359,13 @@ class Trainer:
             self.model.vae.enable_gradient_checkpointing()
 
     def _tokenize(self, captions: List[str]) -> torch.Tensor:
-        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids.to(self.accelerator.device)
+        return self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.accelerator.device)
 
     # ------------------------------------------------------------------ losses
 
@@ -337,12 +374,15 @@ class Trainer:
         with torch.no_grad():
             latents = self.vae.encode(target).latent_dist.sample() * self.vae.config.scaling_factor
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+        )
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
         r = torch.rand(latents.shape[0], device=latents.device)
-        input_ids, pair = apply_dropout(self._tokenize(batch["caption"]), self.empty_ids, batch["example_pair"], r,
-                                        self.config.train.drop_rate)
+        input_ids, pair = apply_dropout(
+            self._tokenize(batch["caption"]), self.empty_ids, batch["example_pair"], r, self.config.train.drop_rate
+        )
         dtype = self.input_dtype
         prediction = self.model(noisy.to(dtype), timesteps, input_ids, pair.to(dtype), batch["query"].to(dtype))
         if self.config.train.snr_gamma is None:
@@ -382,11 +422,20 @@ class Trainer:
     def _prepare_optimization(self) -> Tuple[torch.optim.Optimizer, Any]:
         """The optimizer, its learning-rate schedule and the EMA; model, optimizer and schedule prepared by accelerate."""
         t, o, acc = self.config.train, self.config.optim, self.accelerator
-        optimizer = torch.optim.AdamW(self.params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
-                                      weight_decay=o.weight_decay, eps=o.adam_epsilon)
+        optimizer = torch.optim.AdamW(
+            self.params,
+            lr=o.learning_rate,
+            betas=(o.adam_beta1, o.adam_beta2),
+            weight_decay=o.weight_decay,
+            eps=o.adam_epsilon,
+        )
         # The prepared scheduler steps once per process per optimizer step.
-        lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * acc.num_processes,
-                                     num_training_steps=t.max_steps * acc.num_processes)
+        lr_scheduler = get_scheduler(
+            o.lr_scheduler,
+            optimizer,
+            num_warmup_steps=o.lr_warmup_steps * acc.num_processes,
+            num_training_steps=t.max_steps * acc.num_processes,
+        )
         self.ema = EMAModel(self.params, decay=t.ema_decay) if t.ema else None
         if self.ema is not None:
             if acc.distributed_type == DistributedType.FSDP:
@@ -409,11 +458,15 @@ class Trainer:
         t, acc = self.config.train, self.accelerator
         state = read_trainer_state(self.resume_from)
         if state["stage"] != t.stage:
-            raise ConfigError(f"--resume {self.resume_from}: a {state['stage']!r} checkpoint, but train.stage is {t.stage!r}")
+            raise ConfigError(
+                f"--resume {self.resume_from}: a {state['stage']!r} checkpoint, but train.stage is {t.stage!r}"
+            )
         saved_modules = state.get("config", {}).get("train", {}).get("train_modules")
         if saved_modules is not None and list(saved_modules) != list(t.train_modules):
-            raise ConfigError(f"train.train_modules: {list(t.train_modules)}, but checkpoint {self.resume_from} "
-                              f"trained {list(saved_modules)}; resume with the same modules")
+            raise ConfigError(
+                f"train.train_modules: {list(t.train_modules)}, but checkpoint {self.resume_from} "
+                f"trained {list(saved_modules)}; resume with the same modules"
+            )
         with accelerate_view(self.resume_from) as folder:
             acc.load_state(str(folder))
         if self.ema is not None:
@@ -439,8 +492,14 @@ class Trainer:
         )
         return iter(self.accelerator.prepare(loader))
 
-    def _train_steps(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any, batches: Iterator[Dict[str, Any]],
-                     step: int, samples: int) -> int:
+    def _train_steps(
+        self,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any,
+        batches: Iterator[Dict[str, Any]],
+        step: int,
+        samples: int,
+    ) -> int:
         """Optimizer steps from `step` to train.max_steps, each logged, and checkpointed and validated
         when due; returns the last step."""
         config, t, acc = self.config, self.config.train, self.accelerator
@@ -462,8 +521,9 @@ class Trainer:
         progress.close()
         return step
 
-    def _optimizer_step(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any,
-                        batches: Iterator[Dict[str, Any]]) -> float:
+    def _optimizer_step(
+        self, optimizer: torch.optim.Optimizer, lr_scheduler: Any, batches: Iterator[Dict[str, Any]]
+    ) -> float:
         """One optimizer step over train.gradient_accumulation_steps batches, then the EMA; returns the
         step's loss averaged over batches and processes."""
         t, o, acc = self.config.train, self.config.optim, self.accelerator
@@ -511,12 +571,22 @@ class Trainer:
         max_steps changes: the resumed run follows neither the old run nor a fresh longer one."""
         o, t = self.config.optim, self.config.train
         old_steps = saved.get("train", {}).get("max_steps")
-        if old_steps is not None and old_steps != t.max_steps and o.lr_scheduler not in ("constant", "constant_with_warmup"):
+        if (
+            old_steps is not None
+            and old_steps != t.max_steps
+            and o.lr_scheduler not in ("constant", "constant_with_warmup")
+        ):
             logger.warning(
                 "train.max_steps changed from %s to %d on resume: the %r learning-rate schedule depends on max_steps, "
                 "so from here the rate follows a %d-step schedule from where the %s-step one stopped; the run does not "
-                "repeat an uninterrupted %d-step run", old_steps, t.max_steps, o.lr_scheduler, t.max_steps, old_steps,
-                t.max_steps)
+                "repeat an uninterrupted %d-step run",
+                old_steps,
+                t.max_steps,
+                o.lr_scheduler,
+                t.max_steps,
+                old_steps,
+                t.max_steps,
+            )
 
     def _append_metrics(self, step: int, metrics: Dict[str, float]) -> None:
         if self.accelerator.is_main_process:
@@ -548,8 +618,11 @@ class Trainer:
         # FSDP shards the weights: gather them into a fresh copy of the original modules.
         state = acc.get_state_dict(self.model)
         fresh = build_training_components(self.config, self.dataset, acc)
-        model = (DiffusionModel(fresh["text_encoder"], fresh["controlnet"], fresh["unet"])
-                 if self.config.train.stage == "diffusion" else VAEModel(fresh["vae"]))
+        model = (
+            DiffusionModel(fresh["text_encoder"], fresh["controlnet"], fresh["unet"])
+            if self.config.train.stage == "diffusion"
+            else VAEModel(fresh["vae"])
+        )
         if acc.is_main_process:
             model.load_state_dict(state)
         return model
@@ -564,8 +637,14 @@ class Trainer:
 
     @torch.no_grad()
     def _pipeline(self, model: DiffusionModel) -> PromptDiffusionPipeline:
-        return PromptDiffusionPipeline(vae=self.vae, text_encoder=model.text_encoder, tokenizer=self.tokenizer,
-                                       unet=model.unet, controlnet=model.controlnet, scheduler=self.components["scheduler"])
+        return PromptDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=model.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=model.unet,
+            controlnet=model.controlnet,
+            scheduler=self.components["scheduler"],
+        )
 
     @torch.no_grad()
     def _validate_diffusion(self, step: int) -> None:
@@ -580,12 +659,26 @@ class Trainer:
             was_training = model.training
             model.eval()
             with acc.autocast():
-                images = pipe(batch["caption"], example_pair=((batch["example_pair"][:, :3] + 1) / 2, (batch["example_pair"][:, 3:] + 1) / 2),
-                              query=(batch["query"] + 1) / 2, num_inference_steps=v.inference_steps,
-                              guidance_scale=v.guidance_scale, generator=generator, output_type="pt").images
+                images = pipe(
+                    batch["caption"],
+                    example_pair=((batch["example_pair"][:, :3] + 1) / 2, (batch["example_pair"][:, 3:] + 1) / 2),
+                    query=(batch["query"] + 1) / 2,
+                    num_inference_steps=v.inference_steps,
+                    guidance_scale=v.guidance_scale,
+                    generator=generator,
+                    output_type="pt",
+                ).images
             model.train(was_training)
-            rows = [[batch["example_pair"][i, :3], batch["example_pair"][i, 3:], batch["query"][i], images[i].cpu() * 2 - 1, batch["target"][i]]
-                    for i in range(len(batch["caption"]))]
+            rows = [
+                [
+                    batch["example_pair"][i, :3],
+                    batch["example_pair"][i, 3:],
+                    batch["query"][i],
+                    images[i].cpu() * 2 - 1,
+                    batch["target"][i],
+                ]
+                for i in range(len(batch["caption"]))
+            ]
             path = self.output_dir / "validation" / f"step-{step:06d}.png"
             save_grid(rows, path, acc, "validation/example_src|example_tgt|query|generated|target", step)
             logger.info("validation grid %s (tasks %s)", path, ", ".join(batch["task"]))
@@ -654,7 +747,7 @@ class Trainer:
         keys = torch.randint(0, 1 << 30, (n,), generator=generator).tolist()
         latents = []
         for start in range(0, n, self.config.train.batch_size):
-            images = collate([self.dataset[k] for k in keys[start:start + self.config.train.batch_size]])["target"]
+            images = collate([self.dataset[k] for k in keys[start : start + self.config.train.batch_size]])["target"]
             latents.append(vae.encode(images.to(self.accelerator.device)).latent_dist.sample().float().cpu())
         return float(1.0 / torch.cat(latents).std())
 
@@ -671,14 +764,28 @@ def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML or JSON config (sections data, model, optim, train, validation, vae)")
-    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="set a config value, e.g. train.max_steps=100 data.root=/data/toy")
+    parser.add_argument(
+        "--config", required=True, help="YAML or JSON config (sections data, model, optim, train, validation, vae)"
+    )
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config value, e.g. train.max_steps=100 data.root=/data/toy",
+    )
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the latest or a given checkpoint folder")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the run already in train.output_dir (its checkpoints, metrics and outputs)")
-    parser.add_argument("--check", action="store_true",
-                        help="check the config, its local files and the dataset, print what training would see, write nothing")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in train.output_dir (its checkpoints, metrics and outputs)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, its local files and the dataset, print what training would see, write nothing",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # accelerate logs every file of every checkpoint at INFO; our one "saved" line says it.

@@ -41,37 +41,93 @@ SD15_SIZE, SD15_STEPS, SD15_CFG = 512, 50, 9.0
 # tests/test_comfy_workflows.py checks this against ComfyUI's schemas; the browser test the sizes.
 NODE_TYPES: Dict[str, Dict[str, Any]] = {
     "Note": {"widgets": ["text"], "links": {}, "outputs": [], "size": (380, 300)},  # frontend only: not run
-    "PDiff_LoadPromptDiffusionModel": {"widgets": ["model_name"], "links": {}, "size": (380, 150),
-                                       "outputs": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("CONTROL_NET", "CONTROL_NET")]},
-    "CheckpointLoaderSimple": {"widgets": ["ckpt_name"], "links": {}, "size": (380, 110),
-                               "outputs": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]},
-    "PDiff_LoadPromptDiffusionControlNet": {"widgets": ["control_net_name"], "links": {}, "size": (380, 70),
-                                            "outputs": [("CONTROL_NET", "CONTROL_NET")]},
-    "LoadImage": {"widgets": ["image", None], "links": {}, "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")], "size": (320, 330)},
-    "CLIPTextEncode": {"widgets": ["text"], "links": {"clip": "CLIP"}, "outputs": [("CONDITIONING", "CONDITIONING")],
-                       "size": (380, 140)},
+    "PDiff_LoadPromptDiffusionModel": {
+        "widgets": ["model_name"],
+        "links": {},
+        "size": (380, 150),
+        "outputs": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("CONTROL_NET", "CONTROL_NET")],
+    },
+    "CheckpointLoaderSimple": {
+        "widgets": ["ckpt_name"],
+        "links": {},
+        "size": (380, 110),
+        "outputs": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    },
+    "PDiff_LoadPromptDiffusionControlNet": {
+        "widgets": ["control_net_name"],
+        "links": {},
+        "size": (380, 70),
+        "outputs": [("CONTROL_NET", "CONTROL_NET")],
+    },
+    "LoadImage": {
+        "widgets": ["image", None],
+        "links": {},
+        "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+        "size": (320, 330),
+    },
+    "CLIPTextEncode": {
+        "widgets": ["text"],
+        "links": {"clip": "CLIP"},
+        "outputs": [("CONDITIONING", "CONDITIONING")],
+        "size": (380, 140),
+    },
     "PDiff_ApplyPromptDiffusion": {
         "widgets": ["strength", "start_percent", "end_percent"],
-        "links": {"positive": "CONDITIONING", "negative": "CONDITIONING", "control_net": "CONTROL_NET",
-                  "example_source": "IMAGE", "example_target": "IMAGE", "query": "IMAGE"},
-        "outputs": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], "size": (380, 260)},
+        "links": {
+            "positive": "CONDITIONING",
+            "negative": "CONDITIONING",
+            "control_net": "CONTROL_NET",
+            "example_source": "IMAGE",
+            "example_target": "IMAGE",
+            "query": "IMAGE",
+        },
+        "outputs": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+        "size": (380, 260),
+    },
     "PDiff_ApplyPromptDiffusionFewShot": {
         "widgets": ["combine", "shot_weights", "strength", "start_percent", "end_percent"],
-        "links": {"positive": "CONDITIONING", "negative": "CONDITIONING", "control_net": "CONTROL_NET",
-                  "example_sources": "IMAGE", "example_targets": "IMAGE", "query": "IMAGE"},
-        "outputs": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")], "size": (380, 320)},
-    "ImageBatch": {"widgets": [], "links": {"image1": "IMAGE", "image2": "IMAGE"}, "outputs": [("IMAGE", "IMAGE")],
-                   "size": (380, 50)},
-    "EmptyLatentImage": {"widgets": ["width", "height", "batch_size"], "links": {}, "outputs": [("LATENT", "LATENT")],
-                         "size": (380, 110)},
-    "KSampler": {"widgets": ["seed", None, "steps", "cfg", "sampler_name", "scheduler", "denoise"],
-                 "links": {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT"},
-                 "outputs": [("LATENT", "LATENT")], "size": (320, 270)},
-    "VAEDecode": {"widgets": [], "links": {"samples": "LATENT", "vae": "VAE"}, "outputs": [("IMAGE", "IMAGE")], "size": (320, 50)},
+        "links": {
+            "positive": "CONDITIONING",
+            "negative": "CONDITIONING",
+            "control_net": "CONTROL_NET",
+            "example_sources": "IMAGE",
+            "example_targets": "IMAGE",
+            "query": "IMAGE",
+        },
+        "outputs": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+        "size": (380, 320),
+    },
+    "ImageBatch": {
+        "widgets": [],
+        "links": {"image1": "IMAGE", "image2": "IMAGE"},
+        "outputs": [("IMAGE", "IMAGE")],
+        "size": (380, 50),
+    },
+    "EmptyLatentImage": {
+        "widgets": ["width", "height", "batch_size"],
+        "links": {},
+        "outputs": [("LATENT", "LATENT")],
+        "size": (380, 110),
+    },
+    "KSampler": {
+        "widgets": ["seed", None, "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+        "links": {"model": "MODEL", "positive": "CONDITIONING", "negative": "CONDITIONING", "latent_image": "LATENT"},
+        "outputs": [("LATENT", "LATENT")],
+        "size": (320, 270),
+    },
+    "VAEDecode": {
+        "widgets": [],
+        "links": {"samples": "LATENT", "vae": "VAE"},
+        "outputs": [("IMAGE", "IMAGE")],
+        "size": (320, 50),
+    },
     "SaveImage": {"widgets": ["filename_prefix"], "links": {"images": "IMAGE"}, "outputs": [], "size": (340, 360)},
-    "PDiff_PromptDiffusionPreview": {"widgets": [], "links": {"example_source": "IMAGE", "example_target": "IMAGE",
-                                                              "query": "IMAGE", "result": "IMAGE"},
-                                     "outputs": [("IMAGE", "IMAGE")], "size": (520, 260)},
+    "PDiff_PromptDiffusionPreview": {
+        "widgets": [],
+        "links": {"example_source": "IMAGE", "example_target": "IMAGE", "query": "IMAGE", "result": "IMAGE"},
+        "outputs": [("IMAGE", "IMAGE")],
+        "size": (520, 260),
+    },
 }
 VIRTUAL_NODE_TYPES = {"Note"}  # drawn by the frontend, never sent to the server
 # UI-only widget values the API does not take, by node type and position.
@@ -96,11 +152,12 @@ class Example:
 EMBEDDED_NOTE = (
     "Uses pdiff-toyworld, the small model embedded in the pack (64 px, a procedural toy world): it runs on a "
     "CPU in seconds and shows the machinery, not the paper's quality. For the published model, open the "
-    "template \"SD1.5 full size, depth map to image\".\n\n"
+    'template "SD1.5 full size, depth map to image".\n\n'
     "To try your own task: load your own example source and example target (the pair that shows what to do) "
     "and query (what to do it to); describe the result in the positive prompt; Queue.\n"
     f"cfg is {CFG}: the embedded model's best guidance. Apply Prompt Diffusion's strength and start/end percent "
-    "work as Apply ControlNet's.")
+    "work as Apply ControlNet's."
+)
 SD15_NOTE = (
     "The published Prompt Diffusion model at the authors' settings (512 px, DDIM, 50 steps, cfg 9). Needs two "
     "files that the pack cannot ship:\n"
@@ -108,30 +165,59 @@ SD15_NOTE = (
     f"- models/controlnet/{SD15_CONTROLNET}: the authors' checkpoint (github Zhendong-Wang/Prompt-Diffusion); "
     "the pack's loader takes its control_model.* weights.\n"
     "Pick your file names in the two loaders if yours differ.\n\n"
-    "Load your own example pair and query; describe the result in the positive prompt.")
+    "Load your own example pair and query; describe the result in the positive prompt."
+)
 
 
 def examples_from_assets() -> List[Example]:
     index = {e["task"]: e for e in json.loads((EXAMPLES / "examples.json").read_text())["examples"]}
     chosen = [
-        ("depth_to_image", "Depth map to image", "inv_depth",
-         "The example pair turns a depth map into a picture; the model does the same to the query depth map."),
-        ("image_to_depth", "Image to depth map", "depth",
-         "The example pair turns a picture into its depth map; the model estimates the query's depth the same way."),
-        ("softedge_to_image", "Soft edges to image", "inv_hed",
-         "The example pair turns a soft-edge (HED) map into a picture; the model fills the query's edges the same way."),
-        ("unseen_task_image_to_normal", "Unseen task, image to normal map", "normal",
-         "A task the model never trained on: the example pair maps a picture to its surface normals. In-context "
-         "learning is the point of Prompt Diffusion; the small embedded model does this poorly."),
+        (
+            "depth_to_image",
+            "Depth map to image",
+            "inv_depth",
+            "The example pair turns a depth map into a picture; the model does the same to the query depth map.",
+        ),
+        (
+            "image_to_depth",
+            "Image to depth map",
+            "depth",
+            "The example pair turns a picture into its depth map; the model estimates the query's depth the same way.",
+        ),
+        (
+            "softedge_to_image",
+            "Soft edges to image",
+            "inv_hed",
+            "The example pair turns a soft-edge (HED) map into a picture; the model fills the query's edges the same way.",
+        ),
+        (
+            "unseen_task_image_to_normal",
+            "Unseen task, image to normal map",
+            "normal",
+            "A task the model never trained on: the example pair maps a picture to its surface normals. In-context "
+            "learning is the point of Prompt Diffusion; the small embedded model does this poorly.",
+        ),
     ]
-    return [Example(name, title, index[task]["prompt"],
-                    *(f"{task}_{part}.png" for part in ("example_source", "example_target", "query")), about)
-            for name, title, task, about in chosen]
+    return [
+        Example(
+            name,
+            title,
+            index[task]["prompt"],
+            *(f"{task}_{part}.png" for part in ("example_source", "example_target", "query")),
+            about,
+        )
+        for name, title, task, about in chosen
+    ]
 
 
 def full_size_example(depth_to_image: Example) -> Example:
-    return replace(depth_to_image, name="sd15_depth_to_image", title="SD1.5 full size, depth map to image",
-                   about="Depth map to image with the published full-size model.", full_size=True)
+    return replace(
+        depth_to_image,
+        name="sd15_depth_to_image",
+        title="SD1.5 full size, depth map to image",
+        about="Depth map to image with the published full-size model.",
+        full_size=True,
+    )
 
 
 INPUT_PREFIX = "pdiff_"  # the images share ComfyUI's input/ folder with the user's
@@ -148,15 +234,26 @@ def render_edit_example(inputs: Path) -> Example:
 
     rng = np.random.default_rng(7)
     group = sample_group(rng, max_objects=2)
-    edited_ground = replace(group.ground, pattern="checkered" if group.ground.pattern != "checkered" else "striped", color_name="")
+    edited_ground = replace(
+        group.ground, pattern="checkered" if group.ground.pattern != "checkered" else "striped", color_name=""
+    )
     example_scene, query_scene = sample_item(rng, group), sample_item(rng, group)
-    images = {"edit_example_source.png": example_scene, "edit_example_target.png": replace(example_scene, ground=edited_ground),
-              "edit_query.png": query_scene}
+    images = {
+        "edit_example_source.png": example_scene,
+        "edit_example_target.png": replace(example_scene, ground=edited_ground),
+        "edit_query.png": query_scene,
+    }
     for name, scene in images.items():
         Image.fromarray(render(scene, resolution=SIZE).image).save(inputs / (INPUT_PREFIX + name))
-    return Example("text_guided_edit", "Edit by example, change the floor", make_caption(group.objects, edited_ground),
-                   "edit_example_source.png", "edit_example_target.png", "edit_query.png",
-                   "The example pair shows an edit (the floor changes); the model makes the same edit to the query.")
+    return Example(
+        "text_guided_edit",
+        "Edit by example, change the floor",
+        make_caption(group.objects, edited_ground),
+        "edit_example_source.png",
+        "edit_example_target.png",
+        "edit_query.png",
+        "The example pair shows an edit (the floor changes); the model makes the same edit to the query.",
+    )
 
 
 # A workflow graph: (id, type, title, widget values by name, links {input: (node id, output slot)}, column).
@@ -170,7 +267,14 @@ def graph(example: Example) -> Graph:
     if example.full_size:
         loaders: Graph = [
             (1, "CheckpointLoaderSimple", "SD1.5 checkpoint", {"ckpt_name": SD15_CHECKPOINT}, {}, 1),
-            (13, "PDiff_LoadPromptDiffusionControlNet", "Prompt Diffusion ControlNet", {"control_net_name": SD15_CONTROLNET}, {}, 1),
+            (
+                13,
+                "PDiff_LoadPromptDiffusionControlNet",
+                "Prompt Diffusion ControlNet",
+                {"control_net_name": SD15_CONTROLNET},
+                {},
+                1,
+            ),
         ]
         model, clip, vae, control = (1, 0), (1, 1), (1, 2), (13, 0)
         size, steps, cfg = SD15_SIZE, SD15_STEPS, SD15_CFG
@@ -187,12 +291,30 @@ def graph(example: Example) -> Graph:
         (4, "LoadImage", "query", {"image": INPUT_PREFIX + example.query}, {}, 1),
         (5, "CLIPTextEncode", "positive prompt", {"text": example.prompt}, {"clip": clip}, 2),
         (6, "CLIPTextEncode", "negative prompt", {"text": ""}, {"clip": clip}, 2),
-        (7, "PDiff_ApplyPromptDiffusion", "Apply Prompt Diffusion", {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
-         {"positive": (5, 0), "negative": (6, 0), "control_net": control, **images}, 3),
+        (
+            7,
+            "PDiff_ApplyPromptDiffusion",
+            "Apply Prompt Diffusion",
+            {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+            {"positive": (5, 0), "negative": (6, 0), "control_net": control, **images},
+            3,
+        ),
         (8, "EmptyLatentImage", "empty latent", {"width": size, "height": size, "batch_size": 1}, {}, 3),
-        (9, "KSampler", "sampler", {"seed": SEED, "steps": steps, "cfg": cfg, "sampler_name": "ddim",
-                                    "scheduler": "ddim_uniform", "denoise": 1.0},
-         {"model": model, "positive": (7, 0), "negative": (7, 1), "latent_image": (8, 0)}, 4),
+        (
+            9,
+            "KSampler",
+            "sampler",
+            {
+                "seed": SEED,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler_name": "ddim",
+                "scheduler": "ddim_uniform",
+                "denoise": 1.0,
+            },
+            {"model": model, "positive": (7, 0), "negative": (7, 1), "latent_image": (8, 0)},
+            4,
+        ),
         (10, "VAEDecode", "decode", {}, {"samples": (9, 0), "vae": vae}, 5),
         (11, "SaveImage", "result", {"filename_prefix": f"pdiff/{example.name}"}, {"images": (10, 0)}, 6),
         (12, "PDiff_PromptDiffusionPreview", "side by side", {}, {**images, "result": (10, 0)}, 6),
@@ -216,16 +338,24 @@ def render_few_shot_example(inputs: Path) -> Example:
     for k in range(1, FEW_SHOT + 1):
         rendered = render(sample_item(rng, sample_group(rng)), resolution=SIZE)
         Image.fromarray(rendered.image).save(inputs / f"{INPUT_PREFIX}few_shot_normal_source_{k}.png")
-        Image.fromarray(rendered.maps(("normal",))["normal"]).save(inputs / f"{INPUT_PREFIX}few_shot_normal_target_{k}.png")
+        Image.fromarray(rendered.maps(("normal",))["normal"]).save(
+            inputs / f"{INPUT_PREFIX}few_shot_normal_target_{k}.png"
+        )
     Image.fromarray(render(sample_item(rng, sample_group(rng)), resolution=SIZE).image).save(
-        inputs / f"{INPUT_PREFIX}few_shot_normal_query.png")
+        inputs / f"{INPUT_PREFIX}few_shot_normal_query.png"
+    )
     pairs = [(f"few_shot_normal_source_{k}.png", f"few_shot_normal_target_{k}.png") for k in range(1, FEW_SHOT + 1)]
-    return Example("few_shot_image_to_normal", "Three example pairs, image to normal map", map_prompt("normal"),
-                   *pairs[0], "few_shot_normal_query.png",
-                   f"Few-shot: {FEW_SHOT} example pairs of one task (here the unseen image -> normal map), each on "
-                   "another scene, batched with Image Batch into Apply Prompt Diffusion (Few-Shot), which shows all of "
-                   "them to the model for the query. Add pairs by batching more images; shot_weights weighs them.",
-                   more_pairs=tuple(pairs[1:]))
+    return Example(
+        "few_shot_image_to_normal",
+        "Three example pairs, image to normal map",
+        map_prompt("normal"),
+        *pairs[0],
+        "few_shot_normal_query.png",
+        f"Few-shot: {FEW_SHOT} example pairs of one task (here the unseen image -> normal map), each on "
+        "another scene, batched with Image Batch into Apply Prompt Diffusion (Few-Shot), which shows all of "
+        "them to the model for the query. Add pairs by batching more images; shot_weights weighs them.",
+        more_pairs=tuple(pairs[1:]),
+    )
 
 
 def few_shot_graph(example: Example) -> Graph:
@@ -238,8 +368,16 @@ def few_shot_graph(example: Example) -> Graph:
         for k, pair in enumerate(example.more_pairs, start=2):
             extra.append((next_id, "LoadImage", f"example {side} {k}", {"image": INPUT_PREFIX + pair[index]}, {}, 1))
             # a column each, between the inputs' (1) and the apply's (3): links only go rightwards
-            extra.append((next_id + 1, "ImageBatch", f"example {side}s 1..{k}", {},
-                          {"image1": (batch, 0), "image2": (next_id, 0)}, 1 + (k - 1) / (shots - 1)))
+            extra.append(
+                (
+                    next_id + 1,
+                    "ImageBatch",
+                    f"example {side}s 1..{k}",
+                    {},
+                    {"image1": (batch, 0), "image2": (next_id, 0)},
+                    1 + (k - 1) / (shots - 1),
+                )
+            )
             batch, next_id = next_id + 1, next_id + 2
         batched[side] = (batch, 0)
     images = {"example_source": batched["source"], "example_target": batched["target"]}
@@ -302,21 +440,44 @@ def ui_format(nodes: Graph) -> Dict[str, Any]:
     ui_nodes = []
     for order, (node_id, node_type, title, widgets, node_links, _) in enumerate(nodes):
         spec = NODE_TYPES[node_type]
-        values = [widgets[name] if name is not None else UI_ONLY_VALUES[node_type][index]
-                  for index, name in enumerate(spec["widgets"])]
+        values = [
+            widgets[name] if name is not None else UI_ONLY_VALUES[node_type][index]
+            for index, name in enumerate(spec["widgets"])
+        ]
         pos, size = boxes[node_id]
-        ui_nodes.append({
-            "id": node_id, "type": node_type, "title": title, "pos": pos, "size": size, "flags": {}, "order": order,
-            "mode": 0,
-            "inputs": [{"name": name, "type": kind, "link": link_of.get((node_id, slot))}
-                       for slot, (name, kind) in enumerate(spec["links"].items()) if name in node_links],
-            "outputs": [{"name": name, "type": kind, "links": out_links.get((node_id, slot), []), "slot_index": slot}
-                        for slot, (name, kind) in enumerate(spec["outputs"])],
-            "properties": {"Node name for S&R": node_type},
-            "widgets_values": values,
-        })
-    return {"last_node_id": max(n[0] for n in nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": ZOOM, "offset": [0, 0]}}, "version": 0.4}
+        ui_nodes.append(
+            {
+                "id": node_id,
+                "type": node_type,
+                "title": title,
+                "pos": pos,
+                "size": size,
+                "flags": {},
+                "order": order,
+                "mode": 0,
+                "inputs": [
+                    {"name": name, "type": kind, "link": link_of.get((node_id, slot))}
+                    for slot, (name, kind) in enumerate(spec["links"].items())
+                    if name in node_links
+                ],
+                "outputs": [
+                    {"name": name, "type": kind, "links": out_links.get((node_id, slot), []), "slot_index": slot}
+                    for slot, (name, kind) in enumerate(spec["outputs"])
+                ],
+                "properties": {"Node name for S&R": node_type},
+                "widgets_values": values,
+            }
+        )
+    return {
+        "last_node_id": max(n[0] for n in nodes),
+        "last_link_id": len(links),
+        "nodes": ui_nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": ZOOM, "offset": [0, 0]}},
+        "version": 0.4,
+    }
 
 
 def examples(inputs: Optional[Path] = None) -> List[Example]:
@@ -349,8 +510,10 @@ def build(root: Path) -> List[Path]:
     written = sorted(inputs.glob("*.png"))
     for example in chosen:
         nodes = few_shot_graph(example) if example.more_pairs else graph(example)
-        for path, content in ((templates / f"{example.title}.json", ui_format(nodes)),
-                              (api / f"{example.name}.json", api_format(nodes))):
+        for path, content in (
+            (templates / f"{example.title}.json", ui_format(nodes)),
+            (api / f"{example.name}.json", api_format(nodes)),
+        ):
             path.write_text(json.dumps(content, indent=2) + "\n")
             written.append(path)
     return written

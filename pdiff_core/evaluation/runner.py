@@ -150,8 +150,9 @@ def resolve_tasks(index: DatasetIndex, names: Optional[Sequence[str]], default: 
     return [parse_task(name, index.maps) for name in names]
 
 
-def plan_samples(index: DatasetIndex, tasks: Sequence[Task], groups_limit: Optional[int], pairs_per_group: int,
-                 shots: int = 1) -> List[Sample]:
+def plan_samples(
+    index: DatasetIndex, tasks: Sequence[Task], groups_limit: Optional[int], pairs_per_group: int, shots: int = 1
+) -> List[Sample]:
     """Every (task, group, pair) to evaluate, task by task in dataset order; with `shots` K > 1 each
     sample also takes item p of the K - 1 groups after its own as further example pairs."""
     if pairs_per_group < 1:
@@ -168,14 +169,26 @@ def plan_samples(index: DatasetIndex, tasks: Sequence[Task], groups_limit: Optio
             position = index.groups.index(group)
             if n == 1:
                 if len(groups) == 1:
-                    raise ValueError(f"group {group.id} is a single photo and the only group: no other photo to take the example from")
+                    raise ValueError(
+                        f"group {group.id} is a single photo and the only group: no other photo to take the example from"
+                    )
                 others = [index.groups[(position + j) % len(index.groups)] for j in range(2, shots + 1)]
-                samples.append(Sample(task, group, 0, 0, example_group=groups[(g + 1) % len(groups)],
-                                      more_examples=tuple((o, 0) for o in others)))
+                samples.append(
+                    Sample(
+                        task,
+                        group,
+                        0,
+                        0,
+                        example_group=groups[(g + 1) % len(groups)],
+                        more_examples=tuple((o, 0) for o in others),
+                    )
+                )
                 continue
             others = [index.groups[(position + j) % len(index.groups)] for j in range(1, shots)]
-            samples.extend(Sample(task, group, p, (p + 1) % n, more_examples=tuple((o, p % len(o.items)) for o in others))
-                           for p in range(pairs_per_group))
+            samples.extend(
+                Sample(task, group, p, (p + 1) % n, more_examples=tuple((o, p % len(o.items)) for o in others))
+                for p in range(pairs_per_group)
+            )
     return samples
 
 
@@ -191,8 +204,10 @@ def read_image(path: Path, resolution: int) -> np.ndarray:
 def load_sample(sample: Sample, resolution: int) -> SampleImages:
     example_source, example_target = sample.task.paths(sample.example)
     query, truth = sample.task.paths(sample.group.items[sample.query_item])
-    more = tuple(tuple(read_image(p, resolution) for p in sample.task.paths(group.items[item]))
-                 for group, item in sample.more_examples)
+    more = tuple(
+        tuple(read_image(p, resolution) for p in sample.task.paths(group.items[item]))
+        for group, item in sample.more_examples
+    )
     return SampleImages(*(read_image(p, resolution) for p in (example_source, example_target, query, truth)), more)
 
 
@@ -228,8 +243,11 @@ class ResultStore:
         run_file = self.out / RUN_FILE
         if run_file.is_file():
             stored = json.loads(run_file.read_text())
-            changed = {k: (stored.get(k), fingerprint.get(k)) for k in {**stored, **fingerprint}
-                       if stored.get(k) != fingerprint.get(k)}
+            changed = {
+                k: (stored.get(k), fingerprint.get(k))
+                for k in {**stored, **fingerprint}
+                if stored.get(k) != fingerprint.get(k)
+            }
             samples = self.out / SAMPLES_FILE
             stored_nothing = not samples.is_file() or samples.stat().st_size == 0
             if changed and not stored_nothing:
@@ -313,17 +331,29 @@ def run_samples(
     pending = [s for s in samples if s.key not in store.done]
     if len(pending) < len(samples) and state.is_main_process:
         logger.info("%d of %d samples already done in %s", len(samples) - len(pending), len(samples), store.path)
-    mine = pending[state.process_index::state.num_processes]
+    mine = pending[state.process_index :: state.num_processes]
     if state.num_processes > 1:
-        logger.info("process %d of %d: %d of %d pending samples", state.process_index, state.num_processes, len(mine), len(pending))
+        logger.info(
+            "process %d of %d: %d of %d pending samples",
+            state.process_index,
+            state.num_processes,
+            len(mine),
+            len(pending),
+        )
     bar = tqdm(total=len(mine), unit="sample", desc="eval", disable=not state.is_local_main_process)
     for start in range(0, len(mine), config.batch_size):
-        batch = mine[start:start + config.batch_size]
+        batch = mine[start : start + config.batch_size]
         images = [load_sample(s, resolution) for s in batch]
         shots = [([gray_to_rgb(i.example_source) for i in images], [gray_to_rgb(i.example_target) for i in images])]
-        shots += [([gray_to_rgb(i.more_examples[k][0]) for i in images], [gray_to_rgb(i.more_examples[k][1]) for i in images])
-                  for k in range(config.shots - 1)]
-        few_shot = dict(example_pairs=shots, shot_combine=config.shot_combine) if config.shots > 1 else dict(example_pair=shots[0])
+        shots += [
+            ([gray_to_rgb(i.more_examples[k][0]) for i in images], [gray_to_rgb(i.more_examples[k][1]) for i in images])
+            for k in range(config.shots - 1)
+        ]
+        few_shot = (
+            dict(example_pairs=shots, shot_combine=config.shot_combine)
+            if config.shots > 1
+            else dict(example_pair=shots[0])
+        )
         outputs = pipe(
             [prompt_for(s, config.prompt) for s in batch],
             **few_shot,
@@ -339,17 +369,23 @@ def run_samples(
             path = store.out / IMAGES_DIR / sample.image_name
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(output).save(path)
-            store.append({
-                "key": sample.key,
-                "task": sample.task.name,
-                "group": sample.group.id,
-                "example_group": (sample.example_group or sample.group).id,
-                "example_item": sample.example_item,
-                "query_item": sample.query_item,
-                **({"more_examples": [[g.id, item] for g, item in sample.more_examples]} if sample.more_examples else {}),
-                "image": sample.image_name,
-                "scores": score_sample(output, sample_images, sample.task.inverse),
-            })
+            store.append(
+                {
+                    "key": sample.key,
+                    "task": sample.task.name,
+                    "group": sample.group.id,
+                    "example_group": (sample.example_group or sample.group).id,
+                    "example_item": sample.example_item,
+                    "query_item": sample.query_item,
+                    **(
+                        {"more_examples": [[g.id, item] for g, item in sample.more_examples]}
+                        if sample.more_examples
+                        else {}
+                    ),
+                    "image": sample.image_name,
+                    "scores": score_sample(output, sample_images, sample.task.inverse),
+                }
+            )
         bar.update(len(batch))
     bar.close()
     state.wait_for_everyone()
@@ -365,10 +401,11 @@ def run_samples(
 def mean_scores(records: Iterable[Dict[str, Any]], task: str) -> Dict[str, Dict[str, float]]:
     """{"model" | baseline: {metric: mean over the task's samples}}."""
     mine = [r["scores"] for r in records if r["task"] == task]
-    return {
-        who: {m: float(np.mean([s[who][m] for s in mine])) for m in mine[0][who]}
-        for who in ("model", *BASELINES)
-    } if mine else {}
+    return (
+        {who: {m: float(np.mean([s[who][m] for s in mine])) for m in mine[0][who]} for who in ("model", *BASELINES)}
+        if mine
+        else {}
+    )
 
 
 def model_path(config: EvalConfig) -> Path:
@@ -415,4 +452,3 @@ def _folder_digest(folder: Path) -> str:
         stat = path.stat()
         digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
-

@@ -73,7 +73,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pdiff"
 
 
-def heldout_dataset(cache_dir: Optional[Path] = None, groups: int = HELDOUT_GROUPS, resolution: int = HELDOUT_RESOLUTION) -> Path:
+def heldout_dataset(
+    cache_dir: Optional[Path] = None, groups: int = HELDOUT_GROUPS, resolution: int = HELDOUT_RESOLUTION
+) -> Path:
     """The held-out toy world (seed 100000), generated once into the cache folder."""
     # The generator version is in the name: a newer toy world (more maps) is generated anew.
     name = f"toyworld-v{GENERATOR_VERSION}-heldout-seed{HELDOUT_SEED}-{groups}g-{resolution}px"
@@ -138,12 +140,15 @@ def run_toyworld_eval(config: ToyworldEvalConfig, pipe: Any = None) -> List[Toyw
     rows = rows_from_records(records, tasks, trained)
     markdown = format_table(rows, model, root, config)
     (Path(config.out) / "results.md").write_text(markdown)
-    write_json(Path(config.out) / "results.json", {
-        "model": str(model),
-        "data": str(root),
-        "config": config_dict(config),
-        "rows": [{**asdict(r), "beats_both": r.beats_both} for r in rows],
-    })
+    write_json(
+        Path(config.out) / "results.json",
+        {
+            "model": str(model),
+            "data": str(root),
+            "config": config_dict(config),
+            "rows": [{**asdict(r), "beats_both": r.beats_both} for r in rows],
+        },
+    )
     logger.info("results in %s\n%s", Path(config.out) / "results.md", markdown)
     return rows
 
@@ -154,10 +159,17 @@ def rows_from_records(records: List[dict], tasks: List[Task], trained: List[str]
         means = mean_scores(records, task.name)
         count = sum(r["task"] == task.name for r in records)
         for metric in means["model"]:
-            rows.append(ToyworldRow(
-                task=task.name, seen=task.name in trained, metric=metric, model=means["model"][metric],
-                example_target=means["example_target"][metric], query=means["query"][metric], samples=count,
-            ))
+            rows.append(
+                ToyworldRow(
+                    task=task.name,
+                    seen=task.name in trained,
+                    metric=metric,
+                    model=means["model"][metric],
+                    example_target=means["example_target"][metric],
+                    query=means["query"][metric],
+                    samples=count,
+                )
+            )
     return rows
 
 
@@ -165,8 +177,11 @@ def format_table(rows: List[ToyworldRow], model: Path, data: Path, config: EvalC
     lines = [
         f"Model `{model}` on `{data}`: {config.steps} steps, guidance {config.guidance}, seed {config.seed}; "
         f"{rows[0].samples if rows else 0} samples per task (example from item p, query from item p+1 of each group"
-        + (f"; {config.shots} shots: also item p of the {config.shots - 1} next groups, {config.shot_combine} averaged)."
-           if config.shots > 1 else ")."),
+        + (
+            f"; {config.shots} shots: also item p of the {config.shots - 1} next groups, {config.shot_combine} averaged)."
+            if config.shots > 1
+            else ")."
+        ),
         "",
         "| task | seen/unseen | metric | model | example-target baseline | query baseline | beats both? |",
         "|---|---|---|---|---|---|---|",

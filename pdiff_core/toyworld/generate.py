@@ -63,8 +63,14 @@ def iter_groups(
     all cores); the same pixels `generate` writes."""
     if workers is None:
         workers = min(os.cpu_count() or 1, max(1, n_groups // 8))
-    job = partial(render_group, seed=seed, items_per_group=items_per_group, resolution=resolution,
-                  maps=tuple(maps), supersample=supersample)
+    job = partial(
+        render_group,
+        seed=seed,
+        items_per_group=items_per_group,
+        resolution=resolution,
+        maps=tuple(maps),
+        supersample=supersample,
+    )
     yield from _groups(n_groups, workers, job)
 
 
@@ -122,7 +128,11 @@ def generate(
     root = Path(root)
     logger.info(
         "toyworld: %d groups x %d items at %dpx into %s (%d workers)",
-        n_groups, items_per_group, resolution, root, workers,
+        n_groups,
+        items_per_group,
+        resolution,
+        root,
+        workers,
     )
     with DatasetWriter(root, maps, resolution, "toyworld", overwrite=overwrite, **meta) as writer:
         bar = tqdm(total=n_groups, unit="group", disable=not progress, desc="toyworld")

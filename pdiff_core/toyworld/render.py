@@ -28,13 +28,30 @@ from .scene import SEG_CLASSES, Ground, Primitive, Scene
 # The first six are the original family; the rest widen the family of trained tasks so that a model
 # has to read the example pair to know which one is asked (see the embedded model's card).
 ALL_MAPS = (
-    "depth", "hed", "seg", "normal", "albedo", "gray",
-    "shading", "instance", "far", "edges", "quant", "invert", "bgr",
+    "depth",
+    "hed",
+    "seg",
+    "normal",
+    "albedo",
+    "gray",
+    "shading",
+    "instance",
+    "far",
+    "edges",
+    "quant",
+    "invert",
+    "bgr",
 )
 # Object colours of the instance map, in the scene's object order (sky black, floor mid grey).
 INSTANCE_COLORS = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
-    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
 )
 _INSTANCE_SKY, _INSTANCE_FLOOR = (0, 0, 0), (128, 128, 128)
 _QUANT_LEVELS = 3
@@ -521,8 +538,8 @@ def _blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     r = len(kernel) // 2
     h, w = img.shape
     pad = np.pad(img, r, mode="edge")
-    rows = sum(kernel[i] * pad[:, i:i + w] for i in range(len(kernel)))
-    return sum(kernel[i] * rows[i:i + h, :] for i in range(len(kernel)))
+    rows = sum(kernel[i] * pad[:, i : i + w] for i in range(len(kernel)))
+    return sum(kernel[i] * rows[i : i + h, :] for i in range(len(kernel)))
 
 
 def _hed(r: Render) -> np.ndarray:

@@ -313,7 +313,7 @@ def sample_item(rng: np.random.Generator, spec: GroupSpec, jitter: float = 0.25)
         if all(
             math.hypot(a.position[0] - b.position[0], a.position[1] - b.position[1]) > a.footprint + b.footprint + 0.02
             for i, a in enumerate(moved)
-            for b in moved[i + 1:]
+            for b in moved[i + 1 :]
         ):
             objs = moved
             break
