@@ -91,15 +91,22 @@ def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
     comfy.utils.set_progress_bar_enabled(False)  # ours runs without its progress bar too
     prompt = task_prompt()
     with torch.inference_mode():
-        model, clip, vae, control = nodes.NODE_CLASS_MAPPINGS["PDiff_LoadPromptDiffusionModel"].execute(DEFAULT_MODEL_NAME).result
-        source, target, query = (nodes.LoadImage().load_image(f"{INPUT_PREFIX}{TASK}_{part}.png")[0]
-                                 for part in ("example_source", "example_target", "query"))
+        model, clip, vae, control = (
+            nodes.NODE_CLASS_MAPPINGS["PDiff_LoadPromptDiffusionModel"].execute(DEFAULT_MODEL_NAME).result
+        )
+        source, target, query = (
+            nodes.LoadImage().load_image(f"{INPUT_PREFIX}{TASK}_{part}.png")[0]
+            for part in ("example_source", "example_target", "query")
+        )
 
         def condition() -> Tuple[list, list]:
             positive = nodes.CLIPTextEncode().encode(clip, prompt)[0]
             negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-            return nodes.NODE_CLASS_MAPPINGS["PDiff_ApplyPromptDiffusion"].execute(
-                positive, negative, control, source, target, query, 1.0, 0.0, 1.0).result
+            return (
+                nodes.NODE_CLASS_MAPPINGS["PDiff_ApplyPromptDiffusion"]
+                .execute(positive, negative, control, source, target, query, 1.0, 0.0, 1.0)
+                .result
+            )
 
         condition()  # the first call also moves CLIP to its device
         start = time.perf_counter()
@@ -110,8 +117,9 @@ def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
 
     def run_comfyui(seed: int = config.seed) -> torch.Tensor:
         with torch.inference_mode():
-            samples = nodes.KSampler().sample(model, seed, config.steps, config.guidance, COMFY_SAMPLER, COMFY_SCHEDULER,
-                                              positive, negative, latent)[0]
+            samples = nodes.KSampler().sample(
+                model, seed, config.steps, config.guidance, COMFY_SAMPLER, COMFY_SCHEDULER, positive, negative, latent
+            )[0]
             return nodes.VAEDecode().decode(vae, samples)[0]
 
     pipe = PromptDiffusionPipeline.from_pretrained(str(config.model))
@@ -122,19 +130,34 @@ def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
 
     def run_ours() -> torch.Tensor:
         # One prompt, pair and query, a batch of images: EmptyLatentImage's batch_size in ComfyUI.
-        return pipe(prompt, example_pair=pair, query=query_pt, num_images_per_prompt=config.batch,
-                    num_inference_steps=config.steps, guidance_scale=config.guidance, latents=latents,
-                    output_type="pt").images.movedim(1, -1)
+        return pipe(
+            prompt,
+            example_pair=pair,
+            query=query_pt,
+            num_images_per_prompt=config.batch,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            latents=latents,
+            output_type="pt",
+        ).images.movedim(1, -1)
 
-    dtypes = (f"ComfyUI UNet {model.model.get_dtype()}, VAE {vae.vae_dtype}; "
-              f"ours UNet {pipe.unet.dtype}, VAE {pipe.vae.dtype}")
-    return Setup({"ours": run_ours, "comfyui": run_comfyui}, lambda: run_comfyui(config.seed + 1), conditioning_s, dtypes)
+    dtypes = (
+        f"ComfyUI UNet {model.model.get_dtype()}, VAE {vae.vae_dtype}; "
+        f"ours UNet {pipe.unet.dtype}, VAE {pipe.vae.dtype}"
+    )
+    return Setup(
+        {"ours": run_ours, "comfyui": run_comfyui}, lambda: run_comfyui(config.seed + 1), conditioning_s, dtypes
+    )
 
 
 def parse_args(argv: Optional[List[str]]) -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                   help="a Prompt Diffusion pipeline folder (default: the embedded pdiff-toyworld)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="a Prompt Diffusion pipeline folder (default: the embedded pdiff-toyworld)",
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--guidance", type=float, default=5.0, help="cfg")
@@ -153,14 +176,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         setup = build(config, comfyui)
         times, outputs = time_alternating(setup.runs, config.repeats, config.warmup)
         other = setup.other_seed()
-    print(f"{config.model.name}: {tuple(outputs['ours'].shape[1:3])} px, batch {config.batch}, {config.steps} steps "
-          f"{COMFY_SAMPLER}/{COMFY_SCHEDULER}, cfg {config.guidance}, seed {config.seed}; {setup.dtypes}", flush=True)
+    print(
+        f"{config.model.name}: {tuple(outputs['ours'].shape[1:3])} px, batch {config.batch}, {config.steps} steps "
+        f"{COMFY_SAMPLER}/{COMFY_SCHEDULER}, cfg {config.guidance}, seed {config.seed}; {setup.dtypes}",
+        flush=True,
+    )
     print(f"hardware: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}", flush=True)
-    print(f"max pixel difference ours vs comfyui: {pixel_difference(outputs['ours'], outputs['comfyui']):.4f} / 255 "
-          f"(comfyui at seed {config.seed + 1} vs seed {config.seed}: "
-          f"{pixel_difference(other, outputs['comfyui']):.1f} / 255)", flush=True)
-    print(f"comfyui conditioning (CLIPTextEncode x2 + Apply Prompt Diffusion), once per prompt, not in its batches: "
-          f"{setup.conditioning_s:.3f} s", flush=True)
+    print(
+        f"max pixel difference ours vs comfyui: {pixel_difference(outputs['ours'], outputs['comfyui']):.4f} / 255 "
+        f"(comfyui at seed {config.seed + 1} vs seed {config.seed}: "
+        f"{pixel_difference(other, outputs['comfyui']):.1f} / 255)",
+        flush=True,
+    )
+    print(
+        f"comfyui conditioning (CLIPTextEncode x2 + Apply Prompt Diffusion), once per prompt, not in its batches: "
+        f"{setup.conditioning_s:.3f} s",
+        flush=True,
+    )
     rates = {name: report(name, t, config.batch, width=8) for name, t in times.items()}
     print(f"ratio (images/s, ours / comfyui): {rates['ours'] / rates['comfyui']:.3f}", flush=True)
     return 0

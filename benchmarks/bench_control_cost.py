@@ -92,8 +92,15 @@ class Setup:
 
 
 def build(config: CostConfig, base: Path) -> Setup:
-    ours, peer = build_pair(BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device,
-                                        dtype=config.dtype, batch=config.batch))
+    ours, peer = build_pair(
+        BenchConfig(
+            preset=config.preset,
+            resolution=config.resolution,
+            device=config.device,
+            dtype=config.dtype,
+            batch=config.batch,
+        )
+    )
     folder = base / "pipeline"
     ours.save_pretrained(str(folder))  # ComfyUI reads the weights from here, through the pack's loader
     del ours  # its UNet, VAE and text encoder are the peer's; its ControlNet is in the folder
@@ -112,24 +119,42 @@ def build(config: CostConfig, base: Path) -> Setup:
         model, clip, vae, control = pack_module(nodes, "pipeline_folder").load_pipeline_folder(folder)
         positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-        controlled = nodes.NODE_CLASS_MAPPINGS["PDiff_ApplyPromptDiffusion"].execute(
-            positive, negative, control, source, target, query, 1.0, 0.0, 1.0).result
+        controlled = (
+            nodes.NODE_CLASS_MAPPINGS["PDiff_ApplyPromptDiffusion"]
+            .execute(positive, negative, control, source, target, query, 1.0, 0.0, 1.0)
+            .result
+        )
         latent = nodes.EmptyLatentImage().generate(config.resolution, config.resolution, config.batch)[0]
 
     def comfyui_run(conditioning) -> Run:
         def run() -> torch.Tensor:
             with torch.inference_mode():
-                samples = nodes.KSampler().sample(model, config.seed, config.steps, config.guidance, COMFY_SAMPLER,
-                                                  COMFY_SCHEDULER, *conditioning, latent)[0]
+                samples = nodes.KSampler().sample(
+                    model,
+                    config.seed,
+                    config.steps,
+                    config.guidance,
+                    COMFY_SAMPLER,
+                    COMFY_SCHEDULER,
+                    *conditioning,
+                    latent,
+                )[0]
                 return nodes.VAEDecode().decode(vae, samples)[0]
+
         return run
 
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
     latents = comfy_start_latents(model, latent, config.seed, config.steps).to(device, dtype)
     with torch.no_grad():
         prompt_embeds, negative_embeds = peer.encode_prompt(PROMPT, device, config.batch, True, "")
-    common = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, latents=latents,
-                  num_inference_steps=config.steps, guidance_scale=config.guidance, output_type="pt")
+    common = dict(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        latents=latents,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        output_type="pt",
+    )
     # The query in [-1, 1], as Apply Prompt Diffusion feeds it; the peer's image processor does not rescale.
     hint = (query.movedim(-1, 1) * 2 - 1).to(device, dtype)
 
@@ -140,21 +165,37 @@ def build(config: CostConfig, base: Path) -> Setup:
         return peer(image=hint, height=config.resolution, width=config.resolution, **common).images.movedim(1, -1).cpu()
 
     control_model = control.control_model
-    comfyui_parts = {"unet": model.model.diffusion_model, "controlnet": [], "hint_encoders": [],
-                     "vae_decoder": vae.first_stage_model.decoder}
+    comfyui_parts = {
+        "unet": model.model.diffusion_model,
+        "controlnet": [],
+        "hint_encoders": [],
+        "vae_decoder": vae.first_stage_model.decoder,
+    }
     diffusers_parts = {"unet": peer.unet, "controlnet": [], "hint_encoders": [], "vae_decoder": peer.vae.decoder}
     modules = {
         "comfyui_plain": comfyui_parts,
-        "comfyui_control": {**comfyui_parts, "controlnet": control_model,
-                            "hint_encoders": [control_model.input_hint_block, control_model.input_cond_block]},
+        "comfyui_control": {
+            **comfyui_parts,
+            "controlnet": control_model,
+            "hint_encoders": [control_model.input_hint_block, control_model.input_cond_block],
+        },
         "diffusers_plain": diffusers_parts,
-        "diffusers_controlnet": {**diffusers_parts, "controlnet": peer.controlnet,
-                                 "hint_encoders": [peer.controlnet.controlnet_cond_embedding]},
+        "diffusers_controlnet": {
+            **diffusers_parts,
+            "controlnet": peer.controlnet,
+            "hint_encoders": [peer.controlnet.controlnet_cond_embedding],
+        },
     }
-    dtypes = (f"ComfyUI UNet {model.model.get_dtype()}, ControlNet {control_model.dtype}, VAE {vae.vae_dtype}; "
-              f"diffusers UNet {peer.unet.dtype}, ControlNet {peer.controlnet.dtype}, VAE {peer.vae.dtype}")
-    runs = {"comfyui_plain": comfyui_run((positive, negative)), "comfyui_control": comfyui_run(controlled),
-            "diffusers_plain": diffusers_plain, "diffusers_controlnet": diffusers_controlnet}
+    dtypes = (
+        f"ComfyUI UNet {model.model.get_dtype()}, ControlNet {control_model.dtype}, VAE {vae.vae_dtype}; "
+        f"diffusers UNet {peer.unet.dtype}, ControlNet {peer.controlnet.dtype}, VAE {peer.vae.dtype}"
+    )
+    runs = {
+        "comfyui_plain": comfyui_run((positive, negative)),
+        "comfyui_control": comfyui_run(controlled),
+        "diffusers_plain": diffusers_plain,
+        "diffusers_controlnet": diffusers_controlnet,
+    }
     return Setup(runs, modules, dtypes)
 
 
@@ -206,16 +247,23 @@ def breakdown(setup: Setup, device: str, rounds: int) -> Dict[str, Dict[str, flo
     for row, runs in samples.items():
         parts = {name: round(statistics.median(run[name] for run in runs), 4) for name in runs[0]}
         out[row] = parts
-        print(f"breakdown {row} (median of {rounds}): total {parts['total_s']:.3f} s; UNet {parts['unet']:.3f}, "
-              f"ControlNet {parts['controlnet']:.3f} (hint encoders {parts['hint_encoders']:.3f}), "
-              f"VAE decoder {parts['vae_decoder']:.3f}, other {parts['other']:.3f}", flush=True)
+        print(
+            f"breakdown {row} (median of {rounds}): total {parts['total_s']:.3f} s; UNet {parts['unet']:.3f}, "
+            f"ControlNet {parts['controlnet']:.3f} (hint encoders {parts['hint_encoders']:.3f}), "
+            f"VAE decoder {parts['vae_decoder']:.3f}, other {parts['other']:.3f}",
+            flush=True,
+        )
     return out
 
 
 def summary(times: List[float], batch: int) -> Dict[str, Any]:
     median = statistics.median(times)
     # Microseconds: the tiny model's runs take tens of milliseconds, and the ratios are recomputed from these.
-    return {"median_s": round(median, 6), "images_per_s": round(batch / median, 3), "runs_s": [round(t, 6) for t in times]}
+    return {
+        "median_s": round(median, 6),
+        "images_per_s": round(batch / median, 3),
+        "runs_s": [round(t, 6) for t in times],
+    }
 
 
 def control_cost(rows: Dict[str, Dict[str, Any]], side: str) -> float:
@@ -235,9 +283,13 @@ def verdict(ratios: Dict[str, float], others: Dict[str, Dict[str, float]]) -> st
     """Whether the ComfyUI ratio is at most diffusers', and which other measures of the same rounds disagree."""
     comfyui, diffusers = ratios["comfyui"], ratios["diffusers"]
     relation = "no more than" if comfyui <= diffusers else "MORE than"
-    line = (f"verdict: the pack's control adds {relation} diffusers' ControlNet adds "
-            f"(ComfyUI x{comfyui:.3f} over plain KSampler, diffusers x{diffusers:.3f} over plain SD)")
-    opposite = [name for name, other in others.items() if (other["comfyui"] <= other["diffusers"]) != (comfyui <= diffusers)]
+    line = (
+        f"verdict: the pack's control adds {relation} diffusers' ControlNet adds "
+        f"(ComfyUI x{comfyui:.3f} over plain KSampler, diffusers x{diffusers:.3f} over plain SD)"
+    )
+    opposite = [
+        name for name, other in others.items() if (other["comfyui"] <= other["diffusers"]) != (comfyui <= diffusers)
+    ]
     if opposite:
         line += f"; {' and '.join(opposite)} say the opposite: the difference is within this run's noise"
     return line
@@ -254,6 +306,7 @@ def cpu_timed(runs: Dict[str, Run]) -> Tuple[Dict[str, Run], Dict[str, List[floa
             out = run()
             spent[name].append(time.process_time() - start)
             return out
+
         return wrapped
 
     return {name: recording(name, run) for name, run in runs.items()}, spent
@@ -267,7 +320,9 @@ def save(path: Optional[Path], data: Dict[str, Any]) -> None:
 def parse_args(argv: Optional[List[str]]) -> CostConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    p.add_argument("--resolution", type=int, default=None, help="default: the preset's (64 for small/tiny, 512 for sd15)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="default: the preset's (64 for small/tiny, 512 for sd15)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--steps", type=int, default=20)
@@ -277,8 +332,11 @@ def parse_args(argv: Optional[List[str]]) -> CostConfig:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds of the four rows (medians reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also time each row's parts (min(repeats, 5) more generations each, medians)")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time each row's parts (min(repeats, 5) more generations each, medians)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -288,7 +346,9 @@ def parse_args(argv: Optional[List[str]]) -> CostConfig:
 
 def main(argv: Optional[List[str]] = None) -> int:
     config = parse_args(argv)
-    data: Dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}}
+    data: Dict[str, Any] = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    }
     with tempfile.TemporaryDirectory(prefix="bench_control_cost_") as base:
         start = time.perf_counter()
         setup = build(config, Path(base))
@@ -296,14 +356,26 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.set_num_threads(config.threads)  # after ComfyUI's import, which may set its own
         import diffusers
 
-        data["env"] = {"device": device_name(config.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "cuda": torch.version.cuda, "diffusers": diffusers.__version__, "python": platform.python_version(),
-                       "dtypes": setup.dtypes}
+        data["env"] = {
+            "device": device_name(config.device),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+            "dtypes": setup.dtypes,
+        }
         data["build_s"] = round(time.perf_counter() - start, 2)
-        print(f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} steps "
-              f"{COMFY_SAMPLER}/{COMFY_SCHEDULER}, cfg {config.guidance}, {config.dtype} on {config.device}; {setup.dtypes}", flush=True)
-        print(f"hardware: {data['env']['device']}, {data['env']['threads']} torch threads, torch {torch.__version__}, "
-              f"diffusers {diffusers.__version__}; built in {data['build_s']} s", flush=True)
+        print(
+            f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} steps "
+            f"{COMFY_SAMPLER}/{COMFY_SCHEDULER}, cfg {config.guidance}, {config.dtype} on {config.device}; {setup.dtypes}",
+            flush=True,
+        )
+        print(
+            f"hardware: {data['env']['device']}, {data['env']['threads']} torch threads, torch {torch.__version__}, "
+            f"diffusers {diffusers.__version__}; built in {data['build_s']} s",
+            flush=True,
+        )
         save(config.json, data)
         runs, cpu_times = cpu_timed(setup.runs)
         times, outputs = time_alternating(runs, config.repeats, config.warmup, lambda: sync(config.device))
@@ -315,25 +387,43 @@ def main(argv: Optional[List[str]] = None) -> int:
         others = {"the per-round ratios": {side: paired_control_cost(times, side) for side in SIDES}}
         data["control_cost_paired"] = others["the per-round ratios"]
         if config.device == "cpu":  # on a GPU the process's CPU time is launch work, not the cost
-            cpu_rows = {name: summary(t[config.warmup:], config.batch) for name, t in cpu_times.items()}
+            cpu_rows = {name: summary(t[config.warmup :], config.batch) for name, t in cpu_times.items()}
             data["rows_cpu_time"] = cpu_rows
-            others["the CPU times"] = data["control_cost_cpu_time"] = {side: control_cost(cpu_rows, side) for side in SIDES}
+            others["the CPU times"] = data["control_cost_cpu_time"] = {
+                side: control_cost(cpu_rows, side) for side in SIDES
+            }
         data["comfyui_adds_no_more"] = data["control_cost"]["comfyui"] <= data["control_cost"]["diffusers"]
         data["max_pixel_diff"] = {
             "comfyui_plain_vs_diffusers_plain": pixel_difference(outputs["comfyui_plain"], outputs["diffusers_plain"]),
-            "comfyui_control_vs_diffusers_controlnet": pixel_difference(outputs["comfyui_control"], outputs["diffusers_controlnet"]),
+            "comfyui_control_vs_diffusers_controlnet": pixel_difference(
+                outputs["comfyui_control"], outputs["diffusers_controlnet"]
+            ),
             "comfyui_control_vs_plain": pixel_difference(outputs["comfyui_control"], outputs["comfyui_plain"]),
-            "diffusers_controlnet_vs_plain": pixel_difference(outputs["diffusers_controlnet"], outputs["diffusers_plain"]),
+            "diffusers_controlnet_vs_plain": pixel_difference(
+                outputs["diffusers_controlnet"], outputs["diffusers_plain"]
+            ),
         }
         save(config.json, data)
-        print("max pixel difference (/ 255): " + ", ".join(f"{k} {v}" for k, v in data["max_pixel_diff"].items()), flush=True)
-        print(f"control cost (median time with control / without): comfyui {data['control_cost']['comfyui']:.3f}, "
-              f"diffusers {data['control_cost']['diffusers']:.3f}", flush=True)
-        print(f"control cost, median of the rounds' own ratios: comfyui {data['control_cost_paired']['comfyui']:.3f}, "
-              f"diffusers {data['control_cost_paired']['diffusers']:.3f}", flush=True)
+        print(
+            "max pixel difference (/ 255): " + ", ".join(f"{k} {v}" for k, v in data["max_pixel_diff"].items()),
+            flush=True,
+        )
+        print(
+            f"control cost (median time with control / without): comfyui {data['control_cost']['comfyui']:.3f}, "
+            f"diffusers {data['control_cost']['diffusers']:.3f}",
+            flush=True,
+        )
+        print(
+            f"control cost, median of the rounds' own ratios: comfyui {data['control_cost_paired']['comfyui']:.3f}, "
+            f"diffusers {data['control_cost_paired']['diffusers']:.3f}",
+            flush=True,
+        )
         if "control_cost_cpu_time" in data:
-            print(f"control cost, median process CPU time with control / without: comfyui "
-                  f"{data['control_cost_cpu_time']['comfyui']:.3f}, diffusers {data['control_cost_cpu_time']['diffusers']:.3f}", flush=True)
+            print(
+                f"control cost, median process CPU time with control / without: comfyui "
+                f"{data['control_cost_cpu_time']['comfyui']:.3f}, diffusers {data['control_cost_cpu_time']['diffusers']:.3f}",
+                flush=True,
+            )
         print(verdict(data["control_cost"], others), flush=True)
         if config.breakdown:
             data["breakdown"] = breakdown(setup, config.device, min(config.repeats, 5))

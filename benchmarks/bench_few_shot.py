@@ -55,14 +55,22 @@ def make_runs(args: argparse.Namespace, pipe) -> Dict[str, Callable[[], torch.Te
 
     def run(k: int, combine: str) -> Callable[[], torch.Tensor]:
         def call() -> torch.Tensor:
-            return pipe(PROMPT, example_pairs=pairs[:k], shot_combine=combine, query=queries,
-                        num_inference_steps=args.steps, guidance_scale=args.guidance,
-                        generator=torch.Generator(args.device).manual_seed(0), output_type="pt").images
+            return pipe(
+                PROMPT,
+                example_pairs=pairs[:k],
+                shot_combine=combine,
+                query=queries,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                generator=torch.Generator(args.device).manual_seed(0),
+                output_type="pt",
+            ).images
+
         return call
 
     runs = {}
     for k in args.shots:
-        for combine in (["residuals"] if k == 1 else ["residuals", "embedding"]):
+        for combine in ["residuals"] if k == 1 else ["residuals", "embedding"]:
             runs[f"K={k}" if k == 1 else f"K={k} {combine}"] = run(k, combine)
     return runs
 
@@ -75,9 +83,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     pipe.set_progress_bar_config(disable=True)
     runs = make_runs(args, pipe)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    print(f"model {args.model.name}, {args.resolution} px, batch {args.batch}, {args.steps} DDIM steps, guidance "
-          f"{args.guidance}, {args.dtype} on {args.device} ({device_name(args.device)}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}", flush=True)
+    print(
+        f"model {args.model.name}, {args.resolution} px, batch {args.batch}, {args.steps} DDIM steps, guidance "
+        f"{args.guidance}, {args.dtype} on {args.device} ({device_name(args.device)}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}",
+        flush=True,
+    )
     times, _ = time_alternating(runs, args.repeats, args.warmup, sync)
     rates = {name: report(name, t, args.batch) for name, t in times.items()}
     base = next(iter(rates))

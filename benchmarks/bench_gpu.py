@@ -95,7 +95,11 @@ class Results:
 
 def summary(times: List[float], batch: int) -> Dict[str, Any]:
     median = statistics.median(times)
-    return {"median_s": round(median, 4), "images_per_s": round(batch / median, 3), "runs_s": [round(t, 4) for t in times]}
+    return {
+        "median_s": round(median, 4),
+        "images_per_s": round(batch / median, 3),
+        "runs_s": [round(t, 4) for t in times],
+    }
 
 
 def first_call(run: Run, device: str) -> Dict[str, float]:
@@ -115,11 +119,22 @@ def first_call(run: Run, device: str) -> Dict[str, float]:
 
 def timed(runs: Dict[str, Run], config: GpuBenchConfig, batch: int) -> tuple:
     times, outputs = time_alternating(runs, config.repeats, config.warmup, lambda: sync(config.device))
-    return {name: summary(t, batch) for name, t in times.items()}, outputs, {n: report(n, t, batch) for n, t in times.items()}
+    return (
+        {name: summary(t, batch) for name, t in times.items()},
+        outputs,
+        {n: report(n, t, batch) for n, t in times.items()},
+    )
 
 
-def fast_stage(ours, peer_run: Run, ours_run: Run, eager_out: torch.Tensor, config: GpuBenchConfig, batch: int,
-               **fast_options: bool) -> Dict[str, Any]:
+def fast_stage(
+    ours,
+    peer_run: Run,
+    ours_run: Run,
+    eager_out: torch.Tensor,
+    config: GpuBenchConfig,
+    batch: int,
+    **fast_options: bool,
+) -> Dict[str, Any]:
     """enable_fast_gpu(**fast_options), its first call, then ours fast against the peer."""
     enabled = ours.enable_fast_gpu(**fast_options)
     stage: Dict[str, Any] = {"options": fast_options, "fast_enabled": enabled}
@@ -131,17 +146,29 @@ def fast_stage(ours, peer_run: Run, ours_run: Run, eager_out: torch.Tensor, conf
         ratio_fast_vs_peer=round(rates["ours_fast"] / rates["peer"], 3),
         capture_s=round(stage["first_call"]["s"] - timings["ours_fast"]["median_s"], 3) if enabled else None,
         max_pixel_diff_fast_vs_ours_eager=pixel_difference(outputs["ours_fast"], eager_out),
-        graph={"captures": step.captures, "replays": step.replays, "fallback_reason": step.fallback_reason} if step else None,
+        graph={"captures": step.captures, "replays": step.replays, "fallback_reason": step.fallback_reason}
+        if step
+        else None,
     )
-    print(f"  fast {fast_options}: x{stage['ratio_fast_vs_peer']} vs peer, first call {stage['first_call']['s']} s, "
-          f"max pixel diff vs ours eager {stage['max_pixel_diff_fast_vs_ours_eager']} / 255, graph {stage['graph']}", flush=True)
+    print(
+        f"  fast {fast_options}: x{stage['ratio_fast_vs_peer']} vs peer, first call {stage['first_call']['s']} s, "
+        f"max pixel diff vs ours eager {stage['max_pixel_diff_fast_vs_ours_eager']} / 255, graph {stage['graph']}",
+        flush=True,
+    )
     return stage
 
 
 def bench_config(config: GpuBenchConfig, batch: int) -> BenchConfig:
     """bench_pipeline's settings for one batch size (its model building and its runs)."""
-    return BenchConfig(preset=config.preset, resolution=config.resolution, device=config.device, dtype=config.dtype,
-                       steps=config.steps, batch=batch, guidance=config.guidance)
+    return BenchConfig(
+        preset=config.preset,
+        resolution=config.resolution,
+        device=config.device,
+        dtype=config.dtype,
+        steps=config.steps,
+        batch=batch,
+        guidance=config.guidance,
+    )
 
 
 def batch_stage(ours, peer, sd_plain, config: GpuBenchConfig, batch: int) -> Dict[str, Any]:
@@ -149,8 +176,15 @@ def batch_stage(ours, peer, sd_plain, config: GpuBenchConfig, batch: int) -> Dic
     prompts = [PROMPT] * batch
 
     def run_sd_plain() -> torch.Tensor:
-        return sd_plain(prompts, height=config.resolution, width=config.resolution, num_inference_steps=config.steps,
-                        guidance_scale=config.guidance, generator=torch.Generator().manual_seed(0), output_type="pt").images
+        return sd_plain(
+            prompts,
+            height=config.resolution,
+            width=config.resolution,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        ).images
 
     eager = {"ours": runs["ours"], "peer": runs["peer"]}
     if batch == config.batches[0]:
@@ -191,8 +225,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     import transformers
 
     results.data["env"] = {
-        "device": device_name(config.device), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "diffusers": diffusers.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "device": device_name(config.device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
     }
     results.data["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
     print(json.dumps(results.data["env"]), flush=True)
@@ -234,7 +272,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return
         stage = results.data.setdefault(f"batch{first}_fast_variants", {})
         stage[name] = skipped(results, 10) or guarded(
-            fast_stage, ours, runs["peer"], runs["ours"], eager_outputs[first], config, first, **options)
+            fast_stage, ours, runs["peer"], runs["ours"], eager_outputs[first], config, first, **options
+        )
         # Against the peer as it is at that point: compiled once the compile stage has run.
         stage[name]["peer"] = "compiled" if "timings" in (results.data.get("peer_compiled") or {}) else "eager"
         results.save()
@@ -251,7 +290,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             batch_stages(batch)
     if "compile" in config.stages and first in eager_outputs:
         results.data["peer_compiled"] = skipped(results, config.compile_budget_s) or guarded(
-            compile_stage, ours, peer, runs, eager_outputs[first], config, first)
+            compile_stage, ours, peer, runs, eager_outputs[first], config, first
+        )
         results.save()
     variant("channels_last", fuse_qkv=True, channels_last=True)
     ours.disable_fast_gpu()
@@ -270,33 +310,48 @@ def headline(data: Dict[str, Any]) -> str:
                 f"{key}: ours fast {fast['timings']['ours_fast']['images_per_s']} img/s, peer {fast['timings']['peer']['images_per_s']} img/s, "
                 f"x{fast['ratio_fast_vs_peer']}; ours eager x{stage['ratio_ours_eager_vs_peer']} vs peer; "
                 f"max pixel diff fast vs ours eager {fast['max_pixel_diff_fast_vs_ours_eager']} / 255; "
-                f"fast first call {fast['first_call']['s']} s (capture ~{fast['capture_s']} s); graph {fast['graph']}")
+                f"fast first call {fast['first_call']['s']} s (capture ~{fast['capture_s']} s); graph {fast['graph']}"
+            )
             if "diffusers_controlnet_cost" in stage:
-                lines.append(f"{key}: diffusers ControlNet pipeline time / plain SD pipeline time: {stage['diffusers_controlnet_cost']}")
+                lines.append(
+                    f"{key}: diffusers ControlNet pipeline time / plain SD pipeline time: {stage['diffusers_controlnet_cost']}"
+                )
         elif key.endswith("_fast_variants"):
             for name, variant in stage.items():
-                lines.append(f"{key} {name}: " + (str(variant) if "skipped" in variant else
-                             f"x{variant['ratio_fast_vs_peer']} vs peer ({variant['peer']}), max pixel diff vs ours eager "
-                             f"{variant['max_pixel_diff_fast_vs_ours_eager']} / 255, graph {variant['graph']}"))
+                lines.append(
+                    f"{key} {name}: "
+                    + (
+                        str(variant)
+                        if "skipped" in variant
+                        else f"x{variant['ratio_fast_vs_peer']} vs peer ({variant['peer']}), max pixel diff vs ours eager "
+                        f"{variant['max_pixel_diff_fast_vs_ours_eager']} / 255, graph {variant['graph']}"
+                    )
+                )
         elif key.startswith("batch"):
             lines.append(f"{key}: {stage}")
     compiled = data.get("peer_compiled")
     if compiled and "timings" in compiled:
-        lines.append(f"peer compiled: first call {compiled['first_call']['s']} s, ours fast x{compiled['ratio_fast_vs_peer_compiled']} vs it, "
-                     f"its max pixel diff vs ours eager {compiled['max_pixel_diff_peer_compiled_vs_ours_eager']} / 255")
+        lines.append(
+            f"peer compiled: first call {compiled['first_call']['s']} s, ours fast x{compiled['ratio_fast_vs_peer_compiled']} vs it, "
+            f"its max pixel diff vs ours eager {compiled['max_pixel_diff_peer_compiled_vs_ours_eager']} / 255"
+        )
     elif compiled:
         lines.append(f"peer compiled: {compiled}")
     return "\n".join(lines)
 
 
-def compile_stage(ours, peer, runs: Dict[str, Run], eager_out: torch.Tensor, config: GpuBenchConfig, batch: int) -> Dict[str, Any]:
+def compile_stage(
+    ours, peer, runs: Dict[str, Run], eager_out: torch.Tensor, config: GpuBenchConfig, batch: int
+) -> Dict[str, Any]:
     """The peer torch.compile'd (diffusers' idiom, default mode) against ours fast."""
     ours.enable_fast_gpu(fuse_qkv=True)
     peer.unet = torch.compile(peer.unet)
     peer.controlnet = torch.compile(peer.controlnet)
     print("peer compiled: first call (compilation)", flush=True)
-    stage: Dict[str, Any] = {"first_call": first_call(runs["peer"], config.device),
-                             "first_call_ours_fast": first_call(runs["ours"], config.device)}
+    stage: Dict[str, Any] = {
+        "first_call": first_call(runs["peer"], config.device),
+        "first_call_ours_fast": first_call(runs["ours"], config.device),
+    }
     stage["timings"], outputs, rates = timed({"ours_fast": runs["ours"], "peer_compiled": runs["peer"]}, config, batch)
     stage["ratio_fast_vs_peer_compiled"] = round(rates["ours_fast"] / rates["peer_compiled"], 3)
     stage["max_pixel_diff_peer_compiled_vs_ours_eager"] = pixel_difference(outputs["peer_compiled"], eager_out)
@@ -314,12 +369,19 @@ def parse_args(argv: Optional[List[str]]) -> GpuBenchConfig:
     p.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (medians reported)")
     p.add_argument("--warmup", type=int, default=0, help="untimed rounds after the first calls")
-    p.add_argument("--stages", default=",".join(STAGES),
-                   help=f"comma-separated, run in this order whatever the order given: {', '.join(STAGES)}")
+    p.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated, run in this order whatever the order given: {', '.join(STAGES)}",
+    )
     p.add_argument("--compile-budget-s", type=float, default=50.0, help="skip the compiled peer with less time left")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--deadline-at", type=float, default=0.0,
-                   help="Unix time after which no stage starts that would not fit (0: none)")
+    p.add_argument(
+        "--deadline-at",
+        type=float,
+        default=0.0,
+        help="Unix time after which no stage starts that would not fit (0: none)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = vars(p.parse_args(argv))
     try:

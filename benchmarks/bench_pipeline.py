@@ -76,16 +76,24 @@ def build_pair(config: BenchConfig):
         peer_config = {k: v for k, v in controlnet.config.items() if not k.startswith("_")}
         peer_controlnet = ControlNetModel(**{**peer_config, "conditioning_channels": 3})
         state = {k: v for k, v in controlnet.state_dict().items() if not k.startswith("controlnet_cond_embedding.")}
-        state = {k.replace("controlnet_query_cond_embedding.", "controlnet_cond_embedding."): v for k, v in state.items()}
+        state = {
+            k.replace("controlnet_query_cond_embedding.", "controlnet_cond_embedding."): v for k, v in state.items()
+        }
         peer_controlnet.load_state_dict(state)
     # Schedulers outside: their tables stay on the CPU, as when loaded from a pipeline folder.
     components["scheduler"] = components["scheduler"].__class__.from_config(components["scheduler"].config)
 
     ours = PromptDiffusionPipeline(**components)
     peer = StableDiffusionControlNetPipeline(
-        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=tokenizer, unet=components["unet"],
-        controlnet=peer_controlnet, scheduler=components["scheduler"].__class__.from_config(components["scheduler"].config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=components["vae"],
+        text_encoder=components["text_encoder"],
+        tokenizer=tokenizer,
+        unet=components["unet"],
+        controlnet=peer_controlnet,
+        scheduler=components["scheduler"].__class__.from_config(components["scheduler"].config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     dtype, device = DTYPES[config.dtype], torch.device(config.device)
     for pipe in (ours, peer):
@@ -98,14 +106,22 @@ def plain_sd_pipeline(peer: StableDiffusionControlNetPipeline) -> StableDiffusio
     """diffusers' plain StableDiffusionPipeline on the peer's UNet, VAE and text encoder, with its own
     copy of the scheduler: what the peer is without its ControlNet."""
     plain = StableDiffusionPipeline(
-        vae=peer.vae, text_encoder=peer.text_encoder, tokenizer=peer.tokenizer, unet=peer.unet,
+        vae=peer.vae,
+        text_encoder=peer.text_encoder,
+        tokenizer=peer.tokenizer,
+        unet=peer.unet,
         scheduler=peer.scheduler.__class__.from_config(peer.scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     plain.set_progress_bar_config(disable=True)
     return plain
 
 
-def make_runs(config: BenchConfig, ours, peer, seed: int = 0, output_type: str = "pt") -> Dict[str, Callable[[], torch.Tensor]]:
+def make_runs(
+    config: BenchConfig, ours, peer, seed: int = 0, output_type: str = "pt"
+) -> Dict[str, Callable[[], torch.Tensor]]:
     """Zero-argument callables that each generate one batch (inputs drawn from `seed`)."""
     g = torch.Generator().manual_seed(seed)
     size = (config.batch, 3, config.resolution, config.resolution)
@@ -114,14 +130,21 @@ def make_runs(config: BenchConfig, ours, peer, seed: int = 0, output_type: str =
     prompts = [PROMPT] * config.batch
 
     def run_ours() -> torch.Tensor:
-        return ours(prompts, example_pair=(source, target), query=query,
-                    generator=torch.Generator().manual_seed(0), **common).images
+        return ours(
+            prompts, example_pair=(source, target), query=query, generator=torch.Generator().manual_seed(0), **common
+        ).images
 
     def run_peer() -> torch.Tensor:
         # Our pipeline feeds hints in [-1, 1] (the published weights' range); the peer's control
         # image processor does not rescale, so it gets the query already in that range.
-        return peer(prompts, image=query * 2 - 1, height=config.resolution, width=config.resolution,
-                    generator=torch.Generator().manual_seed(0), **common).images
+        return peer(
+            prompts,
+            image=query * 2 - 1,
+            height=config.resolution,
+            width=config.resolution,
+            generator=torch.Generator().manual_seed(0),
+            **common,
+        ).images
 
     return {"ours": run_ours, "peer": run_peer}
 
@@ -138,9 +161,11 @@ def agreement(config: BenchConfig, ours, peer) -> Dict[str, float]:
         return (decoded.float() / 2 + 0.5).clamp(0, 1) * 255
 
     return {
-        "latent": (mine - theirs).abs().max().item(), "latent_other_query": (mine - moved).abs().max().item(),
+        "latent": (mine - theirs).abs().max().item(),
+        "latent_other_query": (mine - moved).abs().max().item(),
         "latent_scale": mine.abs().max().item(),
-        "pixel": (pixels(mine) - pixels(theirs)).abs().max().item(), "pixel_other_query": (pixels(mine) - pixels(moved)).abs().max().item(),
+        "pixel": (pixels(mine) - pixels(theirs)).abs().max().item(),
+        "pixel_other_query": (pixels(mine) - pixels(moved)).abs().max().item(),
     }
 
 
@@ -161,7 +186,9 @@ def apply_options(config: BenchConfig, ours, peer) -> None:
         pipe.controlnet = torch.compile(pipe.controlnet)
 
 
-def explore(config: BenchConfig, ours, runs: Dict[str, Callable[[], torch.Tensor]]) -> Dict[str, Callable[[], torch.Tensor]]:
+def explore(
+    config: BenchConfig, ours, runs: Dict[str, Callable[[], torch.Tensor]]
+) -> Dict[str, Callable[[], torch.Tensor]]:
     """Variants of our pipeline that need no change to it, to time against the plain call."""
     base = runs["ours"]
 
@@ -175,9 +202,11 @@ def explore(config: BenchConfig, ours, runs: Dict[str, Callable[[], torch.Tensor
 
     variants = {"ours": base, "ours+inference_mode": inference_mode, "ours+channels_last": channels_last}
     if config.dtype == "fp32":
+
         def bf16_autocast() -> torch.Tensor:
             with torch.autocast(torch.device(config.device).type, dtype=torch.bfloat16):
                 return base()
+
         variants["ours+bf16_autocast"] = bf16_autocast
     return variants
 
@@ -196,7 +225,9 @@ def memory_format(pipe, fmt):
 def parse_args(argv: Optional[List[str]]) -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    p.add_argument("--resolution", type=int, default=None, help="default: the preset's (64 for small/tiny, 512 for sd15)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="default: the preset's (64 for small/tiny, 512 for sd15)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--steps", type=int, default=20)
@@ -206,8 +237,12 @@ def parse_args(argv: Optional[List[str]]) -> BenchConfig:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--channels-last", action="store_true", help="both pipelines' UNet and ControlNet in channels_last")
-    p.add_argument("--compile", choices=("none", "ours", "both"), default="none",
-                   help="torch.compile the UNet and ControlNet of our pipeline, or of both")
+    p.add_argument(
+        "--compile",
+        choices=("none", "ours", "both"),
+        default="none",
+        help="torch.compile the UNet and ControlNet of our pipeline, or of both",
+    )
     p.add_argument("--explore", action="store_true", help="also time cheap variants of our pipeline")
     args = p.parse_args(argv)
     resolution = args.resolution or PRESETS[args.preset].resolution
@@ -225,19 +260,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     first = {name: t[0] for name, t in time_alternating(runs, 1, 0, lambda: sync(config.device))[0].items()}
     agree = agreement(config, ours, peer)
     hardware = device_name(config.device)
-    print(f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} DDIM steps, "
-          f"guidance {config.guidance}, {config.dtype} on {config.device} ({hardware}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}; torch.compile: {config.compile}", flush=True)
+    print(
+        f"preset {config.preset}, {config.resolution} px, batch {config.batch}, {config.steps} DDIM steps, "
+        f"guidance {config.guidance}, {config.dtype} on {config.device} ({hardware}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}; torch.compile: {config.compile}",
+        flush=True,
+    )
     print(f"first call (compilation included): ours {first['ours']:.1f} s, peer {first['peer']:.1f} s", flush=True)
-    print(f"max difference ours vs peer: latents {agree['latent']:.2e} (of max |latent| {agree['latent_scale']:.2f}), "
-          f"pixels {agree['pixel']:.3f} / 255; vs a peer given another query: latents {agree['latent_other_query']:.2e}, "
-          f"pixels {agree['pixel_other_query']:.3f} / 255", flush=True)
+    print(
+        f"max difference ours vs peer: latents {agree['latent']:.2e} (of max |latent| {agree['latent_scale']:.2f}), "
+        f"pixels {agree['pixel']:.3f} / 255; vs a peer given another query: latents {agree['latent_other_query']:.2e}, "
+        f"pixels {agree['pixel_other_query']:.3f} / 255",
+        flush=True,
+    )
     times, _ = time_alternating(runs, config.repeats, config.warmup, lambda: sync(config.device))
     rates = {name: report(name, t, config.batch) for name, t in times.items()}
     print(f"ratio (images/s, ours / peer): {rates['ours'] / rates['peer']:.3f}", flush=True)
     if config.explore:
-        variants, _ = time_alternating(explore(config, ours, runs), config.repeats, config.warmup,
-                                       lambda: sync(config.device))
+        variants, _ = time_alternating(
+            explore(config, ours, runs), config.repeats, config.warmup, lambda: sync(config.device)
+        )
         base = report("ours", variants.pop("ours"), config.batch)
         for name, t in variants.items():
             print(f"  {name}: x{report(name, t, config.batch) / base:.3f} vs plain ours")

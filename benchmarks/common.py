@@ -28,8 +28,9 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
 
 
-def time_alternating(runs: Dict[str, Callable[[], Any]], repeats: int, warmup: int,
-                     sync: Callable[[], None] = lambda: None) -> Tuple[Dict[str, List[float]], Dict[str, Any]]:
+def time_alternating(
+    runs: Dict[str, Callable[[], Any]], repeats: int, warmup: int, sync: Callable[[], None] = lambda: None
+) -> Tuple[Dict[str, List[float]], Dict[str, Any]]:
     """Seconds per call of each run, interleaved so machine noise hits all of them alike, and each
     run's last output. `sync` waits for an accelerator before the clock is read."""
     for _ in range(warmup):
@@ -70,12 +71,15 @@ def comfy_start_latents(model: Any, latent: Dict[str, torch.Tensor], seed: int, 
 
     sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), COMFY_SCHEDULER, steps)[0]
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    return comfy.sample.prepare_noise(samples, seed) * sigma0 / torch.sqrt(1 + sigma0 ** 2)
+    return comfy.sample.prepare_noise(samples, seed) * sigma0 / torch.sqrt(1 + sigma0**2)
 
 
 def report(name: str, times: List[float], batch: int, width: int = 24) -> float:
     """Print a run's median and its individual times; return its images per second."""
     median = statistics.median(times)
-    print(f"{name:{width}s} median {median:.3f} s/batch  {batch / median:8.2f} images/s  "
-          f"(runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
+    print(
+        f"{name:{width}s} median {median:.3f} s/batch  {batch / median:8.2f} images/s  "
+        f"(runs: {', '.join(f'{t:.3f}' for t in times)})",
+        flush=True,
+    )
     return batch / median

@@ -73,7 +73,9 @@ def import_comfyui(comfy_dir: Path, cpu: bool = True) -> Dict[str, ModuleType]:
         _inprocess = load_runner().boot_comfyui(comfy_dir, cpu=cpu, fp32_text_encoder=cpu)
         _inprocess_cpu = cpu
     elif _inprocess_cpu != cpu:
-        raise RuntimeError(f"ComfyUI is already imported in this process with cpu={_inprocess_cpu}; it cannot switch to cpu={cpu}")
+        raise RuntimeError(
+            f"ComfyUI is already imported in this process with cpu={_inprocess_cpu}; it cannot switch to cpu={cpu}"
+        )
     return _inprocess
 
 

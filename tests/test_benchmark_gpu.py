@@ -99,10 +99,20 @@ def test_gpu_session_dry_run_writes_results_and_a_log_per_step(tmp_path):
 
 def test_gpu_session_skips_the_comfyui_step_with_a_reason_without_comfyui(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "COMFYUI_PATH": str(tmp_path / "nowhere"),
-           "GPU_SESSION_SECONDS": "20"}  # bench_gpu skips its stages (or is stopped): only the skip is under test
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "PYTHON": sys.executable,
+        "COMFYUI_PATH": str(tmp_path / "nowhere"),
+        "GPU_SESSION_SECONDS": "20",
+    }  # bench_gpu skips its stages (or is stopped): only the skip is under test
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     steps = (out / "steps.txt").read_text()
     assert f"step bench_control_cost: skipped: no ComfyUI at {tmp_path / 'nowhere'}" in steps
