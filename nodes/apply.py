@@ -77,12 +77,25 @@ class ApplyPromptDiffusion(io.ComfyNode):
                     f"{name} is centre-cropped to the query's aspect ratio, so part of it is not shown to the model",
                 )
         hint = build_hint(example_source, example_target, query, mask)
-        # ComfyUI's own apply: copies the control, chains the previous one, shares it between
-        # positive and negative. It takes channels-last images.
-        positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
-            positive, negative, control_net, hint.movedim(1, -1), strength, start_percent, end_percent, vae=vae
-        )
-        return io.NodeOutput(positive, negative)
+        return attach_control(positive, negative, control_net, hint, strength, start_percent, end_percent, vae)
+
+
+def attach_control(
+    positive: Conditioning,
+    negative: Conditioning,
+    control: Any,
+    hint: torch.Tensor,
+    strength: float,
+    start_percent: float,
+    end_percent: float,
+    vae: Any,
+) -> io.NodeOutput:
+    """Both apply nodes end here: ComfyUI's own apply copies the control, chains the previous one and
+    shares it between positive and negative. It takes channels-last images."""
+    positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+        positive, negative, control, hint.movedim(1, -1), strength, start_percent, end_percent, vae=vae
+    )
+    return io.NodeOutput(positive, negative)
 
 
 def conditioning_inputs() -> List[io.Input]:

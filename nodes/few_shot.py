@@ -6,7 +6,6 @@ from typing import Any, Optional
 
 import torch
 
-import nodes as comfy_nodes  # ComfyUI's nodes.py (this package is loaded as `<pack>.nodes`)
 from comfy_api.latest import io
 
 from pdiff_core.shots import COMBINE_MODES, DEFAULT_COMBINE, normalise_weights, parse_shot_weights
@@ -14,6 +13,7 @@ from pdiff_core.shots import COMBINE_MODES, DEFAULT_COMBINE, normalise_weights, 
 from .apply import (
     CATEGORY,
     Conditioning,
+    attach_control,
     check_schedule_and_mask,
     conditioning_inputs,
     conditioning_outputs,
@@ -86,11 +86,7 @@ class ApplyPromptDiffusionFewShot(io.ComfyNode):
         # ComfyUI passes a control's extra args to its model at every step, and its copies keep them.
         control.set_extra_arg("shot_weights", weights)
         control.set_extra_arg("shot_combine", combine)
-        # As Apply Prompt Diffusion: ComfyUI's own apply copies, chains and shares the control.
-        positive, negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
-            positive, negative, control, hint.movedim(1, -1), strength, start_percent, end_percent, vae=vae
-        )
-        return io.NodeOutput(positive, negative)
+        return attach_control(positive, negative, control, hint, strength, start_percent, end_percent, vae)
 
 
 FEW_SHOT_NODES = [ApplyPromptDiffusionFewShot]

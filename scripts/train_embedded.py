@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pdiff_core.evaluation.toyworld import HELDOUT_SEED  # noqa: E402
-from training.config import load_config  # noqa: E402
+from training.config import add_override_argument, load_config  # noqa: E402
 from training.inmemory import render_toyworld, run, vae_psnr  # noqa: E402
 
 CONFIGS = ROOT / "training" / "configs"
@@ -50,13 +50,8 @@ def main() -> None:
         default=HELDOUT_VAE_GROUPS,
         help="held-out groups for the VAE's reconstruction PSNR",
     )
-    parser.add_argument(
-        "--override",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="applied to both stage configs, e.g. data.toyworld_groups=16 model.preset=tiny for a dry run",
+    add_override_argument(
+        parser, "applied to both stage configs, e.g. data.toyworld_groups=16 model.preset=tiny for a dry run"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -7,6 +7,7 @@ a message that names the file and the dotted key (`train.max_stepz`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -172,6 +173,11 @@ def load_config(path: Union[str, os.PathLike, None], overrides: Sequence[str] = 
     config = _build(Config, raw, "", where)
     validate(config, where)
     return config
+
+
+def add_override_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--override section.key=value ...`, repeatable, for `load_config`'s `overrides`."""
+    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help)
 
 
 def _apply_override(raw: Dict[str, Any], item: str) -> None:

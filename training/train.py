@@ -50,7 +50,7 @@ from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.tokenizer import load_clip_tokenizer, train_clip_tokenizer
 
 from .components import apply_model_overrides, load_pretrained_components
-from .config import Config, ConfigError, load_config, missing_inputs
+from .config import Config, ConfigError, add_override_argument, load_config, missing_inputs
 from .dataset import PromptDiffusionDataset, ResumableSampler, collate
 from .ema_state import EMAStateError, accelerate_view, load_ema, save_ema
 from .run_folder import (
@@ -767,14 +767,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--config", required=True, help="YAML or JSON config (sections data, model, optim, train, validation, vae)"
     )
-    parser.add_argument(
-        "--override",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a config value, e.g. train.max_steps=100 data.root=/data/toy",
-    )
+    add_override_argument(parser, "set a config value, e.g. train.max_steps=100 data.root=/data/toy")
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the latest or a given checkpoint folder")
     parser.add_argument(
         "--overwrite",

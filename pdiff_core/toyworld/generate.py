@@ -62,7 +62,7 @@ def iter_groups(
     """Groups `0 .. n_groups - 1` in order, rendered in memory by `workers` processes (default:
     all cores); the same pixels `generate` writes."""
     if workers is None:
-        workers = min(os.cpu_count() or 1, max(1, n_groups // 8))
+        workers = default_workers(n_groups)
     job = partial(
         render_group,
         seed=seed,
@@ -72,6 +72,11 @@ def iter_groups(
         supersample=supersample,
     )
     yield from _groups(n_groups, workers, job)
+
+
+def default_workers(n_groups: int) -> int:
+    """All cores, but no more than one worker per 8 groups."""
+    return min(os.cpu_count() or 1, max(1, n_groups // 8))
 
 
 def generate(
@@ -94,15 +99,7 @@ def generate(
     if n_groups < 1 or items_per_group < 2:
         raise ValueError(f"need n_groups >= 1 and items_per_group >= 2, got {n_groups}, {items_per_group}")
     if workers is None:
-        workers = min(os.cpu_count() or 1, max(1, n_groups // 8))
-    job = partial(
-        render_group,
-        seed=seed,
-        items_per_group=items_per_group,
-        resolution=resolution,
-        maps=tuple(maps),
-        supersample=supersample,
-    )
+        workers = default_workers(n_groups)
     meta = {
         "generator": "pdiff_core.toyworld",
         "generator_version": GENERATOR_VERSION,
@@ -136,7 +133,8 @@ def generate(
     )
     with DatasetWriter(root, maps, resolution, "toyworld", overwrite=overwrite, **meta) as writer:
         bar = tqdm(total=n_groups, unit="group", disable=not progress, desc="toyworld")
-        for caption, items in _groups(n_groups, workers, job):
+        groups = iter_groups(n_groups, seed, items_per_group, resolution, maps, supersample, workers)
+        for caption, items in groups:
             writer.add_group(caption, items)
             bar.update()
         bar.close()
