@@ -41,7 +41,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # pdiff_core, and the ComfyUI h
 from benchmarks.common import (  # noqa: E402
     COMFY_SAMPLER,
     COMFY_SCHEDULER,
+    comfy_conditioning,
     comfy_ddim,
+    comfy_generate,
     comfy_start_latents,
     cpu_name,
     pixel_difference,
@@ -98,29 +100,19 @@ def build(config: BenchConfig, comfyui: Dict[str, ModuleType]) -> Setup:
             nodes.LoadImage().load_image(f"{INPUT_PREFIX}{TASK}_{part}.png")[0]
             for part in ("example_source", "example_target", "query")
         )
-
-        def condition() -> Tuple[list, list]:
-            positive = nodes.CLIPTextEncode().encode(clip, prompt)[0]
-            negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-            return (
-                nodes.NODE_CLASS_MAPPINGS["PDiff_ApplyPromptDiffusion"]
-                .execute(positive, negative, control, source, target, query, 1.0, 0.0, 1.0)
-                .result
-            )
-
-        condition()  # the first call also moves CLIP to its device
-        start = time.perf_counter()
-        positive, negative = condition()
-        conditioning_s = time.perf_counter() - start
         height, width = query.shape[1:3]
         latent = nodes.EmptyLatentImage().generate(width, height, config.batch)[0]
 
+    def condition() -> Tuple[list, list]:
+        return comfy_conditioning(nodes, clip, control, prompt, source, target, query)[1]
+
+    condition()  # the first call also moves CLIP to its device
+    start = time.perf_counter()
+    positive, negative = condition()
+    conditioning_s = time.perf_counter() - start
+
     def run_comfyui(seed: int = config.seed) -> torch.Tensor:
-        with torch.inference_mode():
-            samples = nodes.KSampler().sample(
-                model, seed, config.steps, config.guidance, COMFY_SAMPLER, COMFY_SCHEDULER, positive, negative, latent
-            )[0]
-            return nodes.VAEDecode().decode(vae, samples)[0]
+        return comfy_generate(nodes, model, vae, (positive, negative), latent, seed, config.steps, config.guidance)
 
     pipe = PromptDiffusionPipeline.from_pretrained(str(config.model))
     pipe.set_progress_bar_config(disable=True)

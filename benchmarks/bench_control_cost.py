@@ -53,7 +53,9 @@ from benchmarks.bench_pipeline import DTYPES, PROMPT, BenchConfig, build_pair, p
 from benchmarks.common import (  # noqa: E402
     COMFY_SAMPLER,
     COMFY_SCHEDULER,
+    comfy_conditioning,
     comfy_ddim,
+    comfy_generate,
     comfy_start_latents,
     device_name,
     pixel_difference,
@@ -117,31 +119,13 @@ def build(config: CostConfig, base: Path) -> Setup:
     source, target, query = (torch.rand(size, generator=g) for _ in range(3))
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         model, clip, vae, control = pack_module(nodes, "pipeline_folder").load_pipeline_folder(folder)
-        positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
-        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-        controlled = (
-            nodes.NODE_CLASS_MAPPINGS["PDiff_ApplyPromptDiffusion"]
-            .execute(positive, negative, control, source, target, query, 1.0, 0.0, 1.0)
-            .result
-        )
         latent = nodes.EmptyLatentImage().generate(config.resolution, config.resolution, config.batch)[0]
+    plain_conditioning, controlled = comfy_conditioning(nodes, clip, control, PROMPT, source, target, query)
 
     def comfyui_run(conditioning) -> Run:
-        def run() -> torch.Tensor:
-            with torch.inference_mode():
-                samples = nodes.KSampler().sample(
-                    model,
-                    config.seed,
-                    config.steps,
-                    config.guidance,
-                    COMFY_SAMPLER,
-                    COMFY_SCHEDULER,
-                    *conditioning,
-                    latent,
-                )[0]
-                return nodes.VAEDecode().decode(vae, samples)[0]
-
-        return run
+        return lambda: comfy_generate(
+            nodes, model, vae, conditioning, latent, config.seed, config.steps, config.guidance
+        )
 
     device, dtype = torch.device(config.device), DTYPES[config.dtype]
     latents = comfy_start_latents(model, latent, config.seed, config.steps).to(device, dtype)
@@ -191,7 +175,7 @@ def build(config: CostConfig, base: Path) -> Setup:
         f"diffusers UNet {peer.unet.dtype}, ControlNet {peer.controlnet.dtype}, VAE {peer.vae.dtype}"
     )
     runs = {
-        "comfyui_plain": comfyui_run((positive, negative)),
+        "comfyui_plain": comfyui_run(plain_conditioning),
         "comfyui_control": comfyui_run(controlled),
         "diffusers_plain": diffusers_plain,
         "diffusers_controlnet": diffusers_controlnet,

@@ -1,6 +1,6 @@
 """What the benchmark scripts share: the hardware they name, the interleaved A/B timing loop, the
-pixel difference they check agreement with, and how a diffusers pipeline starts where ComfyUI's
-KSampler does (same noise, same DDIM)."""
+pixel difference they check agreement with, how a diffusers pipeline starts where ComfyUI's
+KSampler does (same noise, same DDIM), and the ComfyUI nodes the in-process benchmarks call."""
 
 from __future__ import annotations
 
@@ -72,6 +72,40 @@ def comfy_start_latents(model: Any, latent: Dict[str, torch.Tensor], seed: int, 
     sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), COMFY_SCHEDULER, steps)[0]
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     return comfy.sample.prepare_noise(samples, seed) * sigma0 / torch.sqrt(1 + sigma0**2)
+
+
+def comfy_conditioning(
+    nodes: Any, clip: Any, control: Any, prompt: str, source: torch.Tensor, target: torch.Tensor, query: torch.Tensor
+) -> Tuple[Tuple[list, list], Tuple[list, list]]:
+    """(positive, negative) from CLIPTextEncode (prompt, ""), without and with Apply Prompt Diffusion
+    (strength 1, the whole schedule), as ComfyUI's executor calls the nodes."""
+    with torch.inference_mode():
+        positive = nodes.CLIPTextEncode().encode(clip, prompt)[0]
+        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+        controlled = (
+            nodes.NODE_CLASS_MAPPINGS["PDiff_ApplyPromptDiffusion"]
+            .execute(positive, negative, control, source, target, query, 1.0, 0.0, 1.0)
+            .result
+        )
+    return (positive, negative), controlled
+
+
+def comfy_generate(
+    nodes: Any,
+    model: Any,
+    vae: Any,
+    conditioning: Tuple[list, list],
+    latent: Dict[str, torch.Tensor],
+    seed: int,
+    steps: int,
+    guidance: float,
+) -> torch.Tensor:
+    """KSampler (ddim / ddim_uniform) + VAEDecode: ComfyUI's images, (B, H, W, 3) in [0, 1]."""
+    with torch.inference_mode():
+        samples = nodes.KSampler().sample(
+            model, seed, steps, guidance, COMFY_SAMPLER, COMFY_SCHEDULER, *conditioning, latent
+        )[0]
+        return nodes.VAEDecode().decode(vae, samples)[0]
 
 
 def report(name: str, times: List[float], batch: int, width: int = 24) -> float:

@@ -2,10 +2,12 @@
 runner for the benchmark scripts."""
 
 import importlib.util
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 import numpy as np
 import PIL.Image
@@ -47,6 +49,35 @@ def make_tiny_pipeline(tokenizer_dir: Path, seed: int = 0) -> PromptDiffusionPip
     pipe = PromptDiffusionPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def eval_argv(command: str, model: Path, data: Path, out: Path, more: Sequence[str] = ()) -> List[str]:
+    """`pdiff eval` or `eval-toyworld`'s arguments: the model, the data, the results folder, then `more`."""
+    return [command, "--model", str(model), "--data", str(data), "--out", str(out), *more]
+
+
+def heldout_toy_data(tmp_path_factory: pytest.TempPathFactory, maps: Sequence[str]) -> Path:
+    """Three held-out toy-world groups of two 32 px items with `maps`, for the evaluation tests."""
+    from pdiff_core.evaluation.toyworld import HELDOUT_SEED
+    from pdiff_core.toyworld import generate
+
+    root = tmp_path_factory.mktemp("toy") / "heldout"
+    generate(root, 3, items_per_group=2, resolution=32, seed=HELDOUT_SEED, maps=maps, progress=False, workers=1)
+    return root
+
+
+def launch_two_cpu_processes(module: str, args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` from the repo root under `accelerate launch` with two CPU processes
+    (training/configs/accelerate_cpu_ddp.yaml), one thread each."""
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    config = ROOT / "training" / "configs" / "accelerate_cpu_ddp.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", module, *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

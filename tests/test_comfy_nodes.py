@@ -312,6 +312,14 @@ def conditioning(context):
     return [[context, {"pooled_output": None}]]
 
 
+def prompts_or_defaults(positive, negative):
+    """The apply helpers' conditioning where a test passes none: zeros for positive, ones for negative."""
+    return (
+        positive if positive is not None else conditioning(torch.zeros(1, 77, 32)),
+        negative if negative is not None else conditioning(torch.ones(1, 77, 32)),
+    )
+
+
 def apply(
     node_classes,
     control,
@@ -325,8 +333,7 @@ def apply(
     start=0.0,
     end=1.0,
 ):
-    positive = positive if positive is not None else conditioning(torch.zeros(1, 77, 32))
-    negative = negative if negative is not None else conditioning(torch.ones(1, 77, 32))
+    positive, negative = prompts_or_defaults(positive, negative)
     node = node_classes["PDiff_ApplyPromptDiffusion"]
     return node.execute(positive, negative, control, source, target, query, strength, start, end, mask=mask).result
 
@@ -779,8 +786,7 @@ def apply_few_shot(
     start=0.0,
     end=1.0,
 ):
-    positive = positive if positive is not None else conditioning(torch.zeros(1, 77, 32))
-    negative = negative if negative is not None else conditioning(torch.ones(1, 77, 32))
+    positive, negative = prompts_or_defaults(positive, negative)
     node = node_classes["PDiff_ApplyPromptDiffusionFewShot"]
     return node.execute(
         positive, negative, control, sources, targets, query, combine, weights, strength, start, end, mask=mask

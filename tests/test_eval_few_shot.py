@@ -5,20 +5,18 @@ import json
 import numpy as np
 import pytest
 
+from conftest import eval_argv, heldout_toy_data
 from pdiff_core.cli import main
 from pdiff_core.data import DatasetIndex, load_rgb, parse_task
 from pdiff_core.evaluation.runner import plan_samples
 from pdiff_core.evaluation.toyworld import ToyworldEvalConfig, run_toyworld_eval
-from pdiff_core.toyworld import generate
 
 MAPS = ("depth", "normal")
 
 
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy") / "heldout"
-    generate(root, 3, items_per_group=2, resolution=32, seed=100000, maps=MAPS, progress=False, workers=1)
-    return root
+    return heldout_toy_data(tmp_path_factory, MAPS)
 
 
 def test_further_shots_are_item_p_of_the_next_groups_wrapping_round(toy_data):
@@ -83,27 +81,9 @@ def test_a_few_shot_run_passes_every_pair_to_the_pipeline(tiny_pipeline, tiny_pi
 
 def test_cli_table_puts_each_setting_beside_the_baselines(tiny_pipeline_dir, toy_data, tmp_path):
     out = tmp_path / "table"
-    main(
-        [
-            "eval-toyworld",
-            "--model",
-            str(tiny_pipeline_dir),
-            "--data",
-            str(toy_data),
-            "--out",
-            str(out),
-            "--steps",
-            "1",
-            "--batch-size",
-            "6",
-            "--tasks",
-            "depth,inv_normal",
-            "--shots",
-            "1,2",
-            "--shot-combine",
-            "residuals,embedding",
-        ]
-    )
+    settings = ["--steps", "1", "--batch-size", "6", "--tasks", "depth,inv_normal"]
+    shots = ["--shots", "1,2", "--shot-combine", "residuals,embedding"]
+    main(eval_argv("eval-toyworld", tiny_pipeline_dir, toy_data, out, [*settings, *shots]))
     assert sorted(p.name for p in out.iterdir()) == [
         "few-shot.json",
         "few-shot.md",
@@ -135,19 +115,9 @@ def test_cli_table_puts_each_setting_beside_the_baselines(tiny_pipeline_dir, toy
 def test_bad_shot_options_are_named(tiny_pipeline_dir, toy_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(
-            [
-                "eval-toyworld",
-                "--model",
-                str(tiny_pipeline_dir),
-                "--data",
-                str(toy_data),
-                "--out",
-                str(tmp_path),
-                "--shots",
-                "1,2",
-                "--shot-combine",
-                "median",
-            ]
+            eval_argv(
+                "eval-toyworld", tiny_pipeline_dir, toy_data, tmp_path, ["--shots", "1,2", "--shot-combine", "median"]
+            )
         )
     assert "shot_combine 'median'" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -7,6 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from conftest import eval_argv
 from pdiff_core.cli import main
 from pdiff_core.data import DatasetIndex, load_rgb
 from pdiff_core.evaluation import metrics
@@ -111,42 +112,20 @@ def test_missing_inception_fails_before_generating(tiny_pipeline_dir, annotated,
     out = tmp_path / "eval"
     missing = tmp_path / "weights.pth"
     with pytest.raises(SystemExit) as info:
-        main(
-            [
-                "eval",
-                "--model",
-                str(tiny_pipeline_dir),
-                "--data",
-                str(annotated),
-                "--out",
-                str(out),
-                "--inception-weights",
-                str(missing),
-            ]
-        )
+        main(eval_argv("eval", tiny_pipeline_dir, annotated, out, ["--inception-weights", str(missing)]))
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert str(missing) in err and metrics.INCEPTION_FILE in err
     assert not out.exists()
     # Forward tasks alone need no FID network.
     main(
-        [
+        eval_argv(
             "eval",
-            "--model",
-            str(tiny_pipeline_dir),
-            "--data",
-            str(annotated),
-            "--out",
-            str(out),
-            "--tasks",
-            "depth",
-            "--groups-limit",
-            "2",
-            "--steps",
-            "1",
-            "--inception-weights",
-            str(missing),
-        ]
+            tiny_pipeline_dir,
+            annotated,
+            out,
+            ["--tasks", "depth", "--groups-limit", "2", "--steps", "1", "--inception-weights", str(missing)],
+        )
     )
     assert "Image→Depth RMSE" in (out / "results.md").read_text()
 

@@ -8,19 +8,17 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 
+from conftest import eval_argv, heldout_toy_data, launch_two_cpu_processes
 from pdiff_core.cli import main
 from pdiff_core.data import DatasetIndex, load_rgb
 from pdiff_core.evaluation.toyworld import ToyworldEvalConfig, heldout_dataset, run_toyworld_eval
-from pdiff_core.toyworld import generate
 
 MAPS = ("depth", "seg", "normal")
 
 
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy") / "heldout"
-    generate(root, 3, items_per_group=2, resolution=32, seed=100000, maps=MAPS, progress=False, workers=1)
-    return root
+    return heldout_toy_data(tmp_path_factory, MAPS)
 
 
 class CountingPipeline:
@@ -45,21 +43,7 @@ def config(tiny_pipeline_dir, toy_data, out, **overrides):
 def cli_run(tiny_pipeline_dir, toy_data, tmp_path_factory):
     """One run over every task of the toy data, shared by the tests that read its results."""
     out = tmp_path_factory.mktemp("eval") / "run"
-    main(
-        [
-            "eval-toyworld",
-            "--model",
-            str(tiny_pipeline_dir),
-            "--data",
-            str(toy_data),
-            "--out",
-            str(out),
-            "--steps",
-            "1",
-            "--batch-size",
-            "9",
-        ]
-    )
+    main(eval_argv("eval-toyworld", tiny_pipeline_dir, toy_data, out, ["--steps", "1", "--batch-size", "9"]))
     return out
 
 
@@ -201,12 +185,6 @@ def test_single_photos_take_the_example_from_the_next_group(tmp_path):
 def test_two_processes_give_the_single_process_table_and_resume(tiny_pipeline_dir, toy_data, tmp_path):
     """`accelerate launch` with 2 CPU processes: each generates half the samples into its own file,
     the main one merges them once and writes the table, equal to one process's."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
     args = [
         "eval-toyworld",
         "--model",
@@ -222,25 +200,8 @@ def test_two_processes_give_the_single_process_table_and_resume(tiny_pipeline_di
     ]
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     assert main([*args, "--out", str(single)]) == 0
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(repo / "training" / "configs" / "accelerate_cpu_ddp.yaml"),
-        "-m",
-        "pdiff_core.evaluation.cli",
-        *args,
-        "--out",
-        str(sharded),
-    ]
-    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    sharded_args = [*args, "--out", str(sharded)]
+    result = launch_two_cpu_processes("pdiff_core.evaluation.cli", sharded_args)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "process 1 of 2: 4 of 9 pending samples" in result.stderr  # the work was split
     assert not list(sharded.glob("samples.rank-*.jsonl"))  # merged once, into samples.jsonl
@@ -256,7 +217,7 @@ def test_two_processes_give_the_single_process_table_and_resume(tiny_pipeline_di
     assert records(sharded) == records(single)
     # Resumable as one process is: nothing left to generate, same table.
     (sharded / "results.json").unlink()
-    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    result = launch_two_cpu_processes("pdiff_core.evaluation.cli", sharded_args)
     assert result.returncode == 0 and "9 of 9 samples already done" in result.stderr
     assert rows(sharded) == rows(single)
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
 import pytest
 import torch
 
+from conftest import launch_two_cpu_processes
 from pdiff_core.checkpoints import read_controlnet
 from pdiff_core.data import DatasetFormatError
 from pdiff_core.pipeline import PromptDiffusionPipeline
@@ -20,7 +18,6 @@ from training.config import load_config
 from training.dataset import collate
 from training.train import METRICS_FILE, Trainer, main
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = """\
 data:
   root: {root}
@@ -164,27 +161,8 @@ def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) 
 def test_two_cpu_processes_agree_on_weights(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "ddp"
     config = _config_file(tmp_path, data, out)
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "training" / "configs" / "accelerate_cpu_ddp.yaml"),
-        "-m",
-        "training.train",
-        "--config",
-        str(config),
-        "--override",
-        "train.max_steps=2",
-        "train.cpu=true",
-    ]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    args = ["--config", str(config), "--override", "train.max_steps=2", "train.cpu=true"]
+    result = launch_two_cpu_processes("training.train", args)
     assert result.returncode == 0, result.stderr[-4000:]
     sums = [(out / "checksums" / f"rank-{r}.txt").read_text() for r in range(2)]
     assert sums[0] == sums[1]
