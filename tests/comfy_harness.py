@@ -187,3 +187,14 @@ class ComfyServer:
     def stop(self) -> None:
         stop_process(self.process)
         self._log.close()
+
+
+@contextlib.contextmanager
+def running_server(comfy_dir: Path, log_file: Path, timeout: float) -> Iterator[ComfyServer]:
+    """A ComfyServer that has answered within `timeout` s; stopped on the way out, ready or not."""
+    server = ComfyServer(comfy_dir, log_file)
+    try:
+        server.wait_ready(timeout=timeout)
+        yield server
+    finally:
+        server.stop()

@@ -28,23 +28,15 @@ def _captioned_folder(root: Path, groups: int = 3, per_group: int = 2, size: int
     return root
 
 
+def annotate_folder(source: Path, out: Path, *flags: str) -> int:
+    """`python -m training.annotate --input source --out out flags...`, in this process."""
+    return main(["--input", str(source), "--out", str(out), *flags])
+
+
 def test_fallback_maps_make_a_loadable_dataset(tmp_path: Path) -> None:
     source, out = _captioned_folder(tmp_path / "in"), tmp_path / "out"
     assert (
-        main(
-            [
-                "--input",
-                str(source),
-                "--out",
-                str(out),
-                "--maps",
-                "hed,seg,canny",
-                "--fallback",
-                "--resolution",
-                "32",
-                "--no-progress",
-            ]
-        )
+        annotate_folder(source, out, "--maps", "hed,seg,canny", "--fallback", "--resolution", "32", "--no-progress")
         == 0
     )
     index = DatasetIndex.load(out)
@@ -78,28 +70,14 @@ def test_missing_weights_are_listed(tmp_path: Path, caplog) -> None:
     with pytest.raises(AnnotatorWeightsError, match="depth.*no classical fallback"):
         build_annotators(["depth"], None, fallback=True)
     source = _captioned_folder(tmp_path / "in")
-    assert (
-        main(
-            [
-                "--input",
-                str(source),
-                "--out",
-                str(tmp_path / "out"),
-                "--maps",
-                "depth",
-                "--annotator-weights",
-                str(tmp_path),
-            ]
-        )
-        == 2
-    )
+    assert annotate_folder(source, tmp_path / "out", "--maps", "depth", "--annotator-weights", str(tmp_path)) == 2
     assert "dpt_hybrid-midas-501f0c75.pt" in caplog.text
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_weights_stop_with_a_command_that_works(tmp_path: Path, caplog) -> None:
     source, out = _captioned_folder(tmp_path / "in"), tmp_path / "out"
-    assert main(["--input", str(source), "--out", str(out), "--resolution", "32", "--no-progress"]) == 2
+    assert annotate_folder(source, out, "--resolution", "32", "--no-progress") == 2
     command = caplog.text.split("A command that works with what is here now:")[1].strip().splitlines()[0]
     assert "--maps hed,seg --fallback" in command and not out.exists()
     caplog.clear()
@@ -116,23 +94,7 @@ def test_greyscale_photos_are_stored_rgb_and_unreadable_files_are_skipped(tmp_pa
     (source / "broken.png").write_bytes(b"not a png")
     (source / "notes.pdf").write_bytes(b"%PDF")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "--input",
-                str(source),
-                "--out",
-                str(out),
-                "--maps",
-                "hed",
-                "--fallback",
-                "--resolution",
-                "24",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert annotate_folder(source, out, "--maps", "hed", "--fallback", "--resolution", "24", "--no-progress") == 0
     assert f"skipped {source / 'broken.png'}: cannot read as an image" in caplog.text
     assert f"skipped {source / 'notes.pdf'}: not an image file (.pdf" in caplog.text
     index = DatasetIndex.load(out)

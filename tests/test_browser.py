@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cdp import BrowserError, Chromium, errors, find_chromium
-from comfy_harness import PACK_NAME, ROOT, ComfyServer, comfyui_copy, one_torch_thread
+from comfy_harness import PACK_NAME, ROOT, comfyui_copy, one_torch_thread, running_server
 
 TEMPLATES = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
 NEEDS_USER_FILES = {"SD1.5 full size, depth map to image"}  # SD1.5 weights: opened and checked, not run
@@ -50,12 +50,8 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def server(chromium_executable, tmp_path_factory, tiny_pipeline_dir):
     comfy_dir = comfyui_copy(tmp_path_factory.mktemp("comfy"), tiny_pipeline_dir)
-    server = ComfyServer(comfy_dir, tmp_path_factory.mktemp("server") / "comfyui.log")
-    try:
-        server.wait_ready(timeout=180)
+    with running_server(comfy_dir, tmp_path_factory.mktemp("server") / "comfyui.log", timeout=180) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,27 +17,15 @@ from test_checkpoints import HEADS, ldm_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def image_args(inputs):
+    """generate's three image flags, from the `inputs` fixture."""
+    flags = {"--example-source": "source", "--example-target": "target", "--query": "query"}
+    return [part for flag, name in flags.items() for part in (flag, str(inputs[name]))]
+
+
 def generate(model, inputs, out, *extra):
-    return main(
-        [
-            "generate",
-            "--example-source",
-            str(inputs["source"]),
-            "--example-target",
-            str(inputs["target"]),
-            "--query",
-            str(inputs["query"]),
-            "--prompt",
-            "a red sphere",
-            "--out",
-            str(out),
-            "--model",
-            str(model),
-            "--steps",
-            "3",
-            *extra,
-        ]
-    )
+    settings = ["--prompt", "a red sphere", "--out", str(out), "--model", str(model), "--steps", "3"]
+    return main(["generate", *image_args(inputs), *settings, *extra])
 
 
 def test_generate_writes_an_image_and_is_seeded(tiny_pipeline_dir, inputs, tmp_path, caplog):
@@ -134,20 +122,7 @@ def test_verbose_shows_the_traceback_of_a_reported_error(tiny_pipeline_dir, inpu
     for verbose in (False, True):
         caplog.clear()
         with pytest.raises(SystemExit):
-            main(
-                [
-                    *(["-v"] if verbose else []),
-                    "generate",
-                    "--example-source",
-                    str(inputs["source"]),
-                    "--example-target",
-                    str(inputs["target"]),
-                    "--query",
-                    str(inputs["query"]),
-                    "--out",
-                    str(tmp_path / "x.png"),
-                ]
-            )
+            main([*(["-v"] if verbose else []), "generate", *image_args(inputs), "--out", str(tmp_path / "x.png")])
         tracebacks = [r.exc_info for r in caplog.records if r.exc_info]
         assert bool(tracebacks) == verbose
     assert tracebacks[0][0] is FileNotFoundError

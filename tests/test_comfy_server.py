@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_harness import ONE_THREAD_ENV, PACK_NAME, ROOT, ComfyServer, comfyui_copy, load_runner, one_torch_thread
+from comfy_harness import (
+    ONE_THREAD_ENV,
+    PACK_NAME,
+    ROOT,
+    ComfyServer,
+    comfyui_copy,
+    load_runner,
+    one_torch_thread,
+    running_server,
+)
 
 WORKFLOWS = ROOT / "workflows"
 TEMPLATES = ROOT / "example_workflows"
@@ -37,12 +46,8 @@ def comfy_dir(tmp_path_factory, tiny_pipeline_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def server(comfy_dir, tmp_path_factory):
-    server = ComfyServer(comfy_dir, tmp_path_factory.mktemp("server") / "comfyui.log")
-    try:
-        server.wait_ready(timeout=120)
+    with running_server(comfy_dir, tmp_path_factory.mktemp("server") / "comfyui.log", timeout=120) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def api_workflow(name: str, seed: int) -> dict:
