@@ -33,6 +33,10 @@ def test_shipped_run_configs_load() -> None:
     embedded = load_config(CONFIGS / "embedded_small.yaml")
     assert set(embedded.train.train_modules) == {"controlnet", "unet", "text_encoder"}
     assert embedded.model.prediction_type == "v_prediction"
+    continued = load_config(CONFIGS / "embedded_continue.yaml")
+    assert continued.model.pretrained == "pdiff_core/assets/pdiff-toyworld" and continued.data.forward_prompt == "mixed"
+    # the unseen tasks stay unseen: no trained task uses their maps
+    assert not {"normal", "albedo", "gray"} & {task.removeprefix("inv_") for task in continued.data.tasks}
 
 
 def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
