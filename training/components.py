@@ -22,9 +22,10 @@ from .config import ModelConfig
 logger = logging.getLogger(__name__)
 
 
-def load_pretrained_components(root: Path) -> Dict[str, Any]:
+def load_pretrained_components(root: Path, controlnet: bool = True) -> Dict[str, Any]:
     """The components of a local SD1.5-layout folder. A Prompt Diffusion pipeline folder keeps its
-    trained control branch; a plain SD folder gets a copy of its UNet's encoder."""
+    trained control branch; a plain SD folder gets a copy of its UNet's encoder. `controlnet=False`:
+    none (`model.controlnet` replaces it, so it is neither read nor copied)."""
     unet = UNet2DConditionModel.from_pretrained(root / "unet")
     components = dict(
         unet=unet,
@@ -35,6 +36,8 @@ def load_pretrained_components(root: Path) -> Dict[str, Any]:
         tokenizer=load_clip_tokenizer(root / "tokenizer"),
         scheduler=_pretrained_scheduler(root),
     )
+    if not controlnet:
+        return components
     if (root / "controlnet" / "config.json").is_file():
         # A Prompt Diffusion pipeline folder: fine-tuning continues its trained control branch.
         components["controlnet"] = load_controlnet(root / "controlnet")

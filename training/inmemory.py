@@ -537,7 +537,7 @@ def build_diffusion_components(config: Config, data: GroupTensors, out_dir: Path
     `model.controlnet` and the configured prediction type in their place."""
     m = config.model
     if m.pretrained is not None:
-        components = load_pretrained_components(Path(m.pretrained))
+        components = load_pretrained_components(Path(m.pretrained), controlnet=m.controlnet is None)
     else:
         prompts = list(data.captions) + [map_prompt(k) for k in data.kinds[1:]]
         tokenizer = train_clip_tokenizer(prompts, out_dir / "tokenizer", vocab_size=m.tokenizer_vocab_size)

@@ -184,7 +184,7 @@ def build_training_components(
     local pretrained SD folder or a preset; `model.vae` and `model.controlnet` replace theirs."""
     m = config.model
     if m.pretrained is not None:
-        components = load_pretrained_components(Path(m.pretrained))
+        components = load_pretrained_components(Path(m.pretrained), controlnet=m.controlnet is None)
     else:
         try:
             presets.get_preset(m.preset)
