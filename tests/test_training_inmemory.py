@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from pdiff_core.data import DatasetFormatError
 from pdiff_core.model_info import read_model_info
@@ -242,3 +244,25 @@ def test_a_time_budget_stops_the_loop_when_steps_are_slower_than_calibrated(tmp_
 
     steps = loop.run(slow_loss)  # 0.3 s of budget at 0.1 s a step: stopped long before the calibration
     assert 3 <= steps <= 5 and loop.seconds < 1.0
+
+
+def test_a_decoder_only_run_tunes_the_decoder_on_the_frozen_encoders_mode(tmp_path, dataset_folder, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.format(root=dataset_folder, out=tmp_path / "vae"))
+    vae_folder = run(load_config(path, ["train.stage=vae", "train.max_steps=1"]))
+    overrides = [
+        "train.stage=vae",
+        f"model.vae={vae_folder}",
+        "vae.decoder_only=true",
+        "vae.fit_scaling_factor=false",
+        "optim.learning_rate=1e-2",
+        f"train.output_dir={tmp_path / 'tuned'}",
+    ]
+    # The decoder learns the latents a diffusion model is trained on: the mode, never a noisy sample.
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda *a, **k: pytest.fail("sampled the posterior"))
+    tuned = run(load_config(path, overrides))
+    before, after = (AutoencoderKL.from_pretrained(folder) for folder in (vae_folder, tuned))
+    assert after.config.scaling_factor == before.config.scaling_factor
+    for name, param in before.state_dict().items():
+        same = torch.equal(param, after.state_dict()[name])
+        assert same == (not name.startswith(("decoder.", "post_quant_conv."))), name

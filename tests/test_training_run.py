@@ -121,7 +121,7 @@ def test_resuming_with_a_longer_cosine_schedule_says_it_is_not_the_longer_run(
     assert "max_steps changed" not in caplog.text  # a constant rate does not depend on it
 
 
-def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) -> None:
+def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path, monkeypatch) -> None:
     out = tmp_path / "vae-run"
     config = load_config(
         _config_file(tmp_path, data, out),
@@ -132,8 +132,12 @@ def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path) 
     assert saved["scaling_factor"] != 0.18215 and saved["scaling_factor"] > 0
     assert (out / "validation" / "step-000002.png").is_file()
 
-    # Decoder-only fine-tuning of that VAE: the encoder and the scale (the latent space) stay.
+    # Decoder-only fine-tuning of that VAE: the encoder and the scale (the latent space) stay, and the
+    # decoder learns the posterior mode (what a diffusion model works on), never a noisy sample.
     from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda *a, **k: pytest.fail("sampled the posterior"))
 
     tuned_out = tmp_path / "decoder-run"
     tuned = load_config(

@@ -399,7 +399,10 @@ def train_vae(config: Config, data: GroupTensors, vae: AutoencoderKL, device: to
     t, v = config.train, config.vae
     generator = torch.Generator(device=device).manual_seed(t.seed)
     vae.to(device).train().requires_grad_(True)
-    params = list(vae.parameters())
+    if v.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
     n_items, n_kinds = data.pixels.shape[:2]
     distance = F.l1_loss if v.reconstruction_loss == "l1" else F.mse_loss
 
@@ -408,6 +411,13 @@ def train_vae(config: Config, data: GroupTensors, vae: AutoencoderKL, device: to
         kind = torch.randint(0, n_kinds, (t.batch_size,), device=device, generator=generator)
         flip = torch.rand(t.batch_size, device=device, generator=generator) < config.data.flip_prob
         x = flip_where(to_unit_range(data.pixels[item, kind]), flip)
+        if v.decoder_only:
+            # The frozen encoder's posterior mode is what the diffusion model is trained on and
+            # generates; its posterior noise (std about a seventh of the latents' spread in the
+            # shipped VAE) would only teach the decoder to blur.
+            with torch.no_grad():
+                latents = vae.encode(x).latent_dist.mode()
+            return distance(vae.decode(latents).sample.float(), x)
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=generator)).sample
         return distance(reconstruction.float(), x) + v.kl_weight * posterior.kl().mean()
@@ -415,9 +425,14 @@ def train_vae(config: Config, data: GroupTensors, vae: AutoencoderKL, device: to
     loop = StepLoop(config, params, device, "vae")
     steps = loop.run(loss_fn)
     vae.eval().requires_grad_(False)
-    scale = fit_scaling_factor(vae, data, device)
-    vae.register_to_config(scaling_factor=scale)
-    return {"steps": steps, "seconds": loop.seconds, "final_loss": loop.losses[-1][1], "scaling_factor": scale}
+    if v.fit_scaling_factor:
+        vae.register_to_config(scaling_factor=fit_scaling_factor(vae, data, device))
+    return {
+        "steps": steps,
+        "seconds": loop.seconds,
+        "final_loss": loop.losses[-1][1],
+        "scaling_factor": vae.config.scaling_factor,
+    }
 
 
 def fit_scaling_factor(vae: AutoencoderKL, data: GroupTensors, device: torch.device, samples: int = 2048) -> float:
@@ -621,8 +636,10 @@ def run(config: Config, data: Optional[GroupTensors] = None) -> Path:
         time.perf_counter() - started,
     )
     if t.stage == "vae":
-        preset = presets.get_preset(config.model.preset or "small")
-        vae = AutoencoderKL(**preset.vae_config())
+        if config.model.vae:
+            vae = AutoencoderKL.from_pretrained(config.model.vae)
+        else:
+            vae = AutoencoderKL(**presets.get_preset(config.model.preset or "small").vae_config())
         report = train_vae(config, data, vae, device)
         vae.to("cpu", torch.float32).save_pretrained(str(out))
     else:

@@ -148,15 +148,19 @@ class DiffusionModel(nn.Module):
 
 
 class VAEModel(nn.Module):
-    """The AutoencoderKL behind one forward (for DDP): returns (reconstruction, per-sample KL)."""
+    """The AutoencoderKL behind one forward (for DDP): returns (reconstruction, per-sample KL).
+    `decode_mode`: decode the posterior mode, not a sample (for a decoder trained under a frozen
+    encoder, whose mode is what a diffusion model works on)."""
 
-    def __init__(self, vae: AutoencoderKL) -> None:
+    def __init__(self, vae: AutoencoderKL, decode_mode: bool = False) -> None:
         super().__init__()
         self.vae = vae
+        self.decode_mode = decode_mode
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         posterior = self.vae.encode(images).latent_dist
-        return self.vae.decode(posterior.sample()).sample, posterior.kl()
+        latents = posterior.mode() if self.decode_mode else posterior.sample()
+        return self.vae.decode(latents).sample, posterior.kl()
 
 
 def set_trainable(model: DiffusionModel, modules: Sequence[str]) -> List[nn.Parameter]:
@@ -346,7 +350,7 @@ class Trainer:
         self.empty_ids = self._tokenize([""])
 
     def _setup_vae(self) -> None:
-        self.model = VAEModel(self.components["vae"])
+        self.model = VAEModel(self.components["vae"], decode_mode=self.config.vae.decoder_only)
         vae = self.model.vae
         if self.config.vae.decoder_only:
             self.model.requires_grad_(False)
