@@ -117,7 +117,10 @@ def _sampling(folder: Path) -> Tuple[comfy.model_base.ModelType, Dict[str, Any]]
 
 def load_unet(folder: Path, vae_scale: float) -> comfy.model_patcher.ModelPatcher:
     config, diffusers_sd = read_component(folder, "unet")
-    unet_config = ldm_unet_config(config)
+    try:
+        unet_config = ldm_unet_config(config)
+    except CheckpointError as error:
+        raise PipelineFolderError(f"{folder / 'unet' / 'config.json'}: {error}") from error
     key_map = comfy.utils.unet_to_diffusers(unet_config)  # also lists optional keys
     state_dict = {ldm: diffusers_sd[diffusers] for diffusers, ldm in key_map.items() if diffusers in diffusers_sd}
     leftover = sorted(set(diffusers_sd) - set(key_map))

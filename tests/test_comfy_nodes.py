@@ -655,6 +655,12 @@ def test_pipeline_folder_errors_name_the_missing_file(comfyui, tiny_pipeline_dir
     (broken / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
     with pytest.raises(pipeline_folder.PipelineFolderError, match="merges.txt .* or tokenizer.json"):
         pipeline_folder.load_pipeline_folder(broken)
+    shutil.copytree(tiny_pipeline_dir / "tokenizer", broken / "tokenizer", dirs_exist_ok=True)
+    unet_config = broken / "unet" / "config.json"
+    config = json.loads(unet_config.read_text())
+    unet_config.write_text(json.dumps({**config, "block_out_channels": [32, 48]}))
+    with pytest.raises(pipeline_folder.PipelineFolderError, match=r"unet/config.json: block_out_channels \[32, 48\]"):
+        pipeline_folder.load_pipeline_folder(broken)
     shutil.rmtree(broken / "unet")
     with pytest.raises(pipeline_folder.PipelineFolderError, match="unet/config.json"):
         pipeline_folder.load_pipeline_folder(broken)
