@@ -10,6 +10,7 @@ from pdiff_core.cli import main
 from pdiff_core.data import DatasetIndex, load_rgb, parse_task
 from pdiff_core.evaluation.runner import plan_samples
 from pdiff_core.evaluation.toyworld import ToyworldEvalConfig, run_toyworld_eval
+from pdiff_core.model_info import read_model_info
 
 MAPS = ("depth", "normal")
 
@@ -92,6 +93,8 @@ def test_cli_table_puts_each_setting_beside_the_baselines(tiny_pipeline_dir, toy
         "shots-2-residuals",
     ]
     table = (out / "few-shot.md").read_text()
+    guidance = read_model_info(tiny_pipeline_dir).guidance_scale  # the model's, as no --guidance was given
+    assert f"1 steps, guidance {guidance}, seed" in table
     assert "| example-target baseline | query baseline | K=1 | K=2 residuals | K=2 embedding |" in table
     per_setting = {
         name: json.loads((out / name / "results.json").read_text())["rows"]

@@ -14,8 +14,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..shots import check_combine
 from .metrics import better
-from .runner import config_dict, load_model, write_json
-from .toyworld import DIGITS, METRIC_NAMES, ToyworldEvalConfig, ToyworldRow, run_toyworld_eval
+from .runner import config_dict, load_model, model_path, write_json
+from .toyworld import (
+    DIGITS,
+    METRIC_NAMES,
+    ToyworldEvalConfig,
+    ToyworldRow,
+    run_toyworld_eval,
+    with_model_defaults,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +59,8 @@ def run_few_shot_table(
         )
         logger.info("few-shot table: %s", setting_name(setting))
         results[setting] = run_toyworld_eval(sub, pipe)
-    markdown = format_few_shot_table(results, config)
+    # The table states the guidance and tasks that ran: the model's defaults where the config left them open.
+    markdown = format_few_shot_table(results, with_model_defaults(config, model_path(config)))
     Path(config.out, "few-shot.md").write_text(markdown)
     write_json(
         Path(config.out, "few-shot.json"),
