@@ -49,7 +49,7 @@ from pdiff_core.toyworld import ALL_MAPS, iter_groups
 
 from .components import apply_model_overrides, load_pretrained_components
 from .config import Config, ConfigError, load_config
-from .train import DiffusionModel, apply_dropout, diffusion_target, set_trainable
+from .train import DiffusionModel, apply_dropout, diffusion_target, set_trainable, vae_trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -398,11 +398,8 @@ def train_vae(config: Config, data: GroupTensors, vae: AutoencoderKL, device: to
     scaling factor to 1 / std of the latents. Returns the loop's report."""
     t, v = config.train, config.vae
     generator = torch.Generator(device=device).manual_seed(t.seed)
-    vae.to(device).train().requires_grad_(True)
-    if v.decoder_only:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-    params = [p for p in vae.parameters() if p.requires_grad]
+    vae.to(device).train()
+    params = vae_trainable_parameters(vae, v.decoder_only)
     n_items, n_kinds = data.pixels.shape[:2]
     distance = F.l1_loss if v.reconstruction_loss == "l1" else F.mse_loss
 
@@ -413,7 +410,7 @@ def train_vae(config: Config, data: GroupTensors, vae: AutoencoderKL, device: to
         x = flip_where(to_unit_range(data.pixels[item, kind]), flip)
         if v.decoder_only:
             # The frozen encoder's posterior mode is what the diffusion model is trained on and
-            # generates; its posterior noise (std about a seventh of the latents' spread in the
+            # generates; its posterior noise (std about an eighth of the latents' spread in the
             # shipped VAE) would only teach the decoder to blur.
             with torch.no_grad():
                 latents = vae.encode(x).latent_dist.mode()

@@ -163,6 +163,16 @@ class VAEModel(nn.Module):
         return self.vae.decode(latents).sample, posterior.kl()
 
 
+def vae_trainable_parameters(vae: AutoencoderKL, decoder_only: bool) -> List[nn.Parameter]:
+    """Unfreeze what a VAE run trains and return it: everything, or with `decoder_only` the decoder
+    and post_quant_conv (the encoder, hence the latent space a diffusion model works in, stays)."""
+    vae.requires_grad_(not decoder_only)
+    if decoder_only:
+        for part in (vae.post_quant_conv, vae.decoder):
+            part.requires_grad_(True)
+    return [p for p in vae.parameters() if p.requires_grad]
+
+
 def set_trainable(model: DiffusionModel, modules: Sequence[str]) -> List[nn.Parameter]:
     """Freeze everything but `modules` (see TrainConfig.train_modules); returns the trained parameters."""
     model.requires_grad_(False)
@@ -350,15 +360,9 @@ class Trainer:
         self.empty_ids = self._tokenize([""])
 
     def _setup_vae(self) -> None:
-        self.model = VAEModel(self.components["vae"], decode_mode=self.config.vae.decoder_only)
-        vae = self.model.vae
-        if self.config.vae.decoder_only:
-            self.model.requires_grad_(False)
-            for part in (vae.post_quant_conv, vae.decoder):
-                part.requires_grad_(True)
-        else:
-            self.model.requires_grad_(True)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        decoder_only = self.config.vae.decoder_only
+        self.model = VAEModel(self.components["vae"], decode_mode=decoder_only)
+        self.params = vae_trainable_parameters(self.model.vae, decoder_only)
         if self.config.train.gradient_checkpointing:
             self.model.vae.enable_gradient_checkpointing()
 

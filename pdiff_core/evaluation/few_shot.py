@@ -49,6 +49,8 @@ def run_few_shot_table(
     config: ToyworldEvalConfig, shots: Sequence[int], combines: Sequence[str]
 ) -> Dict[Setting, List[ToyworldRow]]:
     """Run every setting into `config.out/<setting>/` with one loaded pipeline; write the table."""
+    # Resolved once, so that the table states the guidance and tasks that ran.
+    config = with_model_defaults(config, model_path(config))
     chosen = settings(shots, combines)
     pipe = load_model(config)
     results = {}
@@ -59,8 +61,7 @@ def run_few_shot_table(
         )
         logger.info("few-shot table: %s", setting_name(setting))
         results[setting] = run_toyworld_eval(sub, pipe)
-    # The table states the guidance and tasks that ran: the model's defaults where the config left them open.
-    markdown = format_few_shot_table(results, with_model_defaults(config, model_path(config)))
+    markdown = format_few_shot_table(results, config)
     Path(config.out, "few-shot.md").write_text(markdown)
     write_json(
         Path(config.out, "few-shot.json"),
