@@ -211,6 +211,25 @@ def test_a_run_continues_an_exported_pipeline_so_that_runs_add_up(tmp_path, data
     assert not torch.equal(a.controlnet.controlnet_mid_block.weight, b.controlnet.controlnet_mid_block.weight)
     assert b.scheduler.config.prediction_type == "v_prediction"
 
+    # A VAE stage on model.pretrained starts from that pipeline's VAE (here: tunes its decoder).
+    tuned = run(
+        load_config(
+            path,
+            [
+                "model.preset=null",
+                f"model.pretrained={first}",
+                "train.stage=vae",
+                "vae.decoder_only=true",
+                "vae.fit_scaling_factor=false",
+                "optim.learning_rate=1e-2",
+                f"train.output_dir={tmp_path / 'decoder'}",
+            ],
+        )
+    )
+    tuned_vae = AutoencoderKL.from_pretrained(tuned)
+    assert torch.equal(tuned_vae.encoder.conv_in.weight.float(), a.vae.encoder.conv_in.weight.float())
+    assert not torch.equal(tuned_vae.decoder.conv_out.weight.float(), a.vae.decoder.conv_out.weight.float())
+
 
 def test_a_time_budget_cuts_max_steps_to_what_the_measured_step_time_allows(tmp_path, dataset_folder):
     from training.inmemory import StepLoop

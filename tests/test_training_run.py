@@ -160,6 +160,12 @@ def test_vae_stage_writes_a_vae_with_a_fitted_scale(tmp_path: Path, data: Path, 
         assert same == (not name.startswith(("decoder.", "post_quant_conv."))), name
     with pytest.raises(ValueError, match=r"vae\.fit_scaling_factor: must be false with vae\.decoder_only"):
         load_config(_config_file(tmp_path, data, tuned_out), ["vae.decoder_only=true"])
+    # A preset's VAE is random: its decoder has no trained encoder to learn.
+    with pytest.raises(ValueError, match=r"vae\.decoder_only: needs a trained encoder.*model\.vae"):
+        load_config(
+            _config_file(tmp_path, data, tuned_out),
+            ["train.stage=vae", "vae.decoder_only=true", "vae.fit_scaling_factor=false"],
+        )
 
 
 def test_two_cpu_processes_agree_on_weights(tmp_path: Path, data: Path) -> None:

@@ -321,5 +321,12 @@ def validate(config: Config, where: str = "config") -> None:
         "vae.fit_scaling_factor",
         "must be false with vae.decoder_only (the encoder, hence the latents' scale, does not change)",
     )
+    _check(
+        not (t.stage == "vae" and config.vae.decoder_only and m.vae is None and m.pretrained is None),
+        where,
+        "vae.decoder_only",
+        "needs a trained encoder to keep: set model.vae (an AutoencoderKL folder) or model.pretrained "
+        "(a pipeline folder); a preset's VAE is random",
+    )
     _check(config.vae.reconstruction_loss in ("l1", "l2"), where, "vae.reconstruction_loss", "expected 'l1' or 'l2'")
     _check(config.validation.every >= 0, where, "validation.every", "must be >= 0")

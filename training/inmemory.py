@@ -12,7 +12,8 @@ and target from another item of the same group; the authors' classifier-free dro
 
 One process, one device; `train.stage: vae` trains the AutoencoderKL on every image and map kind,
 `diffusion` the text encoder, UNet and control branch (a preset's, or an exported pipeline's with
-`model.pretrained`, so that runs on lent GPUs add up) on the VAE of `model.vae`.
+`model.pretrained`, so that runs on lent GPUs add up) on the VAE of `model.vae`. The VAE stage starts
+from `model.vae`, else `model.pretrained`'s VAE, else the preset's random one.
 `data.toyworld_groups > 0` renders that many toy-world groups in memory instead of reading
 `data.root`. `train.time_budget_minutes` sets `max_steps` from the measured step time, so that a run
 fits a lent GPU's minutes; the step count it chose is logged and written to `train_report.json`.
@@ -635,6 +636,8 @@ def run(config: Config, data: Optional[GroupTensors] = None) -> Path:
     if t.stage == "vae":
         if config.model.vae:
             vae = AutoencoderKL.from_pretrained(config.model.vae)
+        elif config.model.pretrained:
+            vae = AutoencoderKL.from_pretrained(Path(config.model.pretrained) / "vae")
         else:
             vae = AutoencoderKL(**presets.get_preset(config.model.preset or "small").vae_config())
         report = train_vae(config, data, vae, device)
