@@ -57,10 +57,11 @@ COMFY_SAMPLER, COMFY_SCHEDULER = "ddim", "ddim_uniform"
 
 
 def comfy_ddim(scheduler: Any) -> Any:
-    """diffusers' DDIM as ComfyUI's "ddim" runs it: to sigma 0 at the end, which diffusers does with set_alpha_to_one."""
+    """diffusers' DDIM as ComfyUI's "ddim" runs it under COMFY_SCHEDULER: ddim_uniform's steps (diffusers'
+    "leading" spacing), to sigma 0 at the end, which diffusers does with set_alpha_to_one."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler.from_config(scheduler.config, set_alpha_to_one=True)
+    return DDIMScheduler.from_config(scheduler.config, set_alpha_to_one=True, timestep_spacing="leading")
 
 
 def comfy_start_latents(model: Any, latent: Dict[str, torch.Tensor], seed: int, steps: int) -> torch.Tensor:

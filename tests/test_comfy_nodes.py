@@ -709,13 +709,14 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(
     comfyui, node_classes, tiny_pipeline, request, variant
 ):
     """Same weights, sampler, seed and inputs (one example pair, two queries): loader -> CLIPTextEncode ->
-    Apply Prompt Diffusion -> KSampler (ddim, ddim_uniform) -> VAEDecode against `PromptDiffusionPipeline`
-    with DDIM.
+    Apply Prompt Diffusion -> KSampler (ddim) -> VAEDecode against `PromptDiffusionPipeline` with DDIM.
 
     ComfyUI's "ddim" is Euler in sigma space, which is DDIM (eta 0) exactly when both use the same
-    timesteps (ddim_uniform = diffusers' "leading" spacing with steps_offset 1) and DDIM's last step goes
+    timesteps (its "ddim_uniform" scheduler = diffusers' "leading" spacing with steps_offset 1, SD1.5's;
+    "simple" = "trailing", the small presets' and the shipped workflows') and DDIM's last step goes
     to sigma 0 (set_alpha_to_one=True). ComfyUI starts from noise * sigma_0 in its variance-exploding
-    space, i.e. noise * sigma_0 / sqrt(1 + sigma_0^2) in the pipeline's. Left: float32 rounding in two
+    space, i.e. noise * sigma_0 / sqrt(1 + sigma_0^2) in the pipeline's, except where sigma_0 is the
+    schedule's largest ("simple"): there from noise * sqrt(1 + sigma_0^2), the pipeline's plain noise. Left: float32 rounding in two
     implementations (attention kernels, sigma <-> timestep interpolation): measured 1e-6 on [0, 1] pixels
     with the tiny random-weight model (8 steps, guidance 4), asserted at 1e-5.
     """
@@ -738,25 +739,27 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(
     source, target = (torch.rand(1, 64, 64, 3, generator=g) for _ in range(2))
     query = torch.rand(2, 64, 64, 3, generator=g)  # one example pair over a batch of two queries
     text, steps, cfg, seed = "a red sphere and a blue cube", 8, 4.0, 42
+    # The first variant samples as SD1.5 (leading), the others as their presets say (trailing).
+    spacing = "leading" if variant == "epsilon" else tiny_pipeline.scheduler.config.timestep_spacing
+    scheduler = {"leading": "ddim_uniform", "trailing": "simple"}[spacing]
 
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         positive = nodes.CLIPTextEncode().encode(clip, text)[0]
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         positive, negative = apply(node_classes, control, source, target, query, positive=positive, negative=negative)
         latent = nodes.EmptyLatentImage().generate(64, 64, 2)[0]
-        samples = nodes.KSampler().sample(model, seed, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent)[
-            0
-        ]
+        samples = nodes.KSampler().sample(model, seed, steps, cfg, "ddim", scheduler, positive, negative, latent)[0]
         comfy_image = nodes.VAEDecode().decode(vae, samples)[0]
-        other = nodes.KSampler().sample(
-            model, seed + 1, steps, cfg, "ddim", "ddim_uniform", positive, negative, latent
-        )[0]
+        other = nodes.KSampler().sample(model, seed + 1, steps, cfg, "ddim", scheduler, positive, negative, latent)[0]
         other_image = nodes.VAEDecode().decode(vae, other)[0]
 
-    sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)[0]
+    sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)[0]
     noise = comfy.sample.prepare_noise(comfy.sample.fix_empty_latent_channels(model, latent["samples"]), seed)
     tiny_pipeline.scheduler = DDIMScheduler.from_config(
-        tiny_pipeline.scheduler.config, set_alpha_to_one=True, prediction_type=prediction_type
+        tiny_pipeline.scheduler.config,
+        set_alpha_to_one=True,
+        prediction_type=prediction_type,
+        timestep_spacing=spacing,
     )
     pipe_image = tiny_pipeline(
         text,
@@ -764,7 +767,7 @@ def test_stock_nodes_and_the_pdiff_core_pipeline_give_the_same_image(
         query=query.movedim(-1, 1),
         num_inference_steps=steps,
         guidance_scale=cfg,
-        latents=noise * sigma0 / torch.sqrt(1 + sigma0**2),
+        latents=noise if spacing == "trailing" else noise * sigma0 / torch.sqrt(1 + sigma0**2),
         output_type="pt",
     ).images.movedim(1, -1)
 
@@ -927,7 +930,9 @@ def test_few_shot_stock_nodes_and_the_pipeline_give_the_same_image(
     image, latent = comfy_image(sources, targets, "1, 1, 2")
     sigma0 = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)[0]
     noise = comfy.sample.prepare_noise(latent["samples"], seed)
-    tiny_pipeline.scheduler = DDIMScheduler.from_config(tiny_pipeline.scheduler.config, set_alpha_to_one=True)
+    tiny_pipeline.scheduler = DDIMScheduler.from_config(
+        tiny_pipeline.scheduler.config, set_alpha_to_one=True, timestep_spacing="leading"
+    )
     pipe_image = tiny_pipeline(
         text,
         example_pairs=[(sources[k].movedim(-1, 0), targets[k].movedim(-1, 0)) for k in range(3)],

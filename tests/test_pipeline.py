@@ -2,7 +2,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+from pdiff_core.defaults import DEFAULT_MODEL
 
 STEPS = 4
 
@@ -202,3 +204,12 @@ def test_check_inputs_resolves_the_arguments_without_running_a_model(tiny_pipeli
 def test_height_width_resize_all_inputs(tiny_pipeline):
     out = run(tiny_pipeline, query=images(3, size=128)[0], height=64, width=64)
     assert out.shape == (1, 64, 64, 3)
+
+
+def test_the_embedded_model_starts_sampling_at_the_noise_level_of_pure_noise():
+    """Sampling starts from pure noise, so its first step is the last training timestep (trailing
+    spacing), not t = 951 of 20 leading steps, where the model saw some of the image left."""
+    scheduler = DDIMScheduler.from_pretrained(str(DEFAULT_MODEL / "scheduler"))
+    for steps in (4, 20, 50):
+        scheduler.set_timesteps(steps)
+        assert int(scheduler.timesteps[0]) == scheduler.config.num_train_timesteps - 1, steps

@@ -210,6 +210,8 @@ def test_a_run_continues_an_exported_pipeline_so_that_runs_add_up(tmp_path, data
     assert torch.equal(a.vae.encoder.conv_in.weight, b.vae.encoder.conv_in.weight)  # frozen
     assert not torch.equal(a.controlnet.controlnet_mid_block.weight, b.controlnet.controlnet_mid_block.weight)
     assert b.scheduler.config.prediction_type == "v_prediction"
+    # The preset's step spacing (tiny: trailing, not SD1.5's leading) travels with the model.
+    assert a.scheduler.config.timestep_spacing == b.scheduler.config.timestep_spacing == "trailing"
 
     # A VAE stage on model.pretrained starts from that pipeline's VAE (here: tunes its decoder).
     tuned = run(

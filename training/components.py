@@ -62,9 +62,12 @@ def apply_model_overrides(components: Dict[str, Any], m: ModelConfig) -> Dict[st
 
 
 def _pretrained_scheduler(root: Path) -> DDIMScheduler:
-    """SD1.5's DDIM settings, with the folder's prediction type where it has a scheduler config."""
+    """SD1.5's DDIM settings, with the folder's prediction type and step spacing where it has a
+    scheduler config (SD1.5's PNDM folder says "leading", the embedded model "trailing")."""
     settings = dict(presets.SD15_SCHEDULER)
     config_file = root / "scheduler" / "scheduler_config.json"
     if config_file.is_file():
-        settings["prediction_type"] = json.loads(config_file.read_text()).get("prediction_type", "epsilon")
+        saved = json.loads(config_file.read_text())
+        settings["prediction_type"] = saved.get("prediction_type", "epsilon")
+        settings["timestep_spacing"] = saved.get("timestep_spacing", "leading")
     return DDIMScheduler(**settings)
