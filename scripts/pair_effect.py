@@ -4,7 +4,8 @@
 
 Fixed draws, noise and timesteps; the loss with the true pair, with the pair of another trained task
 drawn from the same two images, and with no pair (`training.inmemory.pair_effect`). A model that
-reads the example pair does worse with another task's pair than with the true one.
+reads the example pair does worse with another task's pair than with the true one. For scale, the
+loss with the query of another draw of the same task: what reading the query is worth.
 """
 
 import argparse

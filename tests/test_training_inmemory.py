@@ -21,11 +21,13 @@ from training.config import ConfigError, load_config
 from training.inmemory import (
     REPORT_FILE,
     CosineWithWarmup,
+    DiffusionBatches,
     GroupTensors,
     PromptTable,
     TaskDraws,
     encode_all,
     load_folder,
+    pair_effect,
     render_toyworld,
     run,
 )
@@ -117,6 +119,46 @@ def test_mixed_prompts_hide_the_task_often_and_never_name_an_inverse_one(tiny_to
     assert abs(forward_texts.count("depth map") / len(forward_texts) - 1 / 3) < 0.05
 
 
+class ReadsOnly(torch.nn.Module):
+    """A stand-in epsilon model that reads only the example pair (a prediction from its mean) or only the
+    query: with `labelled_data` (pixel value 10 * item + kind) and every clean latent set to its item,
+    the query's item gives the clean latent, hence the noise, exactly."""
+
+    def __init__(self, what: str, scheduler) -> None:
+        super().__init__()
+        self.what, self.scheduler = what, scheduler
+
+    def forward(self, noisy, timesteps, input_ids, example_pair, query):
+        if self.what == "pair":
+            return noisy * 0 + 10 * example_pair.mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
+        item = (torch.round((query[:, 0, 0, 3] + 1) * 127.5) // 10).view(-1, 1, 1, 1)
+        abar = self.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        return (noisy - abar.sqrt() * item) / (1 - abar).sqrt()
+
+
+def test_the_probe_moves_only_with_what_a_model_reads(tiny_tokenizer_dir):
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    data = labelled_data()
+    config = load_config(None, ["data.root=labelled", "data.tasks=[depth,inv_depth,seg]", "model.preset=tiny"])
+    items = torch.arange(len(data.pixels), dtype=torch.float32)
+    latents = items.view(-1, 1, 1, 1, 1, 1).expand(-1, len(data.kinds), 2, 4, 2, 2)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    batches = DiffusionBatches(config, data, latents, tokenizer, torch.device("cpu"))
+    scheduler = DDPMScheduler()
+
+    def probe(what):
+        return pair_effect(ReadsOnly(what, scheduler), scheduler, batches, torch.device("cpu"), samples=64)
+
+    reads_query, reads_pair = probe("query"), probe("pair")
+    assert reads_query["loss_true_pair"] < 1e-6 and reads_query["loss_other_query"] > 0.1
+    for other in ("loss_other_task_pair", "loss_no_pair"):
+        assert reads_query[other] == pytest.approx(reads_query["loss_true_pair"], abs=1e-9)
+        assert reads_pair[other] != pytest.approx(reads_pair["loss_true_pair"], rel=1e-3)
+    assert reads_pair["loss_other_query"] == pytest.approx(reads_pair["loss_true_pair"], rel=1e-6)
+
+
 def test_cached_latents_are_the_vae_encodings_of_each_image_and_its_mirror(tiny_pipeline, dataset_folder):
     vae = tiny_pipeline.vae
     data = load_folder(str(dataset_folder), resolution=32)
@@ -182,7 +224,12 @@ def test_vae_then_diffusion_write_a_loadable_pipeline_with_its_tasks(tmp_path, d
     pipeline = run(load_config(path, [f"model.vae={vae_folder}"]))
     report = json.loads((tmp_path / "run" / REPORT_FILE).read_text())
     assert report["steps"] == 3 and report["samples"] == 12
-    assert set(report["pair_effect_after"]) == {"loss_true_pair", "loss_other_task_pair", "loss_no_pair"}
+    assert set(report["pair_effect_after"]) == {
+        "loss_true_pair",
+        "loss_other_task_pair",
+        "loss_no_pair",
+        "loss_other_query",
+    }
     info = read_model_info(pipeline)
     assert info.trained_tasks == ["depth", "inv_hed"] and info.guidance_scale == 1.5
     pipe = PromptDiffusionPipeline.from_pretrained(str(pipeline))

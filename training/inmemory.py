@@ -519,7 +519,8 @@ def pair_effect(
     mixed_precision: str = "no",
 ) -> Dict[str, float]:
     """How much the example pair moves the loss, on fixed draws, noise and timesteps: the loss with
-    the true pair, with the pair of another task drawn from the same two images, and with none."""
+    the true pair, with the pair of another task drawn from the same two images, and with none; and,
+    to compare, with the query of another draw of the same task (what reading the query is worth)."""
     generator = torch.Generator(device=device).manual_seed(4321)
     saved = batches.generator.get_state()
     batches.generator.manual_seed(4321)
@@ -537,11 +538,23 @@ def pair_effect(
         true_pair = diffusion_loss(model, scheduler, batch, noise, timesteps)
         wrong_pair = diffusion_loss(model, scheduler, batch, noise, timesteps, other_pair)
         no_pair = diffusion_loss(model, scheduler, batch, noise, timesteps, torch.zeros_like(batch["example_pair"]))
+        other_query = dict(batch, query=batch["query"][_next_of_same_value(draw["task"])])
+        wrong_query = diffusion_loss(model, scheduler, other_query, noise, timesteps)
     model.train()
     result["loss_true_pair"] = float(true_pair.mean())
     result["loss_other_task_pair"] = float(wrong_pair.mean())
     result["loss_no_pair"] = float(no_pair.mean())
+    result["loss_other_query"] = float(wrong_query.mean())
     return result
+
+
+def _next_of_same_value(values: torch.Tensor) -> torch.Tensor:
+    """Indices that send every position to the next one holding the same value (cyclically)."""
+    index = torch.arange(len(values), device=values.device)
+    for value in values.unique():
+        members = index[values == value]
+        index[members] = members.roll(-1)
+    return index
 
 
 def build_diffusion_components(config: Config, data: GroupTensors, out_dir: Path) -> Dict[str, object]:
