@@ -50,9 +50,10 @@ class ModelPreset:
     vae_scaling_factor: float = 0.18215
     resolution: int = 512
     cross_attention_levels: Tuple[bool, ...] = field(default=())
-    # Where DDIM's steps fall. SD1.5's "leading" starts 20 steps at t = 951, from noise the model never
-    # saw at that level; "trailing" starts at t = 999 (Lin et al. 2023, "Common Diffusion Noise Schedules
-    # and Sample Steps are Flawed"), which scored better for the embedded model (its model card).
+    # Where DDIM's steps fall. SD1.5's "leading" starts 20 steps from pure noise at t = 951, where the
+    # model's training inputs still held some of the image; "trailing" starts at t = 999 (Lin et al.
+    # 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed"), which scored better for
+    # the embedded model (its model card).
     timestep_spacing: str = "trailing"
 
     def unet_config(self) -> Dict[str, Any]:

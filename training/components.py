@@ -63,7 +63,7 @@ def apply_model_overrides(components: Dict[str, Any], m: ModelConfig) -> Dict[st
 
 def _pretrained_scheduler(root: Path) -> DDIMScheduler:
     """SD1.5's DDIM settings, with the folder's prediction type and step spacing where it has a
-    scheduler config (SD1.5's PNDM folder says "leading", the embedded model "trailing")."""
+    scheduler config (a config without the spacing, as SD1.5's, gets SD1.5's "leading")."""
     settings = dict(presets.SD15_SCHEDULER)
     config_file = root / "scheduler" / "scheduler_config.json"
     if config_file.is_file():
