@@ -40,7 +40,7 @@ def test_weights_are_the_mean_and_the_rest_is_the_first_pipelines(tmp_path, tiny
     for name, param in (
         ("unet", lambda p: p.unet.conv_in.weight),
         ("controlnet", lambda p: p.controlnet.controlnet_mid_block.weight),
-        ("text_encoder", lambda p: p.text_encoder.text_model.embeddings.token_embedding.weight),
+        ("text_encoder", lambda p: p.text_encoder.get_input_embeddings().weight),
         ("vae", lambda p: p.vae.decoder.conv_out.weight),
     ):
         a, b, c = (param(p).detach() for p in runs)
