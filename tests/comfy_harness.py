@@ -85,13 +85,18 @@ def pack_module(nodes_module: ModuleType, name: str) -> ModuleType:
     return sys.modules[loaded.rsplit(".", 1)[0] + "." + name]
 
 
-def load_runner() -> ModuleType:
-    """scripts/run_workflow.py as a module."""
-    spec = importlib.util.spec_from_file_location("pdiff_run_workflow", ROOT / "scripts" / "run_workflow.py")
+def load_file_module(name: str, path: Path) -> ModuleType:
+    """A script of the project (not a package module) imported as `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_runner() -> ModuleType:
+    """scripts/run_workflow.py as a module."""
+    return load_file_module("pdiff_run_workflow", ROOT / "scripts" / "run_workflow.py")
 
 
 def free_port() -> int:

@@ -1,28 +1,21 @@
 """scripts/average_pipelines.py: the mean of runs continued from one model, as one pipeline."""
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import CLIPTokenizer
 
+from comfy_harness import ROOT, load_file_module
 from conftest import make_tiny_pipeline
 from pdiff_core.model_info import read_model_info, write_model_info
 from pdiff_core.pipeline import PromptDiffusionPipeline
 from pdiff_core.presets import PRESETS, build_preset_components
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("pdiff_average_pipelines", ROOT / "scripts" / "average_pipelines.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("pdiff_average_pipelines", ROOT / "scripts" / "average_pipelines.py")
 
 
 def _saved(pipe: PromptDiffusionPipeline, folder: Path) -> Path:

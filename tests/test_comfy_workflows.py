@@ -5,9 +5,7 @@ the full-size SD1.5 workflow validating against files of the right kind."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_harness import ROOT, comfyui_copy, import_comfyui, load_runner, one_torch_thread, pack_module
+from comfy_harness import (
+    ROOT,
+    comfyui_copy,
+    import_comfyui,
+    load_file_module,
+    load_runner,
+    one_torch_thread,
+    pack_module,
+)
 
 WORKFLOWS = ROOT / "workflows"
 TEMPLATES = ROOT / "example_workflows"
@@ -27,15 +33,7 @@ def _one_torch_thread():
         yield
 
 
-def load_build():
-    spec = importlib.util.spec_from_file_location("pdiff_workflows_build", WORKFLOWS / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-BUILD = load_build()
+BUILD = load_file_module("pdiff_workflows_build", WORKFLOWS / "build.py")
 EXAMPLES = BUILD.examples()
 
 
